@@ -1,0 +1,42 @@
+//! Parlor's wire types, shared unchanged by the server, the native peer and the
+//! browser peer (this crate builds for `wasm32-unknown-unknown` and native).
+//!
+//! - [`signaling`]: JSON messages between a peer and `parlor-server` over the
+//!   `/ws` WebSocket (join a room, presence, SDP/ICE forwarding, errors).
+//! - [`frame`]: the compact binary frames peers exchange over WebRTC data
+//!   channels (chat, acks, file transfer).
+//! - [`ids`]: room ids, room keys, peer ids and the invite link that carries
+//!   them.
+//!
+//! This crate only describes and encodes messages; it does no IO.
+#![warn(missing_docs)]
+
+pub mod frame;
+pub mod ids;
+pub mod signaling;
+
+pub use frame::{CancelReason, ChatMessage, FileOffer, Frame, FrameError, MessageId, TransferId};
+pub use ids::{InviteLink, InviteLinkError, PeerId, RoomId, RoomIdError, RoomKey};
+pub use signaling::{
+    ClientMessage, ErrorCode, IceCandidate, IceServer, PeerInfo, ServerMessage, SignalingError,
+};
+
+/// The signaling protocol version this build speaks. A client states it in
+/// [`ClientMessage::Hello`]; a server that does not support it answers with
+/// [`ErrorCode::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Every signaling protocol version this build can speak, oldest first.
+pub const SUPPORTED_VERSIONS: &[u32] = &[1];
+
+/// Data-channel label of the chat channel (negotiated out of band, id
+/// [`CHAT_CHANNEL_ID`]). Chat has its own channel so that a message typed
+/// during a large transfer is never queued behind file chunks.
+pub const CHAT_CHANNEL_LABEL: &str = "parlor-chat";
+/// SCTP stream id of the pre-negotiated chat channel.
+pub const CHAT_CHANNEL_ID: u16 = 0;
+/// Data-channel label of the file channel (negotiated out of band, id
+/// [`FILE_CHANNEL_ID`]).
+pub const FILE_CHANNEL_LABEL: &str = "parlor-file";
+/// SCTP stream id of the pre-negotiated file channel.
+pub const FILE_CHANNEL_ID: u16 = 1;
