@@ -1,1 +1,132 @@
-fn main() {}
+//! `parlor`: the native Parlor peer. Chats and sends files with browsers and
+//! other CLIs over WebRTC data channels, speaking the same protocol
+//! (`parlor-protocol`) and driving the same state machines (`parlor-core`).
+//!
+//! Modules: [`signal`] (WebSocket to the server), [`rtc`] (webrtc-rs peer
+//! connections), [`room`] (the driver loop), [`files`] (hashing, safe names,
+//! `.part` files), [`report`] (human / `--json` output).
+
+mod files;
+mod report;
+mod room;
+mod rtc;
+mod signal;
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use parlor_protocol::{InviteLink, RoomId, RoomKey};
+
+use crate::report::{Event, Reporter};
+use crate::room::{Mode, Room};
+
+/// Chat and send files directly between peers (browsers or CLIs) over WebRTC.
+#[derive(Debug, Parser)]
+#[command(name = "parlor", version)]
+struct Cli {
+    /// Print one JSON object per line on stdout for each event, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Display name shown to the other peers.
+    #[arg(long, global = true, env = "PARLOR_NAME", default_value = "")]
+    name: String,
+    /// Log filter for diagnostics on stderr (e.g. `debug`, `parlor=trace`).
+    #[arg(long, global = true, env = "PARLOR_LOG", default_value = "error,parlor=warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a room, print its invite link, and send FILEs to whoever joins.
+    Send {
+        /// Parlor server to use.
+        #[arg(long, env = "PARLOR_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Files to send.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Chunk payload size in bytes (for benchmarks; the default was chosen by measurement).
+        #[arg(long, hide = true)]
+        chunk_size: Option<usize>,
+    },
+    /// Join INVITE_URL and save the files offered there.
+    Receive {
+        /// The invite link (`http(s)://HOST/r/ROOM#KEY`).
+        invite_url: String,
+        /// Directory to write files into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Chat line by line on stdin/stdout; creates a room when no link is given.
+    Chat {
+        /// The invite link to join.
+        invite_url: Option<String>,
+        /// Parlor server to use when creating a room.
+        #[arg(long, env = "PARLOR_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let mut report = Reporter::new(cli.json);
+    match run(cli, &mut report).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            report.emit(Event::Error { message: format!("{err:#}") });
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
+    let mut config = parlor_core::TransferConfig::default();
+    let (mode, link, created) = match cli.command {
+        Command::Send { server, files, chunk_size } => {
+            config.chunk_size = chunk_size.unwrap_or(config.chunk_size);
+            let mut queue = VecDeque::new();
+            let mut seen = HashSet::new();
+            for path in files {
+                if seen.insert(path.clone()) {
+                    queue.push_back(files::prepare(&path)?);
+                }
+            }
+            (Mode::Send { queue, target: None, active: false }, new_room(&server), true)
+        }
+        Command::Receive { invite_url, out } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+            let link = InviteLink::parse(&invite_url)?;
+            (Mode::Receive { out_dir: out, received: 0, failed: 0, senders: HashSet::new() }, link, false)
+        }
+        Command::Chat { invite_url: Some(url), .. } => (Mode::Chat, InviteLink::parse(&url)?, false),
+        Command::Chat { invite_url: None, server } => (Mode::Chat, new_room(&server), true),
+    };
+    let (signaling, joined) = signal::Signaling::join(&link.websocket_url(), &link.room, &cli.name).await?;
+    if created {
+        report.emit(Event::Invite { link: &link.to_string() });
+    }
+    let peers: Vec<&str> = joined.peers.iter().map(|p| p.id.0.as_str()).collect();
+    report.emit(Event::Joined { room: link.room.as_str(), peer_id: &joined.peer_id.0, peers });
+    let json = report.is_json();
+    let room = Room::start(mode, config, std::mem::replace(report, Reporter::new(json)), signaling, joined).await?;
+    room.run().await
+}
+
+/// A fresh room on `server` with 128 random bits of room id and 256 of key.
+fn new_room(server: &str) -> InviteLink {
+    InviteLink {
+        base: server.trim_end_matches('/').to_owned(),
+        room: RoomId::from_random(rand::random()),
+        key: RoomKey::from_random(rand::random()),
+    }
+}

@@ -19,7 +19,8 @@ pub mod transfer;
 
 pub use chat::{ChatError, ChatOutput, ChatSession, MessageStatus};
 pub use transfer::{
-    FileReceiver, FileSender, Progress, ReceiverOutput, SenderOutput, TransferConfig, TransferError,
+    DEFAULT_CHUNK_SIZE, FileReceiver, FileSender, Progress, ReceiverOutput, ReceiverState,
+    SenderOutput, SenderState, TransferConfig, TransferError,
 };
 
 /// A point in time on the driver's monotonic clock, in milliseconds. Only

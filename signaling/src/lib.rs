@@ -1,1 +1,118 @@
+//! `parlor-signaling`: the library behind `parlor-server`, which introduces
+//! Parlor peers to each other and serves the web app.
+//!
+//! Peers connect to `GET /ws`, say `hello` (protocol version, room, name), get
+//! a `welcome` listing the peers already in the room, and from then on the
+//! server forwards their WebRTC offers, answers and ICE candidates to peers of
+//! the same room and reports joins and leaves. Chat and files then flow
+//! peer to peer; the server never sees them.
+//!
+//! Module map:
+//! - [`config`]: [`Config`], the command-line flags (each also a `PARLOR_*`
+//!   environment variable) and the documented default of every limit.
+//! - [`state`]: [`App`], what one server instance shares between requests:
+//!   config, room backend, metrics, connection count, shutdown signal.
+//! - [`rooms`]: the [`RoomBackend`] trait (join, leave, route) and its
+//!   in-memory implementation [`MemoryRooms`]; bounded [`PeerOutbox`]es; peer
+//!   ids.
+//! - [`session`]: one WebSocket connection: hello, forwarding, errors and
+//!   strikes, rate limit, heartbeat, idle and hello timeouts, close.
+//! - [`limit`]: the per-connection token bucket.
+//! - [`metrics`]: Prometheus metrics, one registry per instance.
+//! - [`web`]: the static web app, or a "not built yet" page.
+//! - [`routes`]: the warp filters, handlers and the `recover` function.
+//!
+//! Architecture invariants:
+//! - The server forwards SDP and candidates without reading them, and never
+//!   sees chat messages, files or the room key (the `#KEY` of invite links).
+//! - No globals: every server instance owns its state, so tests run several
+//!   servers in one process.
+//! - No client can make the server buffer without bound: messages are size
+//!   checked, rate limited, and queued for each peer in a bounded outbox whose
+//!   overflow disconnects that peer.
 
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+pub mod config;
+pub mod limit;
+pub mod metrics;
+pub mod rooms;
+pub mod routes;
+pub mod session;
+pub mod state;
+pub mod web;
+
+pub use config::{Config, ConfigError};
+pub use rooms::{MemoryRooms, PeerOutbox, RoomBackend};
+pub use session::close_code;
+pub use state::App;
+
+/// How long shutdown waits for open connections to finish closing (each
+/// session needs at most a few seconds to send its close frame and hear the
+/// client's) before `run` returns anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves on `listener` with in-memory rooms until `shutdown` resolves, then
+/// closes every WebSocket (code 1001, "server shutting down") and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = App::new(config).context("invalid configuration")?;
+    serve(listener, app, shutdown).await
+}
+
+/// Like [`run`], with a prepared [`App`] (e.g. one with another
+/// [`RoomBackend`], see [`App::with_backend`]).
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener
+        .local_addr()
+        .context("listener has no local address")?;
+    let server = warp::serve(routes::routes(Arc::clone(&app)))
+        .incoming(listener)
+        .graceful(app.on_shutdown())
+        .run();
+    let mut server = tokio::spawn(server);
+    tracing::info!(%addr, web_dir = %app.config().web_dir.display(), "serving");
+
+    tokio::select! {
+        () = shutdown => {}
+        stopped = &mut server => {
+            // Only a panic ends warp's accept loop before shutdown.
+            stopped.context("HTTP server failed")?;
+            anyhow::bail!("HTTP server stopped unexpectedly");
+        }
+    }
+
+    tracing::info!(open = app.open_connections(), "shutting down");
+    // Stops warp's accept loop and tells every session to close with 1001.
+    // Upgraded connections are no longer tracked by warp's graceful shutdown,
+    // hence the wait on the connection count.
+    app.shut_down();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        if let Err(err) = (&mut server).await {
+            tracing::error!(%err, "HTTP server task failed during shutdown");
+        }
+        app.connections_closed().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = app.open_connections(),
+            "shutdown grace period over; dropping connections"
+        );
+        server.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,1 +1,66 @@
-fn main() {}
+//! `parlor-server`: parses the flags, sets up logging (stderr), binds, prints
+//! `parlor-server listening on http://ADDR` on stdout (tests and scripts read
+//! that line), and runs until SIGINT or SIGTERM.
+
+use std::future::Future;
+use std::io::Write as _;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use parlor_signaling::Config;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let filter = EnvFilter::try_new(&config.log)
+        .with_context(|| format!("invalid --log filter {:?}", config.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    config.validate().context("invalid configuration")?;
+    let shutdown = shutdown_signal()?;
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("listener has no local address")?;
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "parlor-server listening on http://{addr}")?;
+        stdout.flush()?;
+    }
+
+    parlor_signaling::run(listener, config, shutdown).await
+}
+
+/// Registers for SIGINT (Ctrl-C) and SIGTERM now, so that a signal arriving
+/// right after the listening line is printed is not missed (and does not kill
+/// the process the default way); the future resolves on either.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        }
+    })
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    })
+}

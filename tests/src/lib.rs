@@ -1,1 +1,255 @@
+//! Harness for Parlor's end-to-end tests: starts the real `parlor-server`
+//! binary on a free loopback port and real `parlor` CLI peers, and reads the
+//! peers' `--json` event streams.
+//!
+//! Every wait is bounded by a timeout, and every child process is killed when
+//! its handle drops, so a failing test never leaves processes behind.
 
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+/// Default bound on waiting for one event.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The directory holding the workspace's binaries (same profile as this test).
+pub fn bin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // target/<profile>/deps/<test-binary>
+        let exe = std::env::current_exe().expect("test binary path");
+        let dir = exe.parent().and_then(|p| p.parent()).expect("target dir").to_owned();
+        let release = dir.ends_with("release");
+        // Make sure the binaries under test are current (a no-op when they are).
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "parlor-signaling", "-p", "parlor-cli", "--bins"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "building parlor binaries failed");
+        dir
+    })
+    .clone()
+}
+
+/// A running `parlor-server`.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+}
+
+impl Server {
+    /// Starts the server on a free loopback port with extra `args`.
+    pub async fn start(args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(bin_dir().join("parlor-server"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("PARLOR_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting parlor-server")?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(EVENT_TIMEOUT, lines.next_line())
+            .await
+            .context("server did not report its address")??
+            .context("server exited before listening")?;
+        let base = line
+            .strip_prefix("parlor-server listening on ")
+            .with_context(|| format!("unexpected first line from server: {line}"))?
+            .to_owned();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self { child, base })
+    }
+
+    /// The signaling WebSocket URL.
+    pub fn ws_url(&self) -> String {
+        parlor_protocol::ids::websocket_url(&self.base)
+    }
+
+    /// Stops the server.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// A running `parlor` CLI with `--json` output.
+#[derive(Debug)]
+pub struct Peer {
+    /// A label for error messages.
+    pub label: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    events: mpsc::UnboundedReceiver<Value>,
+    /// Every event seen so far, in order.
+    pub history: Vec<Value>,
+}
+
+impl Peer {
+    /// Starts `parlor --json ARGS...`.
+    pub fn spawn(label: &str, args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(bin_dir().join("parlor"))
+            .arg("--json")
+            .args(["--name", label])
+            .args(args)
+            .env("PARLOR_LOG", "error,parlor=warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting parlor {args:?}"))?;
+        let stdout = child.stdout.take().context("peer stdout")?;
+        let stdin = child.stdin.take();
+        let (tx, events) = mpsc::unbounded_channel();
+        let who = label.to_owned();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => {
+                        let _ = tx.send(v);
+                    }
+                    Err(_) => eprintln!("[{who}] non-JSON stdout line: {line}"),
+                }
+            }
+        });
+        Ok(Self { label: label.to_owned(), child, stdin, events, history: Vec::new() })
+    }
+
+    /// Waits for the first event (seen before or arriving) matching `pred`.
+    pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        self.wait_for_within(what, EVENT_TIMEOUT, pred).await
+    }
+
+    /// [`Self::wait_for`] with an explicit bound.
+    pub async fn wait_for_within(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        if let Some(v) = self.history.iter().find(|v| pred(v)) {
+            return Ok(v.clone());
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(v)) => {
+                    self.history.push(v.clone());
+                    if pred(&v) {
+                        return Ok(v);
+                    }
+                }
+                Ok(None) => bail!("[{}] exited while waiting for {what}; events: {:?}", self.label, self.history),
+                Err(_) => bail!("[{}] timed out waiting for {what}; events: {:?}", self.label, self.history),
+            }
+        }
+    }
+
+    /// Waits for an event of kind `event`.
+    pub async fn wait_event(&mut self, event: &str) -> Result<Value> {
+        self.wait_for(event, |v| v["event"] == event).await
+    }
+
+    /// The invite link printed by a peer that created a room.
+    pub async fn invite(&mut self) -> Result<String> {
+        let v = self.wait_event("invite").await?;
+        v["link"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("invite without link"))
+    }
+
+    /// This peer's id (from its `joined` event).
+    pub async fn peer_id(&mut self) -> Result<String> {
+        let v = self.wait_event("joined").await?;
+        v["peer_id"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("joined without peer_id"))
+    }
+
+    /// Waits until this peer reports `n` WebRTC connections up.
+    pub async fn wait_connected(&mut self, n: usize) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        while self.count("connected") < n {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(v)) => self.history.push(v),
+                Ok(None) => bail!("[{}] exited with {} connection(s) up; events: {:?}", self.label, self.count("connected"), self.history),
+                Err(_) => bail!("[{}] only {} connection(s) up; events: {:?}", self.label, self.count("connected"), self.history),
+            }
+        }
+        Ok(())
+    }
+
+    /// How many events of kind `event` were seen so far.
+    pub fn count(&self, event: &str) -> usize {
+        self.history.iter().filter(|v| v["event"] == event).count()
+    }
+
+    /// Types a line on the peer's stdin.
+    pub async fn say(&mut self, text: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("stdin already closed")?;
+        stdin.write_all(format!("{text}\n").as_bytes()).await?;
+        stdin.flush().await?;
+        Ok(())
+    }
+
+    /// Closes stdin (end of input).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits for the process to exit, draining its events into `history`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .with_context(|| format!("[{}] did not exit in {timeout:?}; events: {:?}", self.label, self.history))??;
+        // The reader task ends with stdout; collect what it still holds.
+        while let Ok(Some(v)) = tokio::time::timeout(Duration::from_secs(2), self.events.recv()).await {
+            self.history.push(v);
+        }
+        Ok(status)
+    }
+
+    /// Kills the process.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Writes `len` pseudo-random bytes to `path` and returns their BLAKE3 hash (hex).
+pub fn random_file(path: &std::path::Path, len: usize) -> Result<String> {
+    use rand::RngCore as _;
+    use std::io::Write as _;
+    let mut rng = rand::thread_rng();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len());
+        rng.fill_bytes(&mut buf[..n]);
+        file.write_all(&buf[..n])?;
+        hasher.update(&buf[..n]);
+        left -= n;
+    }
+    file.flush()?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// BLAKE3 of a file on disk (hex).
+pub fn hash_file(path: &std::path::Path) -> Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}

@@ -1,0 +1,698 @@
+//! The peer's driver: one loop that owns every piece of state and reacts to
+//! signaling messages, WebRTC events, stdin lines and timers by feeding the
+//! sans-IO state machines of `parlor-core` and carrying out what they ask
+//! (send a frame, show a message, read or write file bytes).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Result, anyhow};
+use parlor_core::{
+    ChatOutput, ChatSession, FileReceiver, FileSender, MessageStatus, Millis, ReceiverOutput, SenderOutput,
+    TransferConfig,
+};
+use parlor_protocol::{
+    CancelReason, ClientMessage, FileOffer, Frame, IceServer, MessageId, PeerId, ServerMessage, TransferId,
+};
+use tokio::io::{AsyncBufReadExt as _, BufReader, Lines, Stdin};
+use tokio::sync::mpsc;
+use webrtc::api::API;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+
+use crate::files::{self, Outgoing, PartFile};
+use crate::report::{Event, Reporter, hex};
+use crate::rtc::{self, Channel, PeerEvent, PeerLink};
+use crate::signal::{Joined, Signaling};
+
+/// WebRTC events buffered before the data-channel readers wait for the driver.
+const EVENT_QUEUE: usize = 1024;
+/// After stdin closes, how long `chat` waits for its last messages to be acked.
+const CHAT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What this run of the CLI is for.
+#[derive(Debug)]
+pub enum Mode {
+    /// Send `queue` to the first peer whose file channel opens, one by one.
+    Send { queue: VecDeque<Outgoing>, target: Option<PeerId>, active: bool },
+    /// Receive whatever is offered into `out_dir`.
+    Receive { out_dir: PathBuf, received: usize, failed: usize, senders: HashSet<PeerId> },
+    /// Chat line by line on stdin/stdout.
+    Chat,
+}
+
+struct OutgoingTransfer {
+    peer: PeerId,
+    file: std::fs::File,
+    info: Outgoing,
+    sender: FileSender,
+}
+
+struct IncomingTransfer {
+    part: PartFile,
+    receiver: FileReceiver,
+}
+
+/// The running peer.
+pub struct Room {
+    mode: Mode,
+    report: Reporter,
+    signaling: Signaling,
+    signaling_up: bool,
+    api: API,
+    ice_servers: Vec<IceServer>,
+    names: HashMap<PeerId, String>,
+    links: HashMap<PeerId, PeerLink>,
+    connected: HashSet<PeerId>,
+    chat: ChatSession,
+    outgoing: HashMap<TransferId, OutgoingTransfer>,
+    incoming: HashMap<(PeerId, TransferId), IncomingTransfer>,
+    events_tx: mpsc::Sender<PeerEvent>,
+    events_rx: mpsc::Receiver<PeerEvent>,
+    start: Instant,
+    config: TransferConfig,
+    stdin: Option<Lines<BufReader<Stdin>>>,
+    flush_deadline: Option<tokio::time::Instant>,
+    exit: Option<Result<()>>,
+}
+
+impl Room {
+    /// Sets up the driver after joining; offers a connection to every peer present.
+    pub async fn start(
+        mode: Mode,
+        config: TransferConfig,
+        report: Reporter,
+        signaling: Signaling,
+        joined: Joined,
+    ) -> Result<Self> {
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let stdin = matches!(mode, Mode::Chat).then(|| BufReader::new(tokio::io::stdin()).lines());
+        let mut room = Self {
+            mode,
+            report,
+            signaling,
+            signaling_up: true,
+            api: rtc::build_api(),
+            ice_servers: joined.ice_servers,
+            names: HashMap::new(),
+            links: HashMap::new(),
+            connected: HashSet::new(),
+            chat: ChatSession::new(),
+            outgoing: HashMap::new(),
+            incoming: HashMap::new(),
+            events_tx,
+            events_rx,
+            start: Instant::now(),
+            config,
+            stdin,
+            flush_deadline: None,
+            exit: None,
+        };
+        // Newcomers make the offers; peers already present wait for them.
+        for peer in joined.peers {
+            room.names.insert(peer.id.clone(), peer.name);
+            room.chat.add_peer(peer.id.clone());
+            let link = room.link_for(&peer.id).await?;
+            let sdp = link.create_offer().await?;
+            room.signal(ClientMessage::Offer { to: peer.id, sdp }).await;
+        }
+        Ok(room)
+    }
+
+    /// Runs until the mode's work is done (or fails).
+    pub async fn run(mut self) -> Result<()> {
+        loop {
+            if let Some(result) = self.exit.take() {
+                for link in self.links.values() {
+                    link.close().await;
+                }
+                return result;
+            }
+            if let Mode::Send { active: false, target: Some(_), .. } = self.mode {
+                self.start_next_file().await;
+                continue;
+            }
+            let chat_timer = self.chat.poll_timeout().map(|t| {
+                tokio::time::Instant::from_std(self.start + Duration::from_millis(t))
+            });
+            tokio::select! {
+                msg = self.signaling.recv(), if self.signaling_up => match msg {
+                    Some(msg) => self.on_signal(msg).await,
+                    None => self.on_signaling_lost(),
+                },
+                Some(event) = self.events_rx.recv() => self.on_peer_event(event).await,
+                line = next_line(&mut self.stdin) => self.on_stdin(line).await,
+                () = sleep_until(chat_timer) => {
+                    let now = self.now();
+                    self.chat.handle_timeout(now);
+                    self.flush_chat().await;
+                }
+                () = sleep_until(self.flush_deadline) => self.exit = Some(Ok(())),
+            }
+        }
+    }
+
+    fn now(&self) -> Millis {
+        self.start.elapsed().as_millis() as Millis
+    }
+
+    fn name(&self, peer: &PeerId) -> String {
+        self.names.get(peer).cloned().unwrap_or_default()
+    }
+
+    async fn signal(&mut self, msg: ClientMessage) {
+        if self.signaling.send(msg).await.is_err() {
+            self.on_signaling_lost();
+        }
+    }
+
+    fn on_signaling_lost(&mut self) {
+        if !self.signaling_up {
+            return;
+        }
+        self.signaling_up = false;
+        self.report.emit(Event::Error { message: "lost the connection to the Parlor server".into() });
+        // Established data channels keep working without the server; without
+        // any, there is nothing left to do.
+        if self.connected.is_empty() {
+            self.exit = Some(Err(anyhow!("lost the connection to the Parlor server")));
+        }
+    }
+
+    async fn link_for(&mut self, peer: &PeerId) -> Result<&mut PeerLink> {
+        if !self.links.contains_key(peer) {
+            let link = PeerLink::new(
+                &self.api,
+                peer.clone(),
+                &self.ice_servers,
+                self.config.low_watermark as usize,
+                self.events_tx.clone(),
+            )
+            .await?;
+            self.links.insert(peer.clone(), link);
+        }
+        self.links.get_mut(peer).ok_or_else(|| anyhow!("link vanished"))
+    }
+
+    async fn on_signal(&mut self, msg: ServerMessage) {
+        match msg {
+            ServerMessage::PeerJoined { peer } => {
+                self.report.emit(Event::PeerJoined { peer_id: &peer.id.0, name: &peer.name });
+                self.chat.add_peer(peer.id.clone());
+                self.names.insert(peer.id, peer.name);
+            }
+            ServerMessage::PeerLeft { peer_id } => self.on_peer_gone(&peer_id, "left the room").await,
+            ServerMessage::Offer { from, sdp } => {
+                self.chat.add_peer(from.clone());
+                let answer = match self.link_for(&from).await {
+                    Ok(link) => link.accept_offer(sdp).await,
+                    Err(e) => Err(e),
+                };
+                match answer {
+                    Ok(sdp) => self.signal(ClientMessage::Answer { to: from, sdp }).await,
+                    Err(err) => self.report.emit(Event::Error { message: format!("offer from {from}: {err:#}") }),
+                }
+            }
+            ServerMessage::Answer { from, sdp } => {
+                if let Some(link) = self.links.get_mut(&from)
+                    && let Err(err) = link.accept_answer(sdp).await
+                {
+                    self.report.emit(Event::Error { message: format!("answer from {from}: {err:#}") });
+                }
+            }
+            ServerMessage::Candidate { from, candidate } => {
+                if let Some(link) = self.links.get_mut(&from) {
+                    link.add_candidate(candidate).await;
+                }
+            }
+            ServerMessage::Error { code, message } => {
+                self.report.emit(Event::Error { message: format!("server: {message} ({})", code.as_str()) });
+            }
+            ServerMessage::Ping => self.signal(ClientMessage::Pong).await,
+            _ => {}
+        }
+    }
+
+    async fn on_peer_event(&mut self, event: PeerEvent) {
+        match event {
+            PeerEvent::LocalCandidate { peer, candidate } => {
+                if self.signaling_up {
+                    self.signal(ClientMessage::Candidate { to: peer, candidate }).await;
+                }
+            }
+            PeerEvent::Open { peer, channel: Channel::Chat } => {
+                let now = self.now();
+                self.chat.link_up(&peer, now);
+                self.flush_chat().await;
+            }
+            PeerEvent::Open { peer, channel: Channel::File } => {
+                if let Mode::Send { target, .. } = &mut self.mode
+                    && target.is_none()
+                {
+                    *target = Some(peer);
+                }
+            }
+            PeerEvent::Closed { peer, channel } => {
+                if channel == Channel::Chat {
+                    self.chat.link_down(&peer);
+                }
+            }
+            PeerEvent::Message { peer, channel, data } => self.on_frame(peer, channel, &data).await,
+            PeerEvent::BufferedLow { peer } => {
+                let ids: Vec<TransferId> =
+                    self.outgoing.iter().filter(|(_, t)| t.peer == peer).map(|(id, _)| *id).collect();
+                for id in ids {
+                    self.drive_outgoing(id, |t, amount| t.sender.buffered_amount(amount)).await;
+                }
+            }
+            PeerEvent::State { peer, state } => match state {
+                RTCPeerConnectionState::Connected => {
+                    if self.connected.insert(peer.clone())
+                        && let Some(link) = self.links.get(&peer)
+                    {
+                        let path = link.path().await;
+                        self.report.emit(Event::Connected { peer_id: &peer.0, path });
+                    }
+                }
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                    if self.links.contains_key(&peer) {
+                        self.report.emit(Event::Disconnected { peer_id: &peer.0, state: &state.to_string() });
+                        self.on_peer_gone(&peer, "connection lost").await;
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+
+    async fn on_frame(&mut self, peer: PeerId, channel: Channel, data: &[u8]) {
+        let frame = match Frame::decode(data) {
+            Ok(frame) => frame,
+            Err(err) => {
+                // A bad frame is rejected with its reason; the link goes on.
+                tracing::warn!(%peer, ?channel, %err, "rejected frame");
+                self.report.emit(Event::Error { message: format!("rejected frame from {peer}: {err}") });
+                return;
+            }
+        };
+        if frame.is_chat() {
+            let now = self.now();
+            if let Err(err) = self.chat.handle_frame(&peer, frame, now) {
+                tracing::warn!(%peer, %err, "chat frame refused");
+            }
+            self.flush_chat().await;
+            return;
+        }
+        let Some(id) = frame.transfer_id() else { return };
+        let now = self.now();
+        match frame {
+            Frame::FileOffer(offer) => self.on_offer(peer, offer).await,
+            Frame::Chunk { .. } | Frame::FileDone { .. } if self.incoming.contains_key(&(peer.clone(), id)) => {
+                self.drive_incoming(&peer, id, |t| t.receiver.handle_frame(frame, now)).await;
+            }
+            Frame::FileCancel { .. } if self.incoming.contains_key(&(peer.clone(), id)) => {
+                self.drive_incoming(&peer, id, |t| t.receiver.handle_frame(frame, now)).await;
+            }
+            _ if self.outgoing.get(&id).is_some_and(|t| t.peer == peer) => {
+                self.drive_outgoing(id, |t, _| t.sender.handle_frame(frame, now)).await;
+            }
+            _ => tracing::debug!(%peer, transfer = %id, "frame for an unknown transfer ignored"),
+        }
+    }
+
+    async fn on_offer(&mut self, peer: PeerId, offer: FileOffer) {
+        let id = offer.transfer;
+        self.report.emit(Event::FileOffered {
+            peer_id: &peer.0,
+            transfer: id.to_string(),
+            name: &offer.name,
+            size: offer.size,
+            mime: &offer.mime,
+        });
+        let now = self.now();
+        let mut receiver = FileReceiver::new(offer.clone(), self.config.clone(), now);
+        let out_dir = match &mut self.mode {
+            Mode::Receive { out_dir, senders, .. } if !self.incoming.contains_key(&(peer.clone(), id)) => {
+                senders.insert(peer.clone());
+                out_dir.clone()
+            }
+            _ => {
+                receiver.decline("this peer is not receiving files".into());
+                self.send_receiver_frames(&peer, &mut receiver).await;
+                return;
+            }
+        };
+        match files::create_part(&out_dir, &offer.name) {
+            Ok(part) => {
+                receiver.accept(now);
+                self.incoming.insert((peer.clone(), id), IncomingTransfer { part, receiver });
+                self.drive_incoming(&peer, id, |_| {}).await;
+            }
+            Err(err) => {
+                receiver.decline(format!("cannot store the file: {err}"));
+                self.send_receiver_frames(&peer, &mut receiver).await;
+                self.fail_receive(format!("cannot store {}: {err:#}", offer.name));
+            }
+        }
+    }
+
+    async fn send_receiver_frames(&mut self, peer: &PeerId, receiver: &mut FileReceiver) {
+        while let Some(out) = receiver.poll_output() {
+            if let ReceiverOutput::Send(frame) = out
+                && let Some(link) = self.links.get(peer)
+            {
+                let _ = link.send(Channel::File, frame.encode()).await;
+            }
+        }
+    }
+
+    fn fail_receive(&mut self, why: String) {
+        if let Mode::Receive { failed, .. } = &mut self.mode {
+            *failed += 1;
+        }
+        self.report.emit(Event::Error { message: why });
+    }
+
+    async fn start_next_file(&mut self) {
+        let Mode::Send { queue, target: Some(peer), active } = &mut self.mode else { return };
+        if *active {
+            return;
+        }
+        let Some(info) = queue.pop_front() else {
+            self.exit = Some(Ok(()));
+            return;
+        };
+        let peer = peer.clone();
+        *active = true;
+        let file = match std::fs::File::open(&info.path) {
+            Ok(file) => file,
+            Err(err) => {
+                self.exit = Some(Err(anyhow!("cannot open {}: {err}", info.path.display())));
+                return;
+            }
+        };
+        let id = TransferId(rand::random());
+        let offer = FileOffer {
+            transfer: id,
+            name: info.name.clone(),
+            size: info.size,
+            mime: info.mime.clone(),
+            hash: info.hash,
+        };
+        let sender = FileSender::new(offer, self.config.clone(), self.now());
+        self.outgoing.insert(id, OutgoingTransfer { peer, file, info, sender });
+        self.drive_outgoing(id, |_, _| {}).await;
+    }
+
+    /// Applies `input` to an outgoing transfer and carries out its outputs.
+    async fn drive_outgoing(&mut self, id: TransferId, input: impl FnOnce(&mut OutgoingTransfer, u64)) {
+        let Some(mut t) = self.outgoing.remove(&id) else { return };
+        let buffered = match self.links.get(&t.peer) {
+            Some(link) => link.buffered_amount(Channel::File).await,
+            None => 0,
+        };
+        input(&mut t, buffered);
+        let mut finished = None;
+        while let Some(out) = t.sender.poll_output() {
+            match out {
+                SenderOutput::Send(frame) => {
+                    let Some(link) = self.links.get(&t.peer) else { continue };
+                    if let Err(err) = link.send(Channel::File, frame.encode()).await {
+                        tracing::debug!(%err, "file channel send failed");
+                        t.sender.cancel();
+                        continue;
+                    }
+                    let amount = link.buffered_amount(Channel::File).await;
+                    t.sender.buffered_amount(amount);
+                }
+                SenderOutput::Read { offset, len } => {
+                    let mut buf = vec![0; len];
+                    match read_at(&t.file, &mut buf, offset) {
+                        Ok(()) => {
+                            let now = self.now();
+                            t.sender.chunk_read(offset, buf, now);
+                        }
+                        Err(err) => t.sender.read_failed(err.to_string()),
+                    }
+                }
+                SenderOutput::Progress(p) => self.report.progress(id, &t.info.name, "send", &p),
+                SenderOutput::Finished(result) => finished = Some(result),
+            }
+        }
+        let Some(result) = finished else {
+            self.outgoing.insert(id, t);
+            return;
+        };
+        match result {
+            Ok(()) => {
+                self.report.emit(Event::FileSent {
+                    transfer: id.to_string(),
+                    name: &t.info.name,
+                    size: t.info.size,
+                    hash: hex(&t.info.hash),
+                });
+                // The run loop starts the next file.
+                if let Mode::Send { active, .. } = &mut self.mode {
+                    *active = false;
+                }
+            }
+            Err(err) => {
+                self.report.emit(Event::TransferFailed {
+                    transfer: id.to_string(),
+                    name: &t.info.name,
+                    reason: err.to_string(),
+                });
+                if matches!(self.mode, Mode::Send { .. }) {
+                    self.exit = Some(Err(anyhow!("sending {} failed: {err}", t.info.name)));
+                }
+            }
+        }
+    }
+
+    /// Applies `input` to an incoming transfer and carries out its outputs.
+    async fn drive_incoming(&mut self, peer: &PeerId, id: TransferId, input: impl FnOnce(&mut IncomingTransfer)) {
+        let key = (peer.clone(), id);
+        let Some(mut t) = self.incoming.remove(&key) else { return };
+        input(&mut t);
+        let mut finished = false;
+        while let Some(out) = t.receiver.poll_output() {
+            match out {
+                ReceiverOutput::Send(frame) => {
+                    if let Some(link) = self.links.get(peer) {
+                        let _ = link.send(Channel::File, frame.encode()).await;
+                    }
+                }
+                ReceiverOutput::Write { offset, data } => {
+                    if let Err(err) = write_at(&t.part.file, &data, offset) {
+                        t.receiver.write_failed(err.to_string());
+                    }
+                }
+                ReceiverOutput::Progress(p) => {
+                    let name = t.receiver.offer().name.clone();
+                    self.report.progress(id, &name, "receive", &p);
+                }
+                ReceiverOutput::Finished(Ok(hash)) => {
+                    finished = true;
+                    let offer = t.receiver.offer().clone();
+                    match files::finalize(&t.part) {
+                        Ok(path) => {
+                            self.report.emit(Event::FileReceived {
+                                transfer: id.to_string(),
+                                name: &offer.name,
+                                path: &path.to_string_lossy(),
+                                size: offer.size,
+                                hash: hex(&hash),
+                            });
+                            if let Mode::Receive { received, .. } = &mut self.mode {
+                                *received += 1;
+                            }
+                        }
+                        Err(err) => {
+                            // Not final on disk, so the sender must not hear "verified".
+                            let cancel = Frame::FileCancel {
+                                transfer: id,
+                                reason: CancelReason::StorageFailed(err.to_string().chars().take(200).collect()),
+                            };
+                            if let Some(link) = self.links.get(peer) {
+                                let _ = link.send(Channel::File, cancel.encode()).await;
+                            }
+                            self.fail_receive(format!("cannot save {}: {err:#}", offer.name));
+                            break;
+                        }
+                    }
+                }
+                ReceiverOutput::Finished(Err(err)) => {
+                    finished = true;
+                    let name = t.receiver.offer().name.clone();
+                    self.report.emit(Event::TransferFailed {
+                        transfer: id.to_string(),
+                        name: &name,
+                        reason: format!("{err}; partial data kept in {}", t.part.part_path.display()),
+                    });
+                    if let Mode::Receive { failed, .. } = &mut self.mode {
+                        *failed += 1;
+                    }
+                }
+            }
+        }
+        if !finished {
+            self.incoming.insert(key, t);
+        }
+        self.check_receive_done();
+    }
+
+    async fn on_peer_gone(&mut self, peer: &PeerId, why: &str) {
+        let name = self.name(peer);
+        if let Some(link) = self.links.remove(peer) {
+            link.close().await;
+        }
+        if self.names.remove(peer).is_some() || self.connected.remove(peer) {
+            self.report.emit(Event::PeerLeft { peer_id: &peer.0, name: &name });
+        }
+        self.chat.remove_peer(peer);
+        self.flush_chat().await;
+
+        // Transfers with that peer cannot finish now.
+        let dead_in: Vec<_> = self.incoming.keys().filter(|(p, _)| p == peer).cloned().collect();
+        for key in dead_in {
+            if let Some(t) = self.incoming.remove(&key) {
+                self.fail_receive(format!(
+                    "{} stopped: peer {why}; partial data kept in {}",
+                    t.receiver.offer().name,
+                    t.part.part_path.display()
+                ));
+            }
+        }
+        let dead_out: Vec<_> = self.outgoing.iter().filter(|(_, t)| &t.peer == peer).map(|(id, _)| *id).collect();
+        for id in dead_out {
+            if let Some(t) = self.outgoing.remove(&id) {
+                self.exit = Some(Err(anyhow!("sending {} failed: the receiver {why}", t.info.name)));
+            }
+        }
+        if let Mode::Send { target, .. } = &self.mode
+            && target.as_ref() == Some(peer)
+            && self.exit.is_none()
+        {
+            self.exit = Some(Err(anyhow!("the receiver {why} before every file was sent")));
+        }
+        if let Mode::Receive { senders, .. } = &mut self.mode {
+            senders.remove(peer);
+        }
+        self.check_receive_done();
+    }
+
+    /// `receive` ends when every peer that sent us files is gone and nothing
+    /// is in flight: success if all files verified.
+    fn check_receive_done(&mut self) {
+        let Mode::Receive { received, failed, senders, .. } = &self.mode else { return };
+        if !self.incoming.is_empty() || self.exit.is_some() {
+            return;
+        }
+        if *failed > 0 && senders.is_empty() {
+            self.exit = Some(Err(anyhow!("{failed} file(s) failed")));
+        } else if *received > 0 && senders.is_empty() {
+            self.exit = Some(Ok(()));
+        }
+    }
+
+    async fn on_stdin(&mut self, line: Option<String>) {
+        let Some(text) = line else {
+            self.stdin = None;
+            // Wait (bounded) until every peer acked what we wrote.
+            self.flush_deadline = Some(tokio::time::Instant::now() + CHAT_FLUSH_TIMEOUT);
+            self.check_chat_flushed();
+            return;
+        };
+        let text = text.trim_end_matches('\r').to_owned();
+        if text.is_empty() {
+            return;
+        }
+        let id = MessageId(rand::random());
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now = self.now();
+        if let Err(err) = self.chat.send(id, text, wall, now) {
+            self.report.emit(Event::Error { message: format!("message not sent: {err}") });
+        }
+        self.flush_chat().await;
+    }
+
+    fn check_chat_flushed(&mut self) {
+        if self.flush_deadline.is_some() && self.links.keys().all(|p| self.chat.unacked(p).is_empty()) {
+            self.exit = Some(Ok(()));
+        }
+    }
+
+    async fn flush_chat(&mut self) {
+        while let Some(out) = self.chat.poll_output() {
+            match out {
+                ChatOutput::Send { to, frame } => {
+                    if let Some(link) = self.links.get(&to)
+                        && let Err(err) = link.send(Channel::Chat, frame.encode()).await
+                    {
+                        tracing::debug!(%to, %err, "chat send failed; will retry");
+                    }
+                }
+                ChatOutput::Deliver { from, message } => {
+                    let name = self.name(&from);
+                    self.report.emit(Event::Message {
+                        from: &from.0,
+                        name: &name,
+                        id: message.id.to_string(),
+                        seq: message.seq,
+                        sent_at_ms: message.sent_at_ms,
+                        text: &message.text,
+                    });
+                }
+                ChatOutput::Status { id, status } => {
+                    let status = match status {
+                        MessageStatus::Sending => "sending",
+                        MessageStatus::Sent => "sent",
+                        MessageStatus::Delivered => "delivered",
+                    };
+                    self.report.emit(Event::MessageStatus { id: id.to_string(), status });
+                }
+            }
+        }
+        self.check_chat_flushed();
+    }
+}
+
+async fn next_line(stdin: &mut Option<Lines<BufReader<Stdin>>>) -> Option<String> {
+    match stdin {
+        Some(lines) => lines.next_line().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(when: Option<tokio::time::Instant>) {
+    match when {
+        Some(when) => tokio::time::sleep_until(when).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(unix)]
+fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(unix)]
+fn write_at(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, data, offset)
+}
+
+#[cfg(not(unix))]
+fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
+}
+
+#[cfg(not(unix))]
+fn write_at(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Seek as _, SeekFrom, Write as _};
+    let mut f = file;
+    f.seek(SeekFrom::Start(offset))?;
+    f.write_all(data)
+}

@@ -1,0 +1,308 @@
+//! Server configuration: command-line flags, each also readable from a
+//! `PARLOR_*` environment variable, with every limit's default a named
+//! constant that says why it has that value.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
+use parlor_protocol::IceServer;
+
+/// Where the server listens unless told otherwise: loopback only, so a
+/// development server is not reachable from the network by accident.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+
+/// Where the built web app lives by default: `cargo xtask dist` writes it to
+/// `dist/` at the workspace root, where the server is normally started.
+pub const DEFAULT_WEB_DIR: &str = "dist";
+
+/// Peers per room. Every peer keeps a WebRTC connection to every other one
+/// (a full mesh), so a room of n peers costs each browser n-1 connections
+/// and a newcomer n-1 offers; past about 16 that gets slow to set up and
+/// heavy on a phone, and Parlor is meant for small groups.
+pub const DEFAULT_MAX_PEERS_PER_ROOM: usize = 16;
+
+/// Rooms held at once. A room costs a few hundred bytes plus its peers, so
+/// 10 000 rooms are cheap; the cap only stops a client from creating rooms
+/// without bound.
+pub const DEFAULT_MAX_ROOMS: usize = 10_000;
+
+/// Open WebSocket connections. Each costs a task, a 64-message outbox and
+/// socket buffers (tens of KiB); 10 000 keeps a small VM well inside its
+/// memory and file-descriptor limits. Beyond it the upgrade gets `503`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Sustained signaling messages per second per connection. After the initial
+/// exchange a peer sends a few messages a minute (keep-alives, a renegotiation
+/// now and then); 20/s is far above that and still cheap for the server.
+pub const DEFAULT_RATE_PER_SEC: u32 = 20;
+
+/// Burst size of the per-connection token bucket. A newcomer offering to 15
+/// peers sends 15 offers and roughly 150 trickled ICE candidates at once;
+/// 200 lets that through without a single refusal.
+pub const DEFAULT_RATE_BURST: u32 = 200;
+
+/// Refused messages (malformed, oversized, rate-limited, out of order) a
+/// connection may send before the server closes it. A correct client sends
+/// none; a few allow for version skew, while a client that keeps sending
+/// garbage is cut off soon.
+pub const DEFAULT_MAX_STRIKES: u32 = 10;
+
+/// Seconds between the server's WebSocket pings. Many proxies and NATs drop
+/// connections idle for 30-60 s; a ping every 15 s keeps them open and lets
+/// the server notice dead clients.
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 15;
+
+/// Seconds without any frame from a client (a browser answers every ping
+/// with a pong) before the server drops it: three missed heartbeats.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 45;
+
+/// Seconds a new connection has to send its `hello`. A client sends it right
+/// after connecting; the timeout frees connections that never join.
+pub const DEFAULT_HELLO_TIMEOUT_SECS: u64 = 10;
+
+/// Default log filter (tracing `EnvFilter` syntax): joins and leaves, not
+/// every message.
+pub const DEFAULT_LOG: &str = "info";
+
+/// `parlor-server`: introduces Parlor peers to each other (forwards WebRTC
+/// offers, answers and ICE candidates over a WebSocket) and serves the web app.
+/// It never sees chat messages or files: those go peer to peer.
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(name = "parlor-server", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, env = "PARLOR_LISTEN", default_value_t = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Directory of the built web app. When it has no `index.html`, `/` shows
+    /// how to build it.
+    #[arg(long, env = "PARLOR_WEB_DIR", default_value = DEFAULT_WEB_DIR)]
+    pub web_dir: PathBuf,
+
+    /// Peers allowed in one room.
+    #[arg(long, env = "PARLOR_MAX_PEERS_PER_ROOM", default_value_t = DEFAULT_MAX_PEERS_PER_ROOM,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_peers_per_room: usize,
+
+    /// Rooms the server holds at once.
+    #[arg(long, env = "PARLOR_MAX_ROOMS", default_value_t = DEFAULT_MAX_ROOMS,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_rooms: usize,
+
+    /// WebSocket connections open at once; more are refused with 503.
+    #[arg(long, env = "PARLOR_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+
+    /// Signaling messages per second a connection may send (sustained).
+    #[arg(long, env = "PARLOR_RATE_PER_SEC", default_value_t = DEFAULT_RATE_PER_SEC,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_per_sec: u32,
+
+    /// Signaling messages a connection may send in one burst.
+    #[arg(long, env = "PARLOR_RATE_BURST", default_value_t = DEFAULT_RATE_BURST,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_burst: u32,
+
+    /// Refused messages allowed before the server closes the connection
+    /// (close code 1008).
+    #[arg(long, env = "PARLOR_MAX_STRIKES", default_value_t = DEFAULT_MAX_STRIKES)]
+    pub max_strikes: u32,
+
+    /// Seconds between WebSocket pings sent to each client.
+    #[arg(long, env = "PARLOR_HEARTBEAT_SECS", default_value_t = DEFAULT_HEARTBEAT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_secs: u64,
+
+    /// Seconds of silence from a client before it is dropped.
+    #[arg(long, env = "PARLOR_IDLE_TIMEOUT_SECS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
+
+    /// Seconds a new connection has to send `hello`.
+    #[arg(long, env = "PARLOR_HELLO_TIMEOUT_SECS", default_value_t = DEFAULT_HELLO_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub hello_timeout_secs: u64,
+
+    /// A STUN or TURN URL handed to clients (repeatable; in the environment,
+    /// comma-separated). Default: none, which is enough on one network.
+    #[arg(
+        long = "ice-server",
+        value_name = "URL",
+        env = "PARLOR_ICE_SERVERS",
+        value_delimiter = ','
+    )]
+    pub ice_servers: Vec<String>,
+
+    /// Log filter, e.g. `info` or `parlor_signaling=debug` (logs go to stderr).
+    #[arg(long, env = "PARLOR_LOG", default_value = DEFAULT_LOG)]
+    pub log: String,
+}
+
+impl Default for Config {
+    /// The documented defaults, without reading the command line or the
+    /// environment (tests start from this and change what they need).
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+            web_dir: PathBuf::from(DEFAULT_WEB_DIR),
+            max_peers_per_room: DEFAULT_MAX_PEERS_PER_ROOM,
+            max_rooms: DEFAULT_MAX_ROOMS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            rate_per_sec: DEFAULT_RATE_PER_SEC,
+            rate_burst: DEFAULT_RATE_BURST,
+            max_strikes: DEFAULT_MAX_STRIKES,
+            heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            hello_timeout_secs: DEFAULT_HELLO_TIMEOUT_SECS,
+            ice_servers: Vec::new(),
+            log: DEFAULT_LOG.to_owned(),
+        }
+    }
+}
+
+/// A configuration the server cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A limit that must be at least 1 is 0.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    /// Pings would not come often enough to keep a live client from being
+    /// dropped as idle.
+    #[error("heartbeat ({heartbeat} s) must be shorter than the idle timeout ({idle} s)")]
+    HeartbeatTooSlow {
+        /// `--heartbeat-secs`.
+        heartbeat: u64,
+        /// `--idle-timeout-secs`.
+        idle: u64,
+    },
+    /// An `--ice-server` that is not a `stun:`, `stuns:`, `turn:` or `turns:` URL.
+    #[error("ICE server {0:?} must start with stun:, stuns:, turn: or turns:")]
+    IceServer(String),
+}
+
+impl Config {
+    /// Checks what clap's per-flag parsers cannot (and what a [`Config`]
+    /// built in code may get wrong).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let nonzero: [(&'static str, u64); 8] = [
+            ("--max-peers-per-room", self.max_peers_per_room as u64),
+            ("--max-rooms", self.max_rooms as u64),
+            ("--max-connections", self.max_connections as u64),
+            ("--rate-per-sec", u64::from(self.rate_per_sec)),
+            ("--rate-burst", u64::from(self.rate_burst)),
+            ("--heartbeat-secs", self.heartbeat_secs),
+            ("--idle-timeout-secs", self.idle_timeout_secs),
+            ("--hello-timeout-secs", self.hello_timeout_secs),
+        ];
+        if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Zero(name));
+        }
+        if self.heartbeat_secs >= self.idle_timeout_secs {
+            return Err(ConfigError::HeartbeatTooSlow {
+                heartbeat: self.heartbeat_secs,
+                idle: self.idle_timeout_secs,
+            });
+        }
+        if let Some(bad) = self.ice_servers.iter().find(|url| {
+            !["stun:", "stuns:", "turn:", "turns:"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+        }) {
+            return Err(ConfigError::IceServer(bad.clone()));
+        }
+        Ok(())
+    }
+
+    /// The ICE servers as sent in `welcome`: one entry per URL.
+    pub fn ice_server_list(&self) -> Vec<IceServer> {
+        self.ice_servers
+            .iter()
+            .map(|url| IceServer {
+                urls: vec![url.clone()],
+                username: None,
+                credential: None,
+            })
+            .collect()
+    }
+
+    /// `--heartbeat-secs` as a duration.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs)
+    }
+
+    /// `--idle-timeout-secs` as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// `--hello-timeout-secs` as a duration.
+    pub fn hello_timeout(&self) -> Duration {
+        Duration::from_secs(self.hello_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn parsed_defaults_match_default() {
+        // Ignores PARLOR_* variables only if none is set, which is the case
+        // in CI; the point is that the clap defaults and `Default` agree.
+        if std::env::vars().any(|(k, _)| k.starts_with("PARLOR_")) {
+            return;
+        }
+        assert_eq!(Config::parse_from(["parlor-server"]), Config::default());
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn flags_are_parsed() {
+        let config = Config::parse_from([
+            "parlor-server",
+            "--listen",
+            "127.0.0.1:0",
+            "--ice-server",
+            "stun:stun.example:3478",
+            "--ice-server",
+            "turn:turn.example:3478",
+            "--max-peers-per-room",
+            "4",
+        ]);
+        assert_eq!(config.listen.port(), 0);
+        assert_eq!(config.max_peers_per_room, 4);
+        assert_eq!(config.ice_server_list().len(), 2);
+        assert_eq!(
+            config.ice_server_list()[1].urls,
+            vec!["turn:turn.example:3478".to_owned()]
+        );
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        assert!(Config::try_parse_from(["parlor-server", "--max-rooms", "0"]).is_err());
+        let config = Config {
+            rate_burst: 0,
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Err(ConfigError::Zero("--rate-burst")));
+        let config = Config {
+            heartbeat_secs: 45,
+            ..Config::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::HeartbeatTooSlow { .. })
+        ));
+        let config = Config {
+            ice_servers: vec!["http://x".into()],
+            ..Config::default()
+        };
+        assert!(matches!(config.validate(), Err(ConfigError::IceServer(_))));
+    }
+}

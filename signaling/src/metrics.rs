@@ -1,0 +1,165 @@
+//! Prometheus metrics, one registry per server instance (never global, so
+//! several servers in one test process keep their numbers apart).
+//!
+//! Exposed at `GET /metrics` in the Prometheus text format 0.0.4:
+//! - gauges `parlor_connections`, `parlor_rooms`, `parlor_peers` (read from
+//!   the live state at scrape time, so they can never drift);
+//! - counters `parlor_connections_total`, `parlor_signaling_messages_total`
+//!   (label `type`: the client message type) and `parlor_errors_total` (label
+//!   `code`: [`ErrorCode::as_str`]).
+//!
+//! The 0.0.4 text format is used rather than OpenMetrics because there a
+//! counter `parlor_connections` (sample `parlor_connections_total`) and the
+//! gauge `parlor_connections` would be one metric family declared twice.
+
+use parlor_protocol::ErrorCode;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::rooms::RoomCounts;
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// The server's metrics and the registry that renders them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connections: Gauge,
+    rooms: Gauge,
+    peers: Gauge,
+    connections_total: Counter,
+    messages: Family<Labels, Counter>,
+    errors: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let connections = Gauge::default();
+        let rooms = Gauge::default();
+        let peers = Gauge::default();
+        let connections_total = Counter::default();
+        let messages = Family::<Labels, Counter>::default();
+        let errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "parlor_connections",
+            "Open signaling WebSockets",
+            connections.clone(),
+        );
+        registry.register(
+            "parlor_rooms",
+            "Rooms with at least one peer",
+            rooms.clone(),
+        );
+        registry.register("parlor_peers", "Peers in all rooms", peers.clone());
+        // prometheus-client appends `_total` to counter names.
+        registry.register(
+            "parlor_connections",
+            "Signaling WebSockets accepted since start",
+            connections_total.clone(),
+        );
+        registry.register(
+            "parlor_signaling_messages",
+            "Valid signaling messages received, by type",
+            messages.clone(),
+        );
+        registry.register(
+            "parlor_errors",
+            "Error replies sent to clients, by code",
+            errors.clone(),
+        );
+        Self {
+            registry,
+            connections,
+            rooms,
+            peers,
+            connections_total,
+            messages,
+            errors,
+        }
+    }
+
+    /// Counts an accepted WebSocket.
+    pub fn connection_accepted(&self) {
+        self.connections_total.inc();
+    }
+
+    /// Counts a valid message of type `kind` (`"hello"`, `"offer"`, ...).
+    pub fn message(&self, kind: &'static str) {
+        self.messages.get_or_create(&[("type", kind)]).inc();
+    }
+
+    /// Counts an error reply.
+    pub fn error(&self, code: ErrorCode) {
+        self.errors.get_or_create(&[("code", code.as_str())]).inc();
+    }
+
+    /// Renders every metric, setting the gauges from the live numbers first.
+    pub fn render(&self, connections: usize, counts: RoomCounts) -> String {
+        self.connections.set(to_i64(connections));
+        self.rooms.set(to_i64(counts.rooms));
+        self.peers.set(to_i64(counts.peers));
+        let mut out = String::new();
+        if let Err(err) = prometheus_text::encode(&mut out, &self.registry) {
+            // Only a failing `fmt::Write` can cause this, and String's never fails.
+            tracing::error!(%err, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_gauges_and_labelled_counters() {
+        let metrics = Metrics::new();
+        metrics.connection_accepted();
+        metrics.message("hello");
+        metrics.message("hello");
+        metrics.error(ErrorCode::UnknownPeer);
+        let text = metrics.render(3, RoomCounts { rooms: 1, peers: 2 });
+        for line in [
+            "parlor_connections 3",
+            "parlor_rooms 1",
+            "parlor_peers 2",
+            "parlor_connections_total 1",
+            "parlor_signaling_messages_total{type=\"hello\"} 2",
+            "parlor_errors_total{code=\"unknown_peer\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn instances_do_not_share_numbers() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.connection_accepted();
+        let text = b.render(0, RoomCounts::default());
+        assert!(
+            text.lines().any(|l| l == "parlor_connections_total 0"),
+            "{text}"
+        );
+    }
+}

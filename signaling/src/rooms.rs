@@ -1,0 +1,536 @@
+//! Rooms: who is in which room, and delivery of messages to its peers.
+//!
+//! Sessions talk to rooms only through the [`RoomBackend`] trait, so a shared
+//! backend (e.g. Redis pub/sub for several server instances) can replace the
+//! in-memory [`MemoryRooms`] without touching the session code.
+//!
+//! Every peer has a [`PeerOutbox`]: the sending half of a *bounded* queue
+//! drained by that peer's WebSocket writer task. Deliveries never wait: when a
+//! peer's queue is full, the peer is too slow to keep up, so it is told to
+//! disconnect (see [`PeerOutbox::deliver`]) rather than let the queue grow.
+//!
+//! Architecture invariant: the backend forwards [`ServerMessage`]s without
+//! reading SDP or candidates; it only looks at room ids and peer ids.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use parlor_protocol::{ErrorCode, IceServer, PeerId, PeerInfo, RoomId, ServerMessage};
+use tokio::sync::{Notify, mpsc};
+
+/// Messages a peer's outbox may hold before the peer counts as too slow and
+/// is disconnected. A newcomer to a full room receives a burst of about 15
+/// offers or answers plus ~150 candidates, but the writer drains the queue as
+/// fast as the socket takes it, so 64 queued messages only build up when the
+/// client stops reading; bounded, one peer costs at most 64 × 64 KiB.
+pub const OUTBOX_CAPACITY: usize = 64;
+
+/// What a connection's writer task sends on its WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// A signaling message (JSON text frame).
+    Message(ServerMessage),
+    /// A WebSocket ping (heartbeat).
+    Ping,
+    /// A close frame; the writer stops after sending it.
+    Close {
+        /// The WebSocket close code.
+        code: u16,
+        /// Why, for the client (at most 123 bytes on the wire).
+        reason: String,
+    },
+}
+
+/// Why a message could not be put in an outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// The queue is full: the peer does not read fast enough and has been told
+    /// to disconnect.
+    #[error("peer is too slow: its outbox is full")]
+    TooSlow,
+    /// The peer's connection is ending.
+    #[error("peer is gone")]
+    Gone,
+}
+
+/// The sending side of one peer's bounded outbox.
+#[derive(Clone)]
+pub struct PeerOutbox {
+    tx: mpsc::Sender<Outbound>,
+    /// Signalled when a delivery finds the queue full; the session selects on
+    /// it and disconnects.
+    evict: Arc<Notify>,
+}
+
+impl fmt::Debug for PeerOutbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerOutbox")
+            .field("queued", &(self.tx.max_capacity() - self.tx.capacity()))
+            .finish()
+    }
+}
+
+impl PeerOutbox {
+    /// A new outbox holding at most `capacity` messages, and the receiver its
+    /// writer drains.
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (
+            Self {
+                tx,
+                evict: Arc::new(Notify::new()),
+            },
+            rx,
+        )
+    }
+
+    /// Queues a signaling message without waiting. A full queue marks the peer
+    /// for eviction (its session closes the connection) and drops the message.
+    pub fn deliver(&self, msg: ServerMessage) -> Result<(), DeliveryError> {
+        self.push(Outbound::Message(msg))
+    }
+
+    /// Like [`Self::deliver`], for any [`Outbound`] item.
+    pub fn push(&self, item: Outbound) -> Result<(), DeliveryError> {
+        match self.tx.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.evict.notify_one();
+                Err(DeliveryError::TooSlow)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(DeliveryError::Gone),
+        }
+    }
+
+    /// Queues an item, waiting for room in the queue (used for the final
+    /// close frame, where waiting is bounded by the caller).
+    pub async fn push_wait(&self, item: Outbound) -> Result<(), DeliveryError> {
+        self.tx.send(item).await.map_err(|_| DeliveryError::Gone)
+    }
+
+    /// Resolves once a delivery has found this outbox full.
+    pub async fn evicted(&self) {
+        self.evict.notified().await;
+    }
+}
+
+/// A peer about to join a room, with what its `welcome` needs.
+#[derive(Debug, Clone)]
+pub struct Newcomer {
+    /// Its id and display name.
+    pub info: PeerInfo,
+    /// Where messages for it go.
+    pub outbox: PeerOutbox,
+    /// The protocol version agreed in `hello`, echoed in `welcome`.
+    pub version: u32,
+    /// The ICE servers listed in `welcome`.
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// Why a peer could not join a room.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The room has `max` peers already.
+    #[error("room is full ({max} peers)")]
+    RoomFull {
+        /// The limit.
+        max: usize,
+    },
+    /// The server holds `max` rooms already.
+    #[error("server has too many rooms ({max}); try again later")]
+    TooManyRooms {
+        /// The limit.
+        max: usize,
+    },
+    /// The peer id is in the room already (a session bug, never a client's).
+    #[error("peer is already in the room")]
+    AlreadyInRoom,
+}
+
+impl JoinError {
+    /// The code reported to the client.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::RoomFull { .. } => ErrorCode::RoomFull,
+            Self::TooManyRooms { .. } => ErrorCode::TooManyRooms,
+            Self::AlreadyInRoom => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Why a message could not be routed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The addressee is not in the sender's room.
+    #[error("peer {0} is not in this room")]
+    UnknownPeer(PeerId),
+}
+
+/// How many rooms and peers a backend holds (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomCounts {
+    /// Rooms with at least one peer.
+    pub rooms: usize,
+    /// Peers in all rooms.
+    pub peers: usize,
+}
+
+/// Room membership and message routing, as the sessions need it.
+///
+/// Implementations must make [`join`](Self::join) and [`leave`](Self::leave)
+/// atomic with their announcements, so that every peer of a room sees the
+/// same order of joins and leaves and a newcomer's first message is its
+/// `welcome`. Deliveries must not wait on a slow peer ([`PeerOutbox::deliver`]
+/// never does).
+#[async_trait]
+pub trait RoomBackend: Send + Sync + fmt::Debug + 'static {
+    /// Adds the newcomer to `room` (creating the room), queues its `welcome`
+    /// (listing the peers already present) and announces `peer_joined` to the
+    /// others. Returns the peers that were present.
+    async fn join(&self, room: &RoomId, newcomer: Newcomer) -> Result<Vec<PeerInfo>, JoinError>;
+
+    /// Removes `peer` from `room` (dropping the room when it empties) and
+    /// announces `peer_left` to the others. Returns whether it was there.
+    async fn leave(&self, room: &RoomId, peer: &PeerId) -> bool;
+
+    /// Delivers `msg` to peer `to` if it is in `room`. A slow addressee is
+    /// evicted and the message dropped; that is not the sender's error.
+    async fn send_to(
+        &self,
+        room: &RoomId,
+        to: &PeerId,
+        msg: ServerMessage,
+    ) -> Result<(), RouteError>;
+
+    /// Rooms and peers held now (for metrics; cheap, never blocks for long).
+    fn counts(&self) -> RoomCounts;
+}
+
+/// The default backend: rooms in a map behind one mutex.
+///
+/// Each operation takes the lock once, checks and changes the map and queues
+/// the announcements, and releases it: no check-then-insert race, and never
+/// an `.await` while locked (queueing is `try_send`). The lock is held for
+/// microseconds, so a std `Mutex` is right here (tokio's docs say the same).
+#[derive(Debug)]
+pub struct MemoryRooms {
+    max_peers_per_room: usize,
+    max_rooms: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Members in join order (rooms are small, so a Vec is fastest).
+    rooms: HashMap<RoomId, Vec<Member>>,
+    /// Sum of all rooms' member counts.
+    peers: usize,
+}
+
+#[derive(Debug)]
+struct Member {
+    info: PeerInfo,
+    outbox: PeerOutbox,
+}
+
+impl MemoryRooms {
+    /// An empty set of rooms with these limits.
+    pub fn new(max_peers_per_room: usize, max_rooms: usize) -> Self {
+        Self {
+            max_peers_per_room: max_peers_per_room.max(1),
+            max_rooms: max_rooms.max(1),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere while holding the lock must not take every other
+        // session down with it; the map is consistent after each statement.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn deliver_logged(member: &Member, msg: ServerMessage) {
+    if let Err(err) = member.outbox.deliver(msg) {
+        tracing::debug!(peer = %member.info.id, %err, "message not delivered");
+    }
+}
+
+#[async_trait]
+impl RoomBackend for MemoryRooms {
+    async fn join(&self, room: &RoomId, newcomer: Newcomer) -> Result<Vec<PeerInfo>, JoinError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let room_count = inner.rooms.len();
+        let members = match inner.rooms.entry(room.clone()) {
+            Entry::Occupied(entry) => {
+                let members = entry.into_mut();
+                if members.len() >= self.max_peers_per_room {
+                    return Err(JoinError::RoomFull {
+                        max: self.max_peers_per_room,
+                    });
+                }
+                if members.iter().any(|m| m.info.id == newcomer.info.id) {
+                    return Err(JoinError::AlreadyInRoom);
+                }
+                members
+            }
+            Entry::Vacant(entry) => {
+                if room_count >= self.max_rooms {
+                    return Err(JoinError::TooManyRooms {
+                        max: self.max_rooms,
+                    });
+                }
+                entry.insert(Vec::new())
+            }
+        };
+        let present: Vec<PeerInfo> = members.iter().map(|m| m.info.clone()).collect();
+        let welcome = ServerMessage::Welcome {
+            version: newcomer.version,
+            peer_id: newcomer.info.id.clone(),
+            peers: present.clone(),
+            ice_servers: newcomer.ice_servers,
+        };
+        let member = Member {
+            info: newcomer.info,
+            outbox: newcomer.outbox,
+        };
+        deliver_logged(&member, welcome);
+        for other in members.iter() {
+            deliver_logged(
+                other,
+                ServerMessage::PeerJoined {
+                    peer: member.info.clone(),
+                },
+            );
+        }
+        members.push(member);
+        inner.peers += 1;
+        Ok(present)
+    }
+
+    async fn leave(&self, room: &RoomId, peer: &PeerId) -> bool {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let Some(members) = inner.rooms.get_mut(room) else {
+            return false;
+        };
+        let Some(index) = members.iter().position(|m| &m.info.id == peer) else {
+            return false;
+        };
+        members.remove(index);
+        inner.peers -= 1;
+        if members.is_empty() {
+            inner.rooms.remove(room);
+        } else {
+            for other in members.iter() {
+                deliver_logged(
+                    other,
+                    ServerMessage::PeerLeft {
+                        peer_id: peer.clone(),
+                    },
+                );
+            }
+        }
+        true
+    }
+
+    async fn send_to(
+        &self,
+        room: &RoomId,
+        to: &PeerId,
+        msg: ServerMessage,
+    ) -> Result<(), RouteError> {
+        let inner = self.lock();
+        let member = inner
+            .rooms
+            .get(room)
+            .and_then(|members| members.iter().find(|m| &m.info.id == to))
+            .ok_or_else(|| RouteError::UnknownPeer(to.clone()))?;
+        deliver_logged(member, msg);
+        Ok(())
+    }
+
+    fn counts(&self) -> RoomCounts {
+        let inner = self.lock();
+        RoomCounts {
+            rooms: inner.rooms.len(),
+            peers: inner.peers,
+        }
+    }
+}
+
+/// Makes peer ids: a random 32-bit prefix chosen when the server starts, then
+/// a counter, in hex (`"9f3a61c2-1f"`). Unique for the life of the server
+/// instance; the prefix keeps ids from different runs (and different servers)
+/// apart and makes them hard to guess from outside.
+#[derive(Debug)]
+pub struct PeerIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl PeerIds {
+    /// A generator with a fresh random prefix.
+    pub fn new() -> Self {
+        Self {
+            prefix: rand::random(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// The next id.
+    pub fn next_id(&self) -> PeerId {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        PeerId(format!("{:08x}-{n:x}", self.prefix))
+    }
+}
+
+impl Default for PeerIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn room(name: &str) -> RoomId {
+        RoomId::parse(&format!("{name:_<16}")).unwrap()
+    }
+
+    fn newcomer(ids: &PeerIds) -> (Newcomer, mpsc::Receiver<Outbound>) {
+        let (outbox, rx) = PeerOutbox::channel(4);
+        let info = PeerInfo {
+            id: ids.next_id(),
+            name: String::new(),
+        };
+        (
+            Newcomer {
+                info,
+                outbox,
+                version: 1,
+                ice_servers: Vec::new(),
+            },
+            rx,
+        )
+    }
+
+    fn next_message(rx: &mut mpsc::Receiver<Outbound>) -> ServerMessage {
+        match rx.try_recv().unwrap() {
+            Outbound::Message(msg) => msg,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn welcome_comes_first_and_others_hear_of_the_join() {
+        let rooms = MemoryRooms::new(4, 4);
+        let ids = PeerIds::new();
+        let (a, mut a_rx) = newcomer(&ids);
+        let (b, mut b_rx) = newcomer(&ids);
+        let (a_id, b_info) = (a.info.id.clone(), b.info.clone());
+        assert!(rooms.join(&room("r"), a).await.unwrap().is_empty());
+        assert_eq!(rooms.join(&room("r"), b).await.unwrap().len(), 1);
+        assert!(matches!(
+            next_message(&mut a_rx),
+            ServerMessage::Welcome { .. }
+        ));
+        assert_eq!(
+            next_message(&mut a_rx),
+            ServerMessage::PeerJoined {
+                peer: b_info.clone()
+            }
+        );
+        match next_message(&mut b_rx) {
+            ServerMessage::Welcome { peers, peer_id, .. } => {
+                assert_eq!(peer_id, b_info.id);
+                assert_eq!(peers.len(), 1);
+                assert_eq!(peers[0].id, a_id);
+            }
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        assert_eq!(rooms.counts(), RoomCounts { rooms: 1, peers: 2 });
+        assert!(rooms.leave(&room("r"), &b_info.id).await);
+        assert_eq!(
+            next_message(&mut a_rx),
+            ServerMessage::PeerLeft { peer_id: b_info.id }
+        );
+        assert!(rooms.leave(&room("r"), &a_id).await);
+        assert_eq!(
+            rooms.counts(),
+            RoomCounts::default(),
+            "empty rooms are removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn limits_are_enforced() {
+        let rooms = MemoryRooms::new(1, 1);
+        let ids = PeerIds::new();
+        let (a, _a_rx) = newcomer(&ids);
+        let (b, _b_rx) = newcomer(&ids);
+        let (c, _c_rx) = newcomer(&ids);
+        rooms.join(&room("one"), a).await.unwrap();
+        assert_eq!(
+            rooms.join(&room("one"), b).await,
+            Err(JoinError::RoomFull { max: 1 })
+        );
+        assert_eq!(
+            rooms.join(&room("two"), c).await,
+            Err(JoinError::TooManyRooms { max: 1 })
+        );
+        assert_eq!(rooms.counts(), RoomCounts { rooms: 1, peers: 1 });
+    }
+
+    #[tokio::test]
+    async fn send_to_reaches_only_members_of_the_room() {
+        let rooms = MemoryRooms::new(4, 4);
+        let ids = PeerIds::new();
+        let (a, _a_rx) = newcomer(&ids);
+        let (b, mut b_rx) = newcomer(&ids);
+        let b_id = b.info.id.clone();
+        rooms.join(&room("one"), a).await.unwrap();
+        rooms.join(&room("two"), b).await.unwrap();
+        let msg = ServerMessage::Pong;
+        assert_eq!(
+            rooms.send_to(&room("one"), &b_id, msg.clone()).await,
+            Err(RouteError::UnknownPeer(b_id.clone()))
+        );
+        rooms
+            .send_to(&room("two"), &b_id, msg.clone())
+            .await
+            .unwrap();
+        let _welcome = next_message(&mut b_rx);
+        assert_eq!(next_message(&mut b_rx), msg);
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_evicts_its_peer() {
+        let (outbox, _rx) = PeerOutbox::channel(2);
+        outbox.deliver(ServerMessage::Pong).unwrap();
+        outbox.deliver(ServerMessage::Pong).unwrap();
+        assert_eq!(
+            outbox.deliver(ServerMessage::Pong),
+            Err(DeliveryError::TooSlow)
+        );
+        // The eviction notice is stored until the session looks.
+        tokio::time::timeout(std::time::Duration::from_secs(1), outbox.evicted())
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn peer_ids_are_unique() {
+        let ids = PeerIds::new();
+        let (a, b) = (ids.next_id(), ids.next_id());
+        assert_ne!(a, b);
+        assert_ne!(PeerIds::new().next_id(), PeerIds::new().next_id());
+    }
+}

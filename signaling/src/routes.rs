@@ -1,0 +1,220 @@
+//! HTTP routes: warp filters built from [`App`], their handlers, and the one
+//! [`recover`] function that turns rejections into JSON errors.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /ws` | the signaling WebSocket ([`crate::session`]) |
+//! | `GET /healthz` | `200 ok` |
+//! | `GET /metrics` | Prometheus text ([`crate::metrics`]) |
+//! | `GET /`, `GET /r/{room}`, app files | the web app ([`crate::web`]) |
+//! | anything else | `404` |
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use warp::http::StatusCode;
+use warp::ws::Ws;
+use warp::{Filter, Rejection, Reply};
+
+use crate::session::{self, TRANSPORT_MAX_MESSAGE_BYTES};
+use crate::state::App;
+use crate::{metrics, web};
+
+/// Every route of the server, with rejections recovered.
+pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let ws = warp::path("ws")
+        .and(warp::path::end())
+        .and(warp::ws())
+        .and(with_app(Arc::clone(&app)))
+        .and_then(websocket);
+    let healthz = warp::path("healthz")
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(|| "ok");
+    let metrics = warp::path("metrics")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_app(Arc::clone(&app)))
+        .map(metrics);
+    let web = web::routes(app.config().web_dir.clone());
+    ws.or(healthz).or(metrics).or(web).recover(recover)
+}
+
+fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = Infallible> + Clone {
+    warp::any().map(move || Arc::clone(&app))
+}
+
+/// Why a WebSocket upgrade was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// `--max-connections` WebSockets are open.
+    #[error("server is at its connection limit; try again later")]
+    TooManyConnections,
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+impl warp::reject::Reject for Unavailable {}
+
+/// `GET /ws`: counts the connection (or refuses it with 503) and upgrades.
+async fn websocket(ws: Ws, app: Arc<App>) -> Result<impl Reply, Rejection> {
+    if app.is_shutting_down() {
+        return Err(warp::reject::custom(Unavailable::ShuttingDown));
+    }
+    let Some(conn) = app.try_connect() else {
+        tracing::warn!(
+            max = app.config().max_connections,
+            "connection refused: limit reached"
+        );
+        return Err(warp::reject::custom(Unavailable::TooManyConnections));
+    };
+    Ok(ws
+        .max_message_size(TRANSPORT_MAX_MESSAGE_BYTES)
+        .max_frame_size(TRANSPORT_MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| session::serve(socket, app, conn)))
+}
+
+/// `GET /metrics`.
+fn metrics(app: Arc<App>) -> impl Reply {
+    warp::reply::with_header(app.render_metrics(), "content-type", metrics::CONTENT_TYPE)
+}
+
+/// Turns any rejection into a status code and a JSON body `{"error": "..."}`.
+pub async fn recover(rejection: Rejection) -> Result<impl Reply, Infallible> {
+    let (status, message) = if rejection.is_not_found() {
+        (StatusCode::NOT_FOUND, "not found".to_owned())
+    } else if let Some(unavailable) = rejection.find::<Unavailable>() {
+        (StatusCode::SERVICE_UNAVAILABLE, unavailable.to_string())
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed".to_owned(),
+        )
+    } else if rejection
+        .find::<warp::filters::ws::MissingConnectionUpgrade>()
+        .is_some()
+        || rejection.find::<warp::reject::MissingHeader>().is_some()
+        || rejection.find::<warp::reject::InvalidHeader>().is_some()
+    {
+        (
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade request".to_owned(),
+        )
+    } else {
+        tracing::warn!(?rejection, "unhandled rejection");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal server error".to_owned(),
+        )
+    };
+    let body = warp::reply::json(&serde_json::json!({ "error": message }));
+    Ok(warp::reply::with_status(body, status))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::Config;
+
+    fn app(max_connections: usize) -> Arc<App> {
+        let web_dir = std::env::temp_dir().join("parlor-signaling-no-such-dir");
+        App::new(Config {
+            max_connections,
+            web_dir,
+            ..Config::default()
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn healthz_says_ok() {
+        let res = warp::test::request()
+            .path("/healthz")
+            .reply(&routes(app(1)))
+            .await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.body().as_ref(), b"ok");
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_404_in_json() {
+        let res = warp::test::request()
+            .path("/nope")
+            .reply(&routes(app(1)))
+            .await;
+        assert_eq!(res.status(), 404);
+        assert_eq!(res.body().as_ref(), br#"{"error":"not found"}"#);
+    }
+
+    #[tokio::test]
+    async fn ws_without_upgrade_is_a_bad_request() {
+        let res = warp::test::request()
+            .path("/ws")
+            .reply(&routes(app(1)))
+            .await;
+        assert_eq!(res.status(), 400);
+    }
+
+    #[tokio::test]
+    async fn metrics_are_prometheus_text() {
+        let res = warp::test::request()
+            .path("/metrics")
+            .reply(&routes(app(1)))
+            .await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], metrics::CONTENT_TYPE);
+        let body = String::from_utf8_lossy(res.body());
+        assert!(body.lines().any(|l| l == "parlor_connections 0"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn wrong_method_is_405() {
+        let res = warp::test::request()
+            .method("POST")
+            .path("/healthz")
+            .reply(&routes(app(1)))
+            .await;
+        assert_eq!(res.status(), 405);
+    }
+
+    #[tokio::test]
+    async fn hello_over_an_in_process_websocket_gets_a_welcome() {
+        use parlor_protocol::{ClientMessage, RoomId, ServerMessage};
+        let app = app(4);
+        let mut ws = warp::test::ws()
+            .path("/ws")
+            .handshake(routes(Arc::clone(&app)))
+            .await
+            .unwrap();
+        let hello = ClientMessage::Hello {
+            version: 1,
+            room: RoomId::from_random([3; 16]),
+            name: Some("ada".into()),
+        };
+        ws.send_text(hello.to_json()).await;
+        let reply = ws.recv().await.unwrap();
+        let reply = ServerMessage::from_json(reply.to_str().unwrap()).unwrap();
+        assert!(matches!(reply, ServerMessage::Welcome { .. }), "{reply:?}");
+        assert_eq!(app.open_connections(), 1);
+        assert_eq!(app.backend().counts().peers, 1);
+    }
+
+    #[tokio::test]
+    async fn websockets_beyond_the_limit_get_503() {
+        let app = app(1);
+        let routes = routes(Arc::clone(&app));
+        let _held = app.try_connect().unwrap();
+        let res = warp::test::request()
+            .path("/ws")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .reply(&routes)
+            .await;
+        assert_eq!(res.status(), 503);
+        assert_eq!(app.open_connections(), 1);
+    }
+}

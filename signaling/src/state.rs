@@ -1,0 +1,161 @@
+//! [`App`]: everything the requests of one server instance share.
+//!
+//! No globals: a test process can run several servers side by side, each
+//! with its own rooms, metrics, connection count and shutdown signal.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use parlor_protocol::IceServer;
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::rooms::{MemoryRooms, PeerIds, RoomBackend};
+
+/// Shared state of one server instance.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    ice_servers: Vec<IceServer>,
+    backend: Arc<dyn RoomBackend>,
+    metrics: Metrics,
+    peer_ids: PeerIds,
+    /// Open WebSockets. A watch channel rather than an atomic so that
+    /// shutdown can wait for zero, and so that check-and-increment happens
+    /// under one lock (`send_if_modified`).
+    connections: watch::Sender<usize>,
+    /// Becomes `true` once, when the server starts shutting down.
+    shutdown: watch::Sender<bool>,
+}
+
+impl App {
+    /// A server state with in-memory rooms.
+    pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
+        let backend = Arc::new(MemoryRooms::new(
+            config.max_peers_per_room,
+            config.max_rooms,
+        ));
+        Self::with_backend(config, backend)
+    }
+
+    /// A server state with the given room backend (its own limits apply;
+    /// `--max-peers-per-room` and `--max-rooms` configure [`MemoryRooms`]).
+    pub fn with_backend(
+        config: Config,
+        backend: Arc<dyn RoomBackend>,
+    ) -> Result<Arc<Self>, ConfigError> {
+        config.validate()?;
+        Ok(Arc::new(Self {
+            ice_servers: config.ice_server_list(),
+            config,
+            backend,
+            metrics: Metrics::new(),
+            peer_ids: PeerIds::new(),
+            connections: watch::Sender::new(0),
+            shutdown: watch::Sender::new(false),
+        }))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// ICE servers sent in every `welcome`.
+    pub fn ice_servers(&self) -> &[IceServer] {
+        &self.ice_servers
+    }
+
+    /// The room backend.
+    pub fn backend(&self) -> &Arc<dyn RoomBackend> {
+        &self.backend
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The peer id generator.
+    pub fn peer_ids(&self) -> &PeerIds {
+        &self.peer_ids
+    }
+
+    /// Metrics in Prometheus text format, with the gauges read now.
+    pub fn render_metrics(&self) -> String {
+        self.metrics
+            .render(self.open_connections(), self.backend.counts())
+    }
+
+    /// Open WebSockets now.
+    pub fn open_connections(&self) -> usize {
+        *self.connections.borrow()
+    }
+
+    /// Counts a new WebSocket unless `--max-connections` are open already.
+    /// The returned guard uncounts it when dropped, however the session ends.
+    pub fn try_connect(self: &Arc<Self>) -> Option<ConnectionGuard> {
+        let max = self.config.max_connections;
+        let admitted = self.connections.send_if_modified(|open| {
+            if *open >= max {
+                return false;
+            }
+            *open += 1;
+            true
+        });
+        admitted.then(|| ConnectionGuard {
+            app: Arc::clone(self),
+        })
+    }
+
+    /// Resolves once no WebSocket is open.
+    pub async fn connections_closed(&self) {
+        let mut open = self.connections.subscribe();
+        // The sender lives in `self`, so this cannot fail.
+        let _ = open.wait_for(|n| *n == 0).await;
+    }
+
+    /// Starts shutting down: sessions close their sockets with 1001, new
+    /// WebSockets are refused.
+    pub fn shut_down(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Whether [`Self::shut_down`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// A receiver that sessions select on; see [`shutdown_requested`].
+    pub fn shutdown_receiver(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// A future that resolves when shutdown starts (owns what it needs, so it
+    /// can be handed to warp's graceful shutdown).
+    pub fn on_shutdown(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move { shutdown_requested(&mut rx).await }
+    }
+}
+
+/// Resolves when the shutdown flag is (or becomes) set, or when its sender is
+/// gone (the server is gone too, then).
+pub async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// One counted WebSocket; uncounts it on drop (also when a session panics).
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    app: Arc<App>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.app
+            .connections
+            .send_modify(|open| *open = open.saturating_sub(1));
+    }
+}

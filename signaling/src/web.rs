@@ -1,0 +1,144 @@
+//! The web app: static files from `--web-dir`, with `/r/{room}` answered by
+//! `index.html` (the app routes on the client). When the directory has no
+//! `index.html`, `/` and `/r/{room}` get a short page saying how to build it.
+//!
+//! Whether the app is built is checked per request, so building it while the
+//! server runs needs no restart.
+
+use std::path::{Path, PathBuf};
+
+use warp::{Filter, Rejection, Reply};
+
+/// Filters for `/`, `/r/{room}` and the app's files under `web_dir`.
+pub fn routes(web_dir: PathBuf) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let index_html = web_dir.join("index.html");
+
+    // `/` or `/r/{room}`: pages that show the app.
+    let app_page = warp::get().and(
+        warp::path::end()
+            .or(warp::path!("r" / String)
+                .map(|_room: String| ())
+                .untuple_one())
+            .unify(),
+    );
+
+    let built = {
+        let index_html = index_html.clone();
+        warp::any()
+            .and_then(move || {
+                let index_html = index_html.clone();
+                async move {
+                    if is_file(&index_html).await {
+                        Ok(())
+                    } else {
+                        Err(warp::reject::not_found())
+                    }
+                }
+            })
+            .untuple_one()
+    };
+
+    let app_index = app_page.and(built.clone()).and(warp::fs::file(index_html));
+    let app_files = warp::get().and(built).and(warp::fs::dir(web_dir.clone()));
+    let page = not_built_page(&web_dir);
+    let not_built = app_page.map(move || warp::reply::html(page.clone()));
+
+    app_index.or(app_files).or(not_built)
+}
+
+async fn is_file(path: &Path) -> bool {
+    tokio::fs::metadata(path)
+        .await
+        .map(|m| m.is_file())
+        .unwrap_or(false)
+}
+
+/// The page served while the web app is not built.
+pub fn not_built_page(web_dir: &Path) -> String {
+    let dir = html_escape(&web_dir.display().to_string());
+    format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Parlor: web app not built</title>
+</head>
+<body style="font-family: system-ui, sans-serif; max-width: 40em; margin: 3em auto; padding: 0 1em; line-height: 1.5">
+<h1>Parlor</h1>
+<p>The server is running, but the web app is not built yet: there is no
+<code>index.html</code> in <code>{dir}</code>.</p>
+<p>To build the web app and start the server, run <code>cargo xtask run</code>
+in the Parlor repository; see the README. To serve an app built elsewhere,
+start the server with <code>--web-dir DIR</code> (or set <code>PARLOR_WEB_DIR</code>).</p>
+<p>Signaling already works: command-line peers can meet through <code>/ws</code>.</p>
+</body>
+</html>
+"#
+    )
+}
+
+fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_the_not_built_page_without_index_html() {
+        let dir = tempfile::tempdir().unwrap();
+        let filter = routes(dir.path().to_owned());
+        for path in ["/", "/r/abcdefghijklmnopqrstuv"] {
+            let res = warp::test::request().path(path).reply(&filter).await;
+            assert_eq!(res.status(), 200, "{path}");
+            let body = String::from_utf8_lossy(res.body());
+            assert!(
+                body.contains("not built yet") && body.contains("cargo xtask run"),
+                "{body}"
+            );
+        }
+        let res = warp::test::request().path("/app.js").reply(&filter).await;
+        assert_eq!(res.status(), 404);
+    }
+
+    #[tokio::test]
+    async fn serves_index_html_for_app_routes_and_files_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("index.html"), "<p>the app</p>").unwrap();
+        std::fs::write(dir.path().join("app.js"), "console.log(1)").unwrap();
+        let filter = routes(dir.path().to_owned());
+        for path in ["/", "/r/abcdefghijklmnopqrstuv", "/index.html"] {
+            let res = warp::test::request().path(path).reply(&filter).await;
+            assert_eq!(res.status(), 200, "{path}");
+            assert_eq!(res.body().as_ref(), b"<p>the app</p>", "{path}");
+        }
+        let res = warp::test::request().path("/app.js").reply(&filter).await;
+        assert_eq!(res.body().as_ref(), b"console.log(1)");
+        assert!(
+            !warp::test::request()
+                .path("/missing.js")
+                .matches(&filter)
+                .await
+        );
+        assert!(!warp::test::request().path("/r/a/b").matches(&filter).await);
+    }
+
+    #[test]
+    fn the_web_dir_is_escaped() {
+        assert!(not_built_page(Path::new("<b>")).contains("&lt;b&gt;"));
+    }
+}

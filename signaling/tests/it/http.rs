@@ -1,0 +1,130 @@
+//! Plain HTTP routes against a real server: health, metrics, the web app.
+
+use parlor_protocol::{ClientMessage, ErrorCode, PeerId, ServerMessage};
+use parlor_signaling::Config;
+
+use crate::support::{TestServer, http_get, new_room, test_config};
+
+#[tokio::test]
+async fn healthz_answers_ok() {
+    let server = TestServer::start(test_config()).await;
+    let (status, _, body) = http_get(server.addr, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404() {
+    let server = TestServer::start(test_config()).await;
+    assert_eq!(http_get(server.addr, "/nope").await.0, 404);
+    assert_eq!(http_get(server.addr, "/r/a/b/c").await.0, 404);
+}
+
+fn has_line(text: &str, line: &str) -> bool {
+    text.lines().any(|l| l == line)
+}
+
+#[tokio::test]
+async fn metrics_count_connections_rooms_peers_messages_and_errors() {
+    let server = TestServer::start(test_config()).await;
+    let room = new_room();
+    let (mut ada, _, _) = server.join(&room, "ada").await;
+    let (_bob, _, _) = server.join(&room, "bob").await;
+    let (_cyd, _, _) = server.join(&new_room(), "cyd").await;
+    assert!(matches!(ada.recv().await, ServerMessage::PeerJoined { .. }));
+    ada.send(&ClientMessage::Offer {
+        to: PeerId("nobody".into()),
+        sdp: "v=0".into(),
+    })
+    .await;
+    ada.expect_error(ErrorCode::UnknownPeer).await;
+    ada.send_text("{").await;
+    ada.expect_error(ErrorCode::Malformed).await;
+
+    let (status, head, body) = http_get(server.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    for line in [
+        "parlor_connections 3",
+        "parlor_rooms 2",
+        "parlor_peers 3",
+        "parlor_connections_total 3",
+        "parlor_signaling_messages_total{type=\"hello\"} 3",
+        "parlor_signaling_messages_total{type=\"offer\"} 1",
+        "parlor_errors_total{code=\"unknown_peer\"} 1",
+        "parlor_errors_total{code=\"malformed\"} 1",
+    ] {
+        assert!(has_line(&body, line), "missing {line:?} in\n{body}");
+    }
+}
+
+#[tokio::test]
+async fn each_server_has_its_own_metrics() {
+    let one = TestServer::start(test_config()).await;
+    let two = TestServer::start(test_config()).await;
+    let room = new_room();
+    let (_ada, _, _) = one.join(&room, "ada").await;
+    let (_bob, _, _) = one.join(&room, "bob").await;
+    assert!(has_line(
+        &http_get(one.addr, "/metrics").await.2,
+        "parlor_peers 2"
+    ));
+    assert!(has_line(
+        &http_get(two.addr, "/metrics").await.2,
+        "parlor_peers 0"
+    ));
+}
+
+#[tokio::test]
+async fn without_a_built_app_the_pages_say_how_to_build_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(Config {
+        web_dir: dir.path().to_owned(),
+        ..test_config()
+    })
+    .await;
+    for path in ["/", "/r/abcdefghijklmnopqrstuv"] {
+        let (status, head, body) = http_get(server.addr, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/html"),
+            "{head}"
+        );
+        assert!(body.contains("not built yet"), "{body}");
+        assert!(body.contains("cargo xtask run"), "{body}");
+    }
+    assert_eq!(http_get(server.addr, "/app.js").await.0, 404);
+}
+
+#[tokio::test]
+async fn a_built_app_is_served_with_index_html_for_room_links() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("index.html"),
+        "<!doctype html><title>Parlor</title>",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("parlor.js"), "export {}").unwrap();
+    let server = TestServer::start(Config {
+        web_dir: dir.path().to_owned(),
+        ..test_config()
+    })
+    .await;
+    for path in ["/", "/r/abcdefghijklmnopqrstuv"] {
+        let (status, _, body) = http_get(server.addr, path).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "<!doctype html><title>Parlor</title>"),
+            "{path}"
+        );
+    }
+    let (status, head, body) = http_get(server.addr, "/parlor.js").await;
+    assert_eq!((status, body.as_str()), (200, "export {}"));
+    assert!(head.to_ascii_lowercase().contains("javascript"), "{head}");
+    assert_eq!(http_get(server.addr, "/missing.js").await.0, 404);
+    assert_eq!(http_get(server.addr, "/healthz").await.2, "ok");
+}

@@ -1,0 +1,10 @@
+//! Integration tests of `parlor-server`: real servers on 127.0.0.1:0, run
+//! in-process through `parlor_signaling::run`, with real WebSocket clients
+//! (one test also starts the `parlor-server` binary).
+#![allow(clippy::unwrap_used)]
+
+mod http;
+mod lifecycle;
+mod limits;
+mod signaling;
+mod support;
