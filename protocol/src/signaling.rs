@@ -19,9 +19,10 @@ pub const MAX_SIGNALING_MESSAGE_BYTES: usize = 64 * 1024;
 /// Longest display name, in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
 
-/// A message from a client to the server.
+/// A message from a client to the server. Unknown fields are ignored, so a
+/// newer client's `hello` still reaches the version check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ClientMessage {
     /// Join a room. Must be the first message of a connection, sent once.
@@ -365,6 +366,14 @@ mod tests {
         }
         let huge = format!(r#"{{"type":"offer","to":"p","sdp":"{}"}}"#, "x".repeat(70_000));
         assert_eq!(ClientMessage::from_json(&huge).unwrap_err().code(), ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn a_newer_hello_with_extra_fields_still_reaches_the_version_check() {
+        let msg = ClientMessage::from_json(
+            r#"{"type":"hello","version":9,"room":"abcdefghijklmnop","resume":"tok"}"#,
+        );
+        assert!(matches!(msg, Ok(ClientMessage::Hello { version: 9, .. })));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! that line), and runs until SIGINT or SIGTERM.
 
 use std::future::Future;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     config.validate().context("invalid configuration")?;
     let shutdown = shutdown_signal()?;

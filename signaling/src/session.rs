@@ -422,7 +422,7 @@ impl Session {
     /// Answers with an `error` message.
     fn send_error(&self, code: ErrorCode, message: impl Into<String>) -> Step {
         let message = message.into();
-        debug!(code = code.as_str(), %message, "refused");
+        debug!(code = code.as_str(), reason = %message, "refused");
         self.app.metrics().error(code);
         self.push(Outbound::Message(ServerMessage::Error { code, message }))
     }

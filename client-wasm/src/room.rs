@@ -1,0 +1,1019 @@
+//! The room driver: the one place where a room's state changes. It owns the
+//! signaling socket, one [`PeerLink`] per remote peer, the page's
+//! [`ChatSession`] and every [`FileSender`] / [`FileReceiver`], and it behaves
+//! on the wire exactly like the CLI's `room.rs`: the newcomer offers to the
+//! peers in `welcome`, chat frames go on the chat channel and the rest on the
+//! file channel, sending is paced by `bufferedamountlow`.
+//!
+//! JS callbacks reach the driver through a `Weak` reference (so dropping the
+//! page's handle frees everything) and never re-enter it: if the driver is
+//! busy, the event is retried on the next microtask.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::{Rc, Weak};
+
+use gloo::timers::callback::{Interval, Timeout};
+use parlor_core::{
+    ChatOutput, ChatSession, FileReceiver, FileSender, MessageStatus, Progress, ReceiverOutput, SenderOutput,
+    TransferConfig, TransferError,
+};
+use parlor_protocol::{
+    CancelReason, ClientMessage, ErrorCode, FileOffer, Frame, IceServer, MessageId, PROTOCOL_VERSION, PeerId,
+    RoomId, ServerMessage, TransferId,
+};
+use web_sys::File;
+
+use crate::rtc::{self, Channel, PeerEvent, PeerLink};
+use crate::signaling::{self, SignalEvent, Signaling};
+use crate::state::{
+    Action, Direction, LinkState, MessageView, ServerStatus, Status, TransferState, TransferView,
+};
+use crate::storage::{self, IncomingFile, SinkEvent};
+use crate::util::{hex, now_ms, random_bytes, wall_ms};
+
+/// First reconnect delay; doubled per failed attempt up to [`MAX_RECONNECT_SECS`].
+const FIRST_RECONNECT_SECS: u32 = 1;
+/// Longest wait between reconnect attempts.
+const MAX_RECONNECT_SECS: u32 = 30;
+/// How often connection paths and RTTs are refreshed from `getStats()`.
+const STATS_EVERY_MS: u32 = 2_000;
+
+struct Outgoing {
+    peer: PeerId,
+    file: File,
+    /// `None` while the file is being hashed.
+    sender: Option<FileSender>,
+    send_error: Option<String>,
+    view: TransferView,
+}
+
+struct Incoming {
+    receiver: FileReceiver,
+    sink: Option<IncomingFile>,
+    /// `Some` once verified: frames held until the file is closed and
+    /// offered for saving (the `FileVerified` must not go out before).
+    held: Option<Vec<Frame>>,
+    view: TransferView,
+}
+
+/// The driver; see the module docs.
+pub struct Driver {
+    weak: Weak<RefCell<Driver>>,
+    room: RoomId,
+    name: String,
+    dispatch: Rc<dyn Fn(Action)>,
+    signaling: Option<Signaling>,
+    ever_joined: bool,
+    fatal: bool,
+    attempt: u32,
+    reconnect_timer: Option<Timeout>,
+    me: Option<PeerId>,
+    ice_servers: Vec<IceServer>,
+    names: HashMap<PeerId, String>,
+    links: HashMap<PeerId, PeerLink>,
+    link_states: HashMap<PeerId, LinkState>,
+    connected: HashSet<PeerId>,
+    chat: ChatSession,
+    chat_timer: Option<Timeout>,
+    stats_timer: Option<Interval>,
+    outgoing: HashMap<TransferId, Outgoing>,
+    incoming: HashMap<(PeerId, TransferId), Incoming>,
+    config: TransferConfig,
+    history: crate::storage::History,
+}
+
+/// The page's handle on its room driver. Cheap to clone; equal when it is
+/// the same driver.
+#[derive(Clone)]
+pub struct RoomHandle(Rc<RefCell<Driver>>);
+
+impl PartialEq for RoomHandle {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::fmt::Debug for RoomHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomHandle").finish_non_exhaustive()
+    }
+}
+
+/// Runs `f` on the driver behind `weak`, now if it is free, else on the next
+/// microtask (a JS event never re-enters a driver method already running).
+fn with(weak: &Weak<RefCell<Driver>>, f: impl FnOnce(&mut Driver) + 'static) {
+    let Some(rc) = weak.upgrade() else { return };
+    let Ok(mut d) = rc.try_borrow_mut() else {
+        let weak = weak.clone();
+        wasm_bindgen_futures::spawn_local(async move { with(&weak, f) });
+        return;
+    };
+    f(&mut d);
+}
+
+impl RoomHandle {
+    /// Starts the driver for `room`: connects to the server and joins.
+    pub fn start(room: RoomId, dispatch: impl Fn(Action) + 'static) -> Self {
+        let history = crate::storage::History::load(room.as_str());
+        for m in history.messages() {
+            dispatch(Action::Message(m.clone()));
+        }
+        let rc = Rc::new_cyclic(|weak| {
+            RefCell::new(Driver {
+                weak: weak.clone(),
+                room,
+                name: storage::display_name(),
+                dispatch: Rc::new(dispatch),
+                signaling: None,
+                ever_joined: false,
+                fatal: false,
+                attempt: 0,
+                reconnect_timer: None,
+                me: None,
+                ice_servers: Vec::new(),
+                names: HashMap::new(),
+                links: HashMap::new(),
+                link_states: HashMap::new(),
+                connected: HashSet::new(),
+                chat: ChatSession::new(),
+                chat_timer: None,
+                stats_timer: None,
+                outgoing: HashMap::new(),
+                incoming: HashMap::new(),
+                config: TransferConfig::default(),
+                history,
+            })
+        });
+        {
+            let mut d = rc.borrow_mut();
+            if rtc::supported() {
+                d.connect();
+                let weak = d.weak.clone();
+                d.stats_timer = Some(Interval::new(STATS_EVERY_MS, move || with(&weak, Driver::refresh_paths)));
+            } else {
+                d.fatal = true;
+                d.dispatch(Action::Server(ServerStatus::Failed));
+                d.error("This browser does not support WebRTC, so it cannot connect to other peers.".into());
+            }
+        }
+        Self(rc)
+    }
+
+    fn run(&self, f: impl FnOnce(&mut Driver) + 'static) {
+        with(&Rc::downgrade(&self.0), f);
+    }
+
+    /// Sends a chat message to everyone in the room.
+    pub fn send_chat(&self, text: String) {
+        self.run(move |d| d.send_chat(text));
+    }
+
+    /// Offers `files` to peer `to`, or to every connected peer.
+    pub fn send_files(&self, files: Vec<File>, to: Option<String>) {
+        self.run(move |d| d.send_files(files, to.map(PeerId)));
+    }
+
+    /// Accepts an offered file.
+    pub fn accept(&self, peer: String, transfer: String) {
+        self.run(move |d| d.accept(PeerId(peer), transfer));
+    }
+
+    /// Declines an offered file.
+    pub fn decline(&self, peer: String, transfer: String) {
+        self.run(move |d| d.decline(PeerId(peer), transfer));
+    }
+
+    /// Cancels a transfer in either direction.
+    pub fn cancel(&self, peer: String, transfer: String, direction: Direction) {
+        self.run(move |d| d.cancel(PeerId(peer), transfer, direction));
+    }
+
+    /// Changes the display name (used when (re)joining).
+    pub fn set_name(&self, name: String) {
+        self.run(move |d| {
+            storage::set_display_name(&name);
+            d.name = name;
+        });
+    }
+
+    /// Closes every connection (the page is going away).
+    pub fn shutdown(&self) {
+        self.run(Driver::shutdown);
+    }
+}
+
+fn parse_transfer(id: &str) -> Option<TransferId> {
+    u64::from_str_radix(id, 16).ok().map(TransferId)
+}
+
+impl Driver {
+    fn dispatch(&self, action: Action) {
+        (self.dispatch)(action);
+    }
+
+    fn error(&self, text: String) {
+        self.dispatch(Action::Error(text));
+    }
+
+    fn name_of(&self, peer: &PeerId) -> String {
+        self.names.get(peer).cloned().unwrap_or_default()
+    }
+
+    fn shutdown(&mut self) {
+        self.fatal = true;
+        self.signaling = None;
+        self.reconnect_timer = None;
+        self.chat_timer = None;
+        self.stats_timer = None;
+        self.links.clear();
+        for t in self.incoming.values() {
+            if t.held.is_none()
+                && let Some(s) = &t.sink
+            {
+                s.abort();
+            }
+        }
+        self.incoming.clear();
+        self.outgoing.clear();
+    }
+
+    // ---- signaling -------------------------------------------------------
+
+    fn connect(&mut self) {
+        let Some(url) = signaling::websocket_url() else {
+            return self.error("Cannot work out the server address from this page's URL.".into());
+        };
+        let weak = self.weak.clone();
+        match Signaling::connect(&url, move |ev| with(&weak, move |d| d.on_signal_event(ev))) {
+            Ok(s) => self.signaling = Some(s),
+            Err(e) => {
+                self.error(format!("Cannot reach the Parlor server: {e}"));
+                self.schedule_reconnect();
+            }
+        }
+    }
+
+    fn signal(&mut self, msg: ClientMessage) {
+        if let Some(s) = &self.signaling {
+            s.send(&msg);
+        }
+    }
+
+    fn schedule_reconnect(&mut self) {
+        if self.fatal {
+            return;
+        }
+        self.attempt += 1;
+        let secs = FIRST_RECONNECT_SECS
+            .saturating_mul(1 << (self.attempt - 1).min(5))
+            .min(MAX_RECONNECT_SECS);
+        self.dispatch(Action::Server(ServerStatus::Reconnecting { in_secs: secs, attempt: self.attempt }));
+        let weak = self.weak.clone();
+        self.reconnect_timer = Some(Timeout::new(secs * 1000, move || {
+            with(&weak, |d| {
+                d.reconnect_timer = None;
+                d.connect();
+            })
+        }));
+    }
+
+    fn on_signal_event(&mut self, ev: SignalEvent) {
+        match ev {
+            SignalEvent::Open => {
+                let name = self.name.trim().to_owned();
+                let hello = ClientMessage::Hello {
+                    version: PROTOCOL_VERSION,
+                    room: self.room.clone(),
+                    name: (!name.is_empty()).then_some(name),
+                };
+                self.signal(hello);
+            }
+            SignalEvent::Message(msg) => self.on_server(msg),
+            SignalEvent::Unreadable(why) => crate::util::warn(&format!("unreadable server message: {why}")),
+            SignalEvent::Closed { code, reason } => {
+                self.signaling = None;
+                if self.fatal {
+                    return;
+                }
+                if self.ever_joined && self.attempt == 0 {
+                    self.error(format!(
+                        "Lost the connection to the Parlor server{}. Open connections keep working; reconnecting…",
+                        if reason.is_empty() { String::new() } else { format!(" ({reason})") }
+                    ));
+                } else if self.attempt == 0 {
+                    self.error(if code == 1006 {
+                        "Cannot reach the Parlor server. Retrying…".into()
+                    } else {
+                        format!("The Parlor server closed the connection ({code} {reason}). Retrying…")
+                    });
+                }
+                self.schedule_reconnect();
+            }
+        }
+    }
+
+    fn on_server(&mut self, msg: ServerMessage) {
+        match msg {
+            ServerMessage::Welcome { peer_id, peers, ice_servers, .. } => {
+                if self.me.is_some() {
+                    // Rejoined under a new id: the others saw us leave and
+                    // dropped their connections, so start over with everyone.
+                    let old: Vec<PeerId> = self.links.keys().cloned().collect();
+                    for p in old {
+                        self.on_peer_gone(&p, "was disconnected while we reconnected", false);
+                    }
+                    self.names.clear();
+                    self.dispatch(Action::ClearPeers);
+                }
+                self.attempt = 0;
+                self.ever_joined = true;
+                self.ice_servers = ice_servers;
+                self.dispatch(Action::Welcome(peer_id.0.clone()));
+                self.me = Some(peer_id);
+                // Newcomers make the offers; peers already present wait.
+                for peer in peers {
+                    self.add_peer(&peer.id, peer.name);
+                    self.offer_to(peer.id);
+                }
+            }
+            ServerMessage::PeerJoined { peer } => self.add_peer(&peer.id, peer.name),
+            ServerMessage::PeerLeft { peer_id } => self.on_peer_gone(&peer_id, "left the room", false),
+            ServerMessage::Offer { from, sdp } => self.on_offer_sdp(from, sdp),
+            ServerMessage::Answer { from, sdp } => {
+                let Some(link) = self.links.get(&from) else { return };
+                let pc = link.pc();
+                let weak = self.weak.clone();
+                wasm_bindgen_futures::spawn_local(async move {
+                    let result = rtc::accept_answer(pc.clone(), sdp).await;
+                    with(&weak, move |d| match result {
+                        Ok(()) => {
+                            if let Some(link) = d.links.get_mut(&from)
+                                && *link.pc() == *pc
+                            {
+                                link.remote_description_ready();
+                            }
+                        }
+                        Err(e) => d.error(format!("Could not connect to {}: {e}", d.label(&from))),
+                    });
+                });
+            }
+            ServerMessage::Candidate { from, candidate } => {
+                if let Some(link) = self.links.get_mut(&from) {
+                    link.add_candidate(candidate);
+                }
+            }
+            ServerMessage::Error { code, message } => {
+                let text = match code {
+                    ErrorCode::RoomFull => "This room is full; nobody else can join it right now.".to_owned(),
+                    ErrorCode::TooManyRooms => "The server is at capacity; try again later.".to_owned(),
+                    ErrorCode::UnsupportedVersion => {
+                        "This page is out of date for the server; reload it.".to_owned()
+                    }
+                    _ => format!("Server error: {message} ({})", code.as_str()),
+                };
+                if matches!(code, ErrorCode::RoomFull | ErrorCode::UnsupportedVersion | ErrorCode::InvalidField)
+                    && !self.ever_joined
+                {
+                    self.fatal = true;
+                    self.dispatch(Action::Server(ServerStatus::Failed));
+                }
+                self.error(text);
+            }
+            ServerMessage::Ping => self.signal(ClientMessage::Pong),
+            _ => {}
+        }
+    }
+
+    fn label(&self, peer: &PeerId) -> String {
+        let name = self.name_of(peer);
+        if name.is_empty() { format!("peer {peer}") } else { name }
+    }
+
+    fn add_peer(&mut self, peer: &PeerId, name: String) {
+        self.chat.add_peer(peer.clone());
+        self.names.insert(peer.clone(), name.clone());
+        self.link_states.insert(peer.clone(), LinkState::Connecting);
+        self.dispatch(Action::PeerUpsert { id: peer.0.clone(), name });
+        self.dispatch(Action::PeerLink { id: peer.0.clone(), state: LinkState::Connecting, rtt_ms: None });
+    }
+
+    fn new_link(&mut self, peer: &PeerId) -> Result<(), String> {
+        let weak = self.weak.clone();
+        let id = peer.clone();
+        let sink: Rc<dyn Fn(PeerEvent)> = Rc::new(move |ev| {
+            let id = id.clone();
+            with(&weak, move |d| d.on_peer_event(id, ev));
+        });
+        let link = PeerLink::new(&self.ice_servers, self.config.low_watermark, sink)?;
+        self.links.insert(peer.clone(), link);
+        Ok(())
+    }
+
+    fn offer_to(&mut self, peer: PeerId) {
+        if let Err(e) = self.new_link(&peer) {
+            return self.error(format!("Could not start a connection: {e}"));
+        }
+        let Some(pc) = self.links.get(&peer).map(PeerLink::pc) else { return };
+        let weak = self.weak.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let result = rtc::create_offer(pc).await;
+            with(&weak, move |d| match result {
+                Ok(sdp) => d.signal(ClientMessage::Offer { to: peer, sdp }),
+                Err(e) => d.error(format!("Could not connect to {}: {e}", d.label(&peer))),
+            });
+        });
+    }
+
+    fn on_offer_sdp(&mut self, from: PeerId, sdp: String) {
+        if !self.names.contains_key(&from) {
+            self.add_peer(&from, String::new());
+        }
+        self.chat.add_peer(from.clone());
+        // A fresh offer replaces any earlier connection with that peer.
+        if self.links.remove(&from).is_some() {
+            self.chat.link_down(&from);
+        }
+        if let Err(e) = self.new_link(&from) {
+            return self.error(format!("Could not start a connection: {e}"));
+        }
+        let Some(pc) = self.links.get(&from).map(PeerLink::pc) else { return };
+        let weak = self.weak.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let result = rtc::accept_offer(pc.clone(), sdp).await;
+            with(&weak, move |d| match result {
+                Ok(answer) => {
+                    if let Some(link) = d.links.get_mut(&from)
+                        && *link.pc() == *pc
+                    {
+                        link.remote_description_ready();
+                        d.signal(ClientMessage::Answer { to: from, sdp: answer });
+                    }
+                }
+                Err(e) => d.error(format!("Could not connect to {}: {e}", d.label(&from))),
+            });
+        });
+    }
+
+    // ---- peer connections -------------------------------------------------
+
+    fn set_link_state(&mut self, peer: &PeerId, state: LinkState, rtt_ms: Option<u32>) {
+        self.link_states.insert(peer.clone(), state);
+        self.dispatch(Action::PeerLink { id: peer.0.clone(), state, rtt_ms });
+    }
+
+    fn on_peer_event(&mut self, peer: PeerId, ev: PeerEvent) {
+        if !self.links.contains_key(&peer) {
+            return;
+        }
+        match ev {
+            PeerEvent::LocalCandidate(candidate) => self.signal(ClientMessage::Candidate { to: peer, candidate }),
+            PeerEvent::Open(Channel::Chat) => {
+                self.chat.link_up(&peer, now_ms());
+                self.flush_chat();
+            }
+            PeerEvent::Open(Channel::File) => self.dispatch(Action::PeerFiles { id: peer.0, ready: true }),
+            PeerEvent::Closed(Channel::Chat) => self.chat.link_down(&peer),
+            PeerEvent::Closed(Channel::File) => {
+                self.dispatch(Action::PeerFiles { id: peer.0.clone(), ready: false });
+                self.fail_transfers_with(&peer, "the connection to the peer closed");
+            }
+            PeerEvent::Message(channel, data) => self.on_frame(peer, channel, &data),
+            PeerEvent::BufferedLow => {
+                let ids: Vec<TransferId> =
+                    self.outgoing.iter().filter(|(_, t)| t.peer == peer).map(|(id, _)| *id).collect();
+                for id in ids {
+                    self.drive_outgoing(id, |s, amount| s.buffered_amount(amount));
+                }
+            }
+            PeerEvent::State(state) => match state.as_str() {
+                "connected" => {
+                    self.connected.insert(peer.clone());
+                    self.refresh_path(peer);
+                }
+                "disconnected" => self.set_link_state(&peer, LinkState::Connecting, None),
+                "failed" => {
+                    self.error(format!("The connection to {} failed.", self.label(&peer)));
+                    self.on_peer_gone(&peer, "could not be reached", true);
+                }
+                _ => {}
+            },
+        }
+    }
+
+    fn refresh_paths(&mut self) {
+        let peers: Vec<PeerId> = self.connected.iter().cloned().collect();
+        for p in peers {
+            self.refresh_path(p);
+        }
+    }
+
+    fn refresh_path(&mut self, peer: PeerId) {
+        let Some(pc) = self.links.get(&peer).map(PeerLink::pc) else { return };
+        let weak = self.weak.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let info = rtc::path_info(pc).await;
+            with(&weak, move |d| {
+                if !d.connected.contains(&peer) {
+                    return;
+                }
+                let (state, rtt) = match info {
+                    Some(i) => (
+                        if i.relayed { LinkState::Relayed } else { LinkState::Direct },
+                        i.rtt_ms.map(|r| r.round() as u32),
+                    ),
+                    // Connected but no stats yet: call it direct.
+                    None => (LinkState::Direct, None),
+                };
+                d.set_link_state(&peer, state, rtt);
+            });
+        });
+    }
+
+    fn on_peer_gone(&mut self, peer: &PeerId, why: &str, keep_listed: bool) {
+        self.links.remove(peer);
+        self.connected.remove(peer);
+        self.chat.remove_peer(peer);
+        self.flush_chat();
+        self.fail_transfers_with(peer, &format!("the peer {why}"));
+        if keep_listed {
+            self.set_link_state(peer, LinkState::Failed, None);
+        } else {
+            self.names.remove(peer);
+            self.link_states.remove(peer);
+            self.dispatch(Action::PeerGone(peer.0.clone()));
+        }
+    }
+
+    fn fail_transfers_with(&mut self, peer: &PeerId, why: &str) {
+        let dead_in: Vec<_> =
+            self.incoming.iter().filter(|((p, _), t)| p == peer && t.held.is_none()).map(|(k, _)| k.clone()).collect();
+        for key in dead_in {
+            if let Some(mut t) = self.incoming.remove(&key) {
+                if let Some(s) = &t.sink {
+                    s.abort();
+                }
+                t.view.state = TransferState::Failed;
+                t.view.error = Some(why.to_owned());
+                self.dispatch(Action::Transfer(t.view));
+            }
+        }
+        let dead_out: Vec<_> = self.outgoing.iter().filter(|(_, t)| &t.peer == peer).map(|(id, _)| *id).collect();
+        for id in dead_out {
+            if let Some(mut t) = self.outgoing.remove(&id) {
+                t.view.state = TransferState::Failed;
+                t.view.error = Some(why.to_owned());
+                self.dispatch(Action::Transfer(t.view));
+            }
+        }
+    }
+
+    fn on_frame(&mut self, peer: PeerId, channel: Channel, data: &[u8]) {
+        let frame = match Frame::decode(data) {
+            Ok(frame) => frame,
+            Err(err) => {
+                // A bad frame is dropped with its reason; the link goes on.
+                return crate::util::warn(&format!("rejected frame from {peer} on {channel:?}: {err}"));
+            }
+        };
+        if frame.is_chat() {
+            if let Err(err) = self.chat.handle_frame(&peer, frame, now_ms()) {
+                crate::util::warn(&format!("chat frame from {peer} refused: {err}"));
+            }
+            return self.flush_chat();
+        }
+        let Some(id) = frame.transfer_id() else { return };
+        let now = now_ms();
+        let key = (peer.clone(), id);
+        match frame {
+            Frame::FileOffer(offer) if !self.incoming.contains_key(&key) => self.on_file_offer(peer, offer),
+            Frame::FileOffer(_) | Frame::Chunk { .. } | Frame::FileDone { .. } | Frame::FileCancel { .. }
+                if self.incoming.contains_key(&key) =>
+            {
+                self.drive_incoming(&key, |t| t.receiver.handle_frame(frame, now));
+            }
+            _ if self.outgoing.get(&id).is_some_and(|t| t.peer == peer) => {
+                self.drive_outgoing(id, |s, _| s.handle_frame(frame, now));
+            }
+            _ => crate::util::warn(&format!("frame for unknown transfer {id} from {peer} ignored")),
+        }
+    }
+
+    // ---- chat --------------------------------------------------------------
+
+    fn send_chat(&mut self, text: String) {
+        let text = text.trim().to_owned();
+        if text.is_empty() {
+            return;
+        }
+        let id = MessageId(random_bytes());
+        let view = MessageView {
+            id: id.to_string(),
+            from: None,
+            name: self.name.clone(),
+            sent_at_ms: wall_ms(),
+            text: text.clone(),
+            status: Some(Status::Sending),
+        };
+        self.dispatch(Action::Message(view.clone()));
+        if let Err(e) = self.chat.send(id, text, view.sent_at_ms, now_ms()) {
+            self.dispatch(Action::MessageDropped(view.id));
+            return self.error(format!("Message not sent: {e}"));
+        }
+        self.history.push(view);
+        self.flush_chat();
+    }
+
+    fn flush_chat(&mut self) {
+        while let Some(out) = self.chat.poll_output() {
+            match out {
+                ChatOutput::Send { to, frame } => {
+                    if let Some(link) = self.links.get(&to)
+                        && let Err(e) = link.send(Channel::Chat, &frame.encode())
+                    {
+                        // The session re-sends when the channel comes back.
+                        crate::util::warn(&format!("chat send to {to} failed: {e}"));
+                    }
+                }
+                ChatOutput::Deliver { from, message } => {
+                    let view = MessageView {
+                        id: message.id.to_string(),
+                        name: self.name_of(&from),
+                        from: Some(from.0),
+                        sent_at_ms: message.sent_at_ms,
+                        text: message.text,
+                        status: None,
+                    };
+                    self.history.push(view.clone());
+                    self.dispatch(Action::Message(view));
+                }
+                ChatOutput::Status { id, status } => {
+                    let status = match status {
+                        MessageStatus::Sending => Status::Sending,
+                        MessageStatus::Sent => Status::Sent,
+                        MessageStatus::Delivered => Status::Delivered,
+                    };
+                    let id = id.to_string();
+                    self.history.set_status(&id, status);
+                    self.dispatch(Action::MessageStatus { id, status });
+                }
+            }
+        }
+        self.arm_chat_timer();
+    }
+
+    fn arm_chat_timer(&mut self) {
+        let Some(at) = self.chat.poll_timeout() else {
+            self.chat_timer = None;
+            return;
+        };
+        let delay = at.saturating_sub(now_ms()).min(u64::from(u32::MAX)) as u32;
+        let weak = self.weak.clone();
+        self.chat_timer = Some(Timeout::new(delay, move || {
+            with(&weak, |d| {
+                d.chat.handle_timeout(now_ms());
+                d.flush_chat();
+            })
+        }));
+    }
+
+    // ---- sending files -----------------------------------------------------
+
+    fn send_files(&mut self, files: Vec<File>, to: Option<PeerId>) {
+        if files.is_empty() {
+            return;
+        }
+        let targets: Vec<PeerId> = match to {
+            Some(p) => vec![p],
+            None => self.links.iter().filter(|(_, l)| l.is_open(Channel::File)).map(|(p, _)| p.clone()).collect(),
+        };
+        let targets: Vec<PeerId> =
+            targets.into_iter().filter(|p| self.links.get(p).is_some_and(|l| l.is_open(Channel::File))).collect();
+        if targets.is_empty() {
+            return self.error("Nobody is connected to receive files yet. Share the invite link first.".into());
+        }
+        let mut jobs = Vec::new();
+        for file in files {
+            let mut ids = Vec::new();
+            for peer in &targets {
+                let id = TransferId(u64::from_le_bytes(random_bytes()));
+                let view = TransferView {
+                    id: id.to_string(),
+                    peer: peer.0.clone(),
+                    peer_name: self.name_of(peer),
+                    direction: Direction::Send,
+                    name: crate::files::offered_name(&file),
+                    size: file.size() as u64,
+                    done: 0,
+                    bytes_per_sec: 0.0,
+                    eta_ms: None,
+                    state: TransferState::Waiting,
+                    error: None,
+                    hash: None,
+                    url: None,
+                    note: Some("hashing".into()),
+                };
+                self.dispatch(Action::Transfer(view.clone()));
+                self.outgoing.insert(
+                    id,
+                    Outgoing { peer: peer.clone(), file: file.clone(), sender: None, send_error: None, view },
+                );
+                ids.push(id);
+            }
+            jobs.push((file, ids));
+        }
+        // Hash one file after another (CPU-bound), then offer each.
+        let weak = self.weak.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            for (file, ids) in jobs {
+                let result = crate::files::hash(&file).await;
+                let weak2 = weak.clone();
+                with(&weak2, move |d| d.hashed(&file, ids, result));
+            }
+        });
+    }
+
+    fn hashed(&mut self, file: &File, ids: Vec<TransferId>, result: Result<[u8; 32], String>) {
+        for id in ids {
+            let Some(t) = self.outgoing.get_mut(&id) else { continue };
+            match &result {
+                Ok(hash) => {
+                    let offer = FileOffer {
+                        transfer: id,
+                        name: t.view.name.clone(),
+                        size: t.view.size,
+                        mime: file.type_().chars().take(parlor_protocol::frame::MAX_SHORT_TEXT_BYTES).collect(),
+                        hash: *hash,
+                    };
+                    t.view.note = None;
+                    t.sender = Some(FileSender::new(offer, self.config.clone(), now_ms()));
+                    self.drive_outgoing(id, |_, _| {});
+                }
+                Err(e) => {
+                    if let Some(mut t) = self.outgoing.remove(&id) {
+                        t.view.state = TransferState::Failed;
+                        t.view.error = Some(format!("could not read the file: {e}"));
+                        self.dispatch(Action::Transfer(t.view));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies `input` to an outgoing transfer (with the file channel's
+    /// current buffered amount) and carries out what the sender asks.
+    fn drive_outgoing(&mut self, id: TransferId, input: impl FnOnce(&mut FileSender, u64)) {
+        let Some(mut t) = self.outgoing.remove(&id) else { return };
+        let Some(sender) = t.sender.as_mut() else {
+            self.outgoing.insert(id, t);
+            return;
+        };
+        let link = self.links.get(&t.peer);
+        input(sender, link.map_or(0, |l| l.buffered_amount(Channel::File)));
+        let mut changed = false;
+        let mut finished = None;
+        while let Some(out) = sender.poll_output() {
+            match out {
+                SenderOutput::Send(frame) => match link.map(|l| (l, l.send(Channel::File, &frame.encode()))) {
+                    Some((l, Ok(()))) => sender.buffered_amount(l.buffered_amount(Channel::File)),
+                    Some((_, Err(e))) => {
+                        t.send_error.get_or_insert(e);
+                        sender.cancel();
+                    }
+                    None => {
+                        t.send_error.get_or_insert_with(|| "the peer is gone".into());
+                        sender.cancel();
+                    }
+                },
+                SenderOutput::Read { offset, len } => {
+                    let file = t.file.clone();
+                    let weak = self.weak.clone();
+                    wasm_bindgen_futures::spawn_local(async move {
+                        let data = crate::files::read_slice(&file, offset, len).await;
+                        with(&weak, move |d| {
+                            d.drive_outgoing(id, move |s, _| match data {
+                                Ok(data) => s.chunk_read(offset, data, now_ms()),
+                                Err(e) => s.read_failed(e),
+                            })
+                        });
+                    });
+                }
+                SenderOutput::Progress(p) => {
+                    apply_progress(&mut t.view, &p);
+                    changed = true;
+                }
+                SenderOutput::Finished(result) => finished = Some(result),
+            }
+        }
+        match finished {
+            None => {
+                if changed {
+                    self.dispatch(Action::Transfer(t.view.clone()));
+                }
+                self.outgoing.insert(id, t);
+            }
+            Some(result) => {
+                match result {
+                    Ok(()) => {
+                        t.view.state = TransferState::Done;
+                        t.view.done = t.view.size;
+                        t.view.eta_ms = None;
+                    }
+                    Err(e) => {
+                        let (state, why) = match (&t.send_error, e) {
+                            (Some(why), _) => (TransferState::Failed, why.clone()),
+                            (None, e) => end_state(&e),
+                        };
+                        t.view.state = state;
+                        t.view.error = Some(why);
+                    }
+                }
+                self.dispatch(Action::Transfer(t.view));
+            }
+        }
+    }
+
+    // ---- receiving files ---------------------------------------------------
+
+    fn on_file_offer(&mut self, peer: PeerId, offer: FileOffer) {
+        let id = offer.transfer;
+        let view = TransferView {
+            id: id.to_string(),
+            peer: peer.0.clone(),
+            peer_name: self.name_of(&peer),
+            direction: Direction::Receive,
+            name: offer.name.clone(),
+            size: offer.size,
+            done: 0,
+            bytes_per_sec: 0.0,
+            eta_ms: None,
+            state: TransferState::Offered,
+            error: None,
+            hash: None,
+            url: None,
+            note: None,
+        };
+        let receiver = FileReceiver::new(offer, self.config.clone(), now_ms());
+        self.dispatch(Action::Transfer(view.clone()));
+        self.incoming.insert((peer, id), Incoming { receiver, sink: None, held: None, view });
+    }
+
+    fn accept(&mut self, peer: PeerId, transfer: String) {
+        let Some(id) = parse_transfer(&transfer) else { return };
+        let key = (peer.clone(), id);
+        let me = self.me.clone().map(|m| m.0).unwrap_or_default();
+        let weak = self.weak.clone();
+        let Some(t) = self.incoming.get_mut(&key) else { return };
+        if t.sink.is_none() {
+            let k = key.clone();
+            let file_name = format!("{me}-{peer}-{id}");
+            let mime = t.receiver.offer().mime.clone();
+            t.sink = Some(IncomingFile::new(file_name, mime, move |ev| {
+                let k = k.clone();
+                with(&weak, move |d| d.on_sink(k, ev));
+            }));
+        }
+        self.drive_incoming(&key, |t| t.receiver.accept(now_ms()));
+    }
+
+    fn decline(&mut self, peer: PeerId, transfer: String) {
+        let Some(id) = parse_transfer(&transfer) else { return };
+        self.drive_incoming(&(peer, id), |t| t.receiver.decline("declined by the user".into()));
+    }
+
+    fn cancel(&mut self, peer: PeerId, transfer: String, direction: Direction) {
+        let Some(id) = parse_transfer(&transfer) else { return };
+        match direction {
+            Direction::Receive => self.drive_incoming(&(peer, id), |t| t.receiver.cancel()),
+            Direction::Send => {
+                if self.outgoing.get(&id).is_some_and(|t| t.sender.is_none()) {
+                    if let Some(mut t) = self.outgoing.remove(&id) {
+                        t.view.state = TransferState::Cancelled;
+                        t.view.note = None;
+                        self.dispatch(Action::Transfer(t.view));
+                    }
+                } else {
+                    self.drive_outgoing(id, |s, _| s.cancel());
+                }
+            }
+        }
+    }
+
+    /// Applies `input` to an incoming transfer and carries out what the
+    /// receiver asks.
+    fn drive_incoming(&mut self, key: &(PeerId, TransferId), input: impl FnOnce(&mut Incoming)) {
+        let Some(mut t) = self.incoming.remove(key) else { return };
+        input(&mut t);
+        let mut changed = false;
+        let mut ended = false;
+        let link = self.links.get(&key.0);
+        while let Some(out) = t.receiver.poll_output() {
+            match out {
+                ReceiverOutput::Send(frame) => match &mut t.held {
+                    Some(held) => held.push(frame),
+                    None => {
+                        if let Some(l) = link {
+                            let _ = l.send(Channel::File, &frame.encode());
+                        }
+                    }
+                },
+                ReceiverOutput::Write { offset, data } => {
+                    if let Some(s) = &t.sink {
+                        s.write(offset, data);
+                    }
+                }
+                ReceiverOutput::Progress(p) => {
+                    apply_progress(&mut t.view, &p);
+                    changed = true;
+                }
+                ReceiverOutput::Finished(Ok(hash)) => {
+                    // Close the file and offer it for saving before the
+                    // FileVerified that follows goes out.
+                    t.view.hash = Some(hex(&hash));
+                    t.view.done = t.view.size;
+                    t.view.note = Some("saving".into());
+                    t.held = Some(Vec::new());
+                    match &t.sink {
+                        Some(s) => s.finish(),
+                        None => t.receiver.write_failed("no storage".into()),
+                    }
+                    changed = true;
+                }
+                ReceiverOutput::Finished(Err(e)) => {
+                    if let Some(s) = &t.sink {
+                        s.abort();
+                    }
+                    let (state, why) = end_state(&e);
+                    t.view.state = state;
+                    t.view.error = Some(why);
+                    t.view.eta_ms = None;
+                    changed = true;
+                    ended = true;
+                }
+            }
+        }
+        if changed {
+            self.dispatch(Action::Transfer(t.view.clone()));
+        }
+        if !ended {
+            self.incoming.insert(key.clone(), t);
+        }
+    }
+
+    fn on_sink(&mut self, key: (PeerId, TransferId), ev: SinkEvent) {
+        let Some(t) = self.incoming.get(&key) else { return };
+        let verified = t.held.is_some();
+        match ev {
+            SinkEvent::Saved { url } => {
+                let Some(mut t) = self.incoming.remove(&key) else { return };
+                t.view.state = TransferState::Done;
+                t.view.url = Some(url);
+                t.view.note = None;
+                t.view.eta_ms = None;
+                if let Some(link) = self.links.get(&key.0) {
+                    for frame in t.held.take().unwrap_or_default() {
+                        let _ = link.send(Channel::File, &frame.encode());
+                    }
+                }
+                self.dispatch(Action::Transfer(t.view));
+            }
+            SinkEvent::Failed(why) if verified => {
+                // Not stored, so the sender must not hear "verified".
+                let Some(mut t) = self.incoming.remove(&key) else { return };
+                let cancel = Frame::FileCancel {
+                    transfer: key.1,
+                    reason: CancelReason::StorageFailed(why.chars().take(200).collect()),
+                };
+                if let Some(link) = self.links.get(&key.0) {
+                    let _ = link.send(Channel::File, &cancel.encode());
+                }
+                t.view.state = TransferState::Failed;
+                t.view.error = Some(format!("could not store the file: {why}"));
+                t.view.note = None;
+                self.dispatch(Action::Transfer(t.view));
+            }
+            SinkEvent::Failed(why) => self.drive_incoming(&key, move |t| t.receiver.write_failed(why)),
+        }
+    }
+}
+
+fn apply_progress(view: &mut TransferView, p: &Progress) {
+    view.done = p.done;
+    view.bytes_per_sec = p.bytes_per_sec;
+    view.eta_ms = p.eta_ms;
+    if matches!(view.state, TransferState::Waiting | TransferState::Offered) {
+        view.state = TransferState::Active;
+    }
+}
+
+/// The view state and explanation of a transfer that ended with `e`.
+fn end_state(e: &TransferError) -> (TransferState, String) {
+    let state = match e {
+        TransferError::Declined(_) => TransferState::Declined,
+        TransferError::CancelledLocally(CancelReason::User) | TransferError::CancelledByPeer(CancelReason::User) => {
+            TransferState::Cancelled
+        }
+        _ => TransferState::Failed,
+    };
+    (state, e.to_string())
+}

@@ -1,0 +1,326 @@
+//! The view state of a room page: what the UI renders. The driver
+//! ([`crate::room`]) changes it only through [`Action`]s dispatched to this
+//! `use_reducer` store; components read it and never touch the driver's
+//! internals.
+
+use std::rc::Rc;
+
+use yew::Reducible;
+
+/// The signaling connection as the user sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ServerStatus {
+    /// Connecting for the first time.
+    #[default]
+    Connecting,
+    /// Joined the room.
+    Joined,
+    /// Lost; retrying in `in_secs` seconds (attempt `attempt`).
+    Reconnecting {
+        /// Seconds until the next attempt.
+        in_secs: u32,
+        /// Attempt number, from 1.
+        attempt: u32,
+    },
+    /// Given up (a refusal that retrying cannot fix).
+    Failed,
+}
+
+/// A remote peer's connection, as `data-state` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Negotiating or reconnecting.
+    Connecting,
+    /// Connected without a relay.
+    Direct,
+    /// Connected through a TURN relay.
+    Relayed,
+    /// The connection failed.
+    Failed,
+}
+
+impl LinkState {
+    /// The `data-state` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Direct => "direct",
+            Self::Relayed => "relayed",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One remote peer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerView {
+    /// Server-assigned id.
+    pub id: String,
+    /// Display name (may be empty).
+    pub name: String,
+    /// Connection state.
+    pub state: LinkState,
+    /// Round-trip time of the selected candidate pair.
+    pub rtt_ms: Option<u32>,
+    /// The file channel is open (files can be sent).
+    pub files_ready: bool,
+}
+
+/// Own message status, as `data-status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Not yet on every recipient's channel.
+    Sending,
+    /// Sent to every recipient.
+    Sent,
+    /// Acknowledged by every recipient.
+    Delivered,
+}
+
+impl Status {
+    /// The `data-status` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+        }
+    }
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageView {
+    /// Hex message id.
+    pub id: String,
+    /// Sender peer id, or `None` for own messages.
+    pub from: Option<String>,
+    /// Sender name at the time.
+    pub name: String,
+    /// Wall-clock send time (epoch ms).
+    pub sent_at_ms: u64,
+    /// The text.
+    pub text: String,
+    /// Own messages only.
+    pub status: Option<Status>,
+}
+
+/// Direction of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// We send.
+    Send,
+    /// We receive.
+    Receive,
+}
+
+/// Where a transfer stands, as `data-state` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferState {
+    /// Receiver: waiting for the user to accept or decline.
+    Offered,
+    /// Sender: hashing, or waiting for the receiver to accept.
+    Waiting,
+    /// Bytes are moving.
+    Active,
+    /// Verified by the receiver.
+    Done,
+    /// Failed (error, peer left, hash mismatch…).
+    Failed,
+    /// Cancelled by either side.
+    Cancelled,
+    /// Declined by the receiver.
+    Declined,
+}
+
+impl TransferState {
+    /// The `data-state` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offered => "offered",
+            Self::Waiting => "waiting",
+            Self::Active => "active",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Declined => "declined",
+        }
+    }
+
+    /// Whether the transfer has ended.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Failed | Self::Cancelled | Self::Declined)
+    }
+}
+
+/// One transfer (one file to or from one peer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransferView {
+    /// Hex transfer id.
+    pub id: String,
+    /// The other peer.
+    pub peer: String,
+    /// The other peer's name.
+    pub peer_name: String,
+    /// Send or receive.
+    pub direction: Direction,
+    /// Offered file name (may contain `/` for folders).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Bytes confirmed (sender) or stored (receiver).
+    pub done: u64,
+    /// Recent speed.
+    pub bytes_per_sec: f64,
+    /// Estimated time left.
+    pub eta_ms: Option<u64>,
+    /// Where it stands.
+    pub state: TransferState,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+    /// BLAKE3 hex, once verified (receiver).
+    pub hash: Option<String>,
+    /// Object URL to save the received file.
+    pub url: Option<String>,
+    /// A short note (e.g. "hashing…", "saving…").
+    pub note: Option<String>,
+}
+
+/// An error shown in a `role="alert"` element until dismissed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notice {
+    /// Unique per page.
+    pub id: u32,
+    /// The message.
+    pub text: String,
+}
+
+/// Everything a room page shows.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RoomState {
+    /// Own peer id once welcomed.
+    pub me: Option<String>,
+    /// Signaling connection state.
+    pub server: ServerStatus,
+    /// Remote peers in join order.
+    pub peers: Vec<PeerView>,
+    /// Chat messages in arrival order.
+    pub messages: Vec<MessageView>,
+    /// Transfers, newest last.
+    pub transfers: Vec<TransferView>,
+    /// Errors on show.
+    pub notices: Vec<Notice>,
+    next_notice: u32,
+}
+
+/// A change to [`RoomState`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Welcomed with this peer id.
+    Welcome(String),
+    /// Signaling state changed.
+    Server(ServerStatus),
+    /// A peer appeared (or its name changed).
+    PeerUpsert {
+        /// Id.
+        id: String,
+        /// Name.
+        name: String,
+    },
+    /// Connection state / RTT of a peer.
+    PeerLink {
+        /// Id.
+        id: String,
+        /// State.
+        state: LinkState,
+        /// RTT when known.
+        rtt_ms: Option<u32>,
+    },
+    /// File channel open or closed.
+    PeerFiles {
+        /// Id.
+        id: String,
+        /// Open.
+        ready: bool,
+    },
+    /// The peer left.
+    PeerGone(String),
+    /// Forget every peer (rejoining after a reconnect).
+    ClearPeers,
+    /// A message to show (own or received).
+    Message(MessageView),
+    /// Own message status changed.
+    MessageStatus {
+        /// Hex id.
+        id: String,
+        /// New status.
+        status: Status,
+    },
+    /// Own message refused before sending.
+    MessageDropped(String),
+    /// Add or replace a transfer (matched by id and peer).
+    Transfer(TransferView),
+    /// Show an error.
+    Error(String),
+    /// Hide an error.
+    Dismiss(u32),
+}
+
+/// Most errors shown at once; older ones scroll away.
+const MAX_NOTICES: usize = 5;
+
+impl Reducible for RoomState {
+    type Action = Action;
+
+    fn reduce(self: Rc<Self>, action: Action) -> Rc<Self> {
+        let mut s = Rc::unwrap_or_clone(self);
+        match action {
+            Action::Welcome(me) => {
+                s.me = Some(me);
+                s.server = ServerStatus::Joined;
+            }
+            Action::Server(status) => s.server = status,
+            Action::PeerUpsert { id, name } => match s.peers.iter_mut().find(|p| p.id == id) {
+                Some(p) => p.name = name,
+                None => s.peers.push(PeerView { id, name, state: LinkState::Connecting, rtt_ms: None, files_ready: false }),
+            },
+            Action::PeerLink { id, state, rtt_ms } => {
+                if let Some(p) = s.peers.iter_mut().find(|p| p.id == id) {
+                    p.state = state;
+                    p.rtt_ms = rtt_ms;
+                }
+            }
+            Action::PeerFiles { id, ready } => {
+                if let Some(p) = s.peers.iter_mut().find(|p| p.id == id) {
+                    p.files_ready = ready;
+                }
+            }
+            Action::PeerGone(id) => s.peers.retain(|p| p.id != id),
+            Action::ClearPeers => s.peers.clear(),
+            Action::Message(m) => {
+                if !s.messages.iter().any(|x| x.id == m.id && x.from == m.from) {
+                    s.messages.push(m);
+                }
+            }
+            Action::MessageStatus { id, status } => {
+                if let Some(m) = s.messages.iter_mut().find(|m| m.from.is_none() && m.id == id) {
+                    m.status = Some(status);
+                }
+            }
+            Action::MessageDropped(id) => s.messages.retain(|m| !(m.from.is_none() && m.id == id)),
+            Action::Transfer(t) => match s.transfers.iter_mut().find(|x| x.id == t.id && x.peer == t.peer) {
+                Some(x) => *x = t,
+                None => s.transfers.push(t),
+            },
+            Action::Error(text) => {
+                s.next_notice += 1;
+                s.notices.push(Notice { id: s.next_notice, text });
+                if s.notices.len() > MAX_NOTICES {
+                    s.notices.remove(0);
+                }
+            }
+            Action::Dismiss(id) => s.notices.retain(|n| n.id != id),
+        }
+        Rc::new(s)
+    }
+}
