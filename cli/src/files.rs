@@ -29,10 +29,24 @@ pub fn prepare(path: &Path) -> Result<Outgoing> {
     let meta = file.metadata()?;
     anyhow::ensure!(meta.is_file(), "{} is not a regular file", path.display());
     let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(&file).with_context(|| format!("cannot read {}", path.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
-    let mime = mime_guess::from_path(path).first_raw().unwrap_or("application/octet-stream").to_owned();
-    Ok(Outgoing { path: path.to_owned(), name, size: meta.len(), mime, hash: *hasher.finalize().as_bytes() })
+    hasher
+        .update_reader(&file)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let mime = mime_guess::from_path(path)
+        .first_raw()
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    Ok(Outgoing {
+        path: path.to_owned(),
+        name,
+        size: meta.len(),
+        mime,
+        hash: *hasher.finalize().as_bytes(),
+    })
 }
 
 /// Longest path component we create, in bytes (common filesystem limit,
@@ -41,8 +55,8 @@ const MAX_COMPONENT_BYTES: usize = 200;
 
 /// Names Windows reserves for devices, with or without an extension.
 const DEVICE_NAMES: &[&str] = &[
-    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8", "COM9", "LPT1",
-    "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
+    "CON", "PRN", "AUX", "NUL", "COM1", "COM2", "COM3", "COM4", "COM5", "COM6", "COM7", "COM8",
+    "COM9", "LPT1", "LPT2", "LPT3", "LPT4", "LPT5", "LPT6", "LPT7", "LPT8", "LPT9",
 ];
 
 /// Turns a peer-supplied name (possibly `folder/sub/file.txt`) into safe
@@ -55,18 +69,36 @@ pub fn sanitize_name(name: &str) -> Vec<String> {
         .filter_map(|raw| {
             let cleaned: String = raw
                 .chars()
-                .map(|c| if c.is_control() || matches!(c, ':' | '*' | '?' | '"' | '<' | '>' | '|') { '_' } else { c })
+                .map(|c| {
+                    if c.is_control() || matches!(c, ':' | '*' | '?' | '"' | '<' | '>' | '|') {
+                        '_'
+                    } else {
+                        c
+                    }
+                })
                 .collect();
             let cleaned = cleaned.trim().trim_end_matches('.').trim().to_owned();
             if cleaned.is_empty() || cleaned == "." || cleaned == ".." {
                 return None;
             }
-            let stem = cleaned.split('.').next().unwrap_or_default().to_ascii_uppercase();
-            let cleaned = if DEVICE_NAMES.contains(&stem.as_str()) { format!("_{cleaned}") } else { cleaned };
+            let stem = cleaned
+                .split('.')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_uppercase();
+            let cleaned = if DEVICE_NAMES.contains(&stem.as_str()) {
+                format!("_{cleaned}")
+            } else {
+                cleaned
+            };
             Some(truncate_utf8(&cleaned, MAX_COMPONENT_BYTES).to_owned())
         })
         .collect();
-    if parts.is_empty() { vec!["file".to_owned()] } else { parts }
+    if parts.is_empty() {
+        vec!["file".to_owned()]
+    } else {
+        parts
+    }
 }
 
 fn truncate_utf8(s: &str, max: usize) -> &str {
@@ -99,7 +131,8 @@ pub fn create_part(out_dir: &Path, offered_name: &str) -> Result<PartFile> {
         wanted.push(p);
     }
     if let Some(parent) = wanted.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     for n in 0..1000u32 {
         let mut part = wanted.clone().into_os_string();
@@ -108,10 +141,23 @@ pub fn create_part(out_dir: &Path, offered_name: &str) -> Result<PartFile> {
         }
         part.push(".part");
         let part_path = PathBuf::from(part);
-        match OpenOptions::new().read(true).write(true).create_new(true).open(&part_path) {
-            Ok(file) => return Ok(PartFile { file, part_path, wanted_path: wanted }),
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&part_path)
+        {
+            Ok(file) => {
+                return Ok(PartFile {
+                    file,
+                    part_path,
+                    wanted_path: wanted,
+                });
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot create {}", part_path.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot create {}", part_path.display()));
+            }
         }
     }
     anyhow::bail!("too many partial files named like {}", wanted.display())
@@ -122,11 +168,20 @@ pub fn create_part(out_dir: &Path, offered_name: &str) -> Result<PartFile> {
 pub fn finalize(part: &PartFile) -> Result<PathBuf> {
     part.file.sync_all().context("flushing received file")?;
     let wanted = &part.wanted_path;
-    let stem = wanted.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = wanted.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    let stem = wanted
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = wanted
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
     for n in 0..1000u32 {
-        let candidate =
-            if n == 0 { wanted.clone() } else { wanted.with_file_name(format!("{stem} ({n}){ext}")) };
+        let candidate = if n == 0 {
+            wanted.clone()
+        } else {
+            wanted.with_file_name(format!("{stem} ({n}){ext}"))
+        };
         // A hard link fails if the target exists, so nothing is overwritten
         // even if another process creates the same name meanwhile.
         match std::fs::hard_link(&part.part_path, &candidate) {
@@ -155,7 +210,10 @@ mod tests {
     fn hostile_names_stay_inside_the_output_directory() {
         assert_eq!(sanitize_name("../../etc/passwd"), ["etc", "passwd"]);
         assert_eq!(sanitize_name("/etc/shadow"), ["etc", "shadow"]);
-        assert_eq!(sanitize_name("C:\\Windows\\system32"), ["C_", "Windows", "system32"]);
+        assert_eq!(
+            sanitize_name("C:\\Windows\\system32"),
+            ["C_", "Windows", "system32"]
+        );
         assert_eq!(sanitize_name(".."), ["file"]);
         assert_eq!(sanitize_name(""), ["file"]);
         assert_eq!(sanitize_name("a/./b"), ["a", "b"]);
@@ -163,7 +221,10 @@ mod tests {
         assert_eq!(sanitize_name("nul.txt"), ["_nul.txt"]);
         assert_eq!(sanitize_name("evil\u{0}name\n.txt"), ["evil_name_.txt"]);
         assert_eq!(sanitize_name("trailing. . "), ["trailing"]);
-        assert_eq!(sanitize_name("dir/sub/photo.jpg"), ["dir", "sub", "photo.jpg"]);
+        assert_eq!(
+            sanitize_name("dir/sub/photo.jpg"),
+            ["dir", "sub", "photo.jpg"]
+        );
         let long = "é".repeat(300);
         assert!(sanitize_name(&long)[0].len() <= MAX_COMPONENT_BYTES);
     }
@@ -177,7 +238,10 @@ mod tests {
         assert!(part.part_path.starts_with(dir.path()));
         let final_path = finalize(&part).unwrap();
         assert_eq!(final_path, dir.path().join("a (1).txt"));
-        assert_eq!(std::fs::read(dir.path().join("a.txt")).unwrap(), b"existing");
+        assert_eq!(
+            std::fs::read(dir.path().join("a.txt")).unwrap(),
+            b"existing"
+        );
         assert!(!part.part_path.exists());
     }
 

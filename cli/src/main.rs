@@ -34,7 +34,12 @@ struct Cli {
     #[arg(long, global = true, env = "PARLOR_NAME", default_value = "")]
     name: String,
     /// Log filter for diagnostics on stderr (e.g. `debug`, `parlor=trace`).
-    #[arg(long, global = true, env = "PARLOR_LOG", default_value = "error,parlor=warn")]
+    #[arg(
+        long,
+        global = true,
+        env = "PARLOR_LOG",
+        default_value = "error,parlor=warn"
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,
@@ -76,14 +81,18 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let mut report = Reporter::new(cli.json);
     match run(cli, &mut report).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            report.emit(Event::Error { message: format!("{err:#}") });
+            report.emit(Event::Error {
+                message: format!("{err:#}"),
+            });
             ExitCode::FAILURE
         }
     }
@@ -92,7 +101,11 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
     let mut config = parlor_core::TransferConfig::default();
     let (mode, link, created) = match cli.command {
-        Command::Send { server, files, chunk_size } => {
+        Command::Send {
+            server,
+            files,
+            chunk_size,
+        } => {
             config.chunk_size = chunk_size.unwrap_or(config.chunk_size);
             let mut queue = VecDeque::new();
             let mut seen = HashSet::new();
@@ -101,24 +114,62 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
                     queue.push_back(files::prepare(&path)?);
                 }
             }
-            (Mode::Send { queue, target: None, active: false }, new_room(&server), true)
+            (
+                Mode::Send {
+                    queue,
+                    target: None,
+                    active: false,
+                },
+                new_room(&server),
+                true,
+            )
         }
         Command::Receive { invite_url, out } => {
-            std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
             let link = InviteLink::parse(&invite_url)?;
-            (Mode::Receive { out_dir: out, received: 0, failed: 0, senders: HashSet::new() }, link, false)
+            (
+                Mode::Receive {
+                    out_dir: out,
+                    received: 0,
+                    failed: 0,
+                    senders: HashSet::new(),
+                },
+                link,
+                false,
+            )
         }
-        Command::Chat { invite_url: Some(url), .. } => (Mode::Chat, InviteLink::parse(&url)?, false),
-        Command::Chat { invite_url: None, server } => (Mode::Chat, new_room(&server), true),
+        Command::Chat {
+            invite_url: Some(url),
+            ..
+        } => (Mode::Chat, InviteLink::parse(&url)?, false),
+        Command::Chat {
+            invite_url: None,
+            server,
+        } => (Mode::Chat, new_room(&server), true),
     };
-    let (signaling, joined) = signal::Signaling::join(&link.websocket_url(), &link.room, &cli.name).await?;
+    let (signaling, joined) =
+        signal::Signaling::join(&link.websocket_url(), &link.room, &cli.name).await?;
     if created {
-        report.emit(Event::Invite { link: &link.to_string() });
+        report.emit(Event::Invite {
+            link: &link.to_string(),
+        });
     }
     let peers: Vec<&str> = joined.peers.iter().map(|p| p.id.0.as_str()).collect();
-    report.emit(Event::Joined { room: link.room.as_str(), peer_id: &joined.peer_id.0, peers });
+    report.emit(Event::Joined {
+        room: link.room.as_str(),
+        peer_id: &joined.peer_id.0,
+        peers,
+    });
     let json = report.is_json();
-    let room = Room::start(mode, config, std::mem::replace(report, Reporter::new(json)), signaling, joined).await?;
+    let room = Room::start(
+        mode,
+        config,
+        std::mem::replace(report, Reporter::new(json)),
+        signaling,
+        joined,
+    )
+    .await?;
     room.run().await
 }
 

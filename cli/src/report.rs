@@ -16,7 +16,11 @@ pub enum Event<'a> {
     /// The invite link of a room we created.
     Invite { link: &'a str },
     /// We joined the room.
-    Joined { room: &'a str, peer_id: &'a str, peers: Vec<&'a str> },
+    Joined {
+        room: &'a str,
+        peer_id: &'a str,
+        peers: Vec<&'a str>,
+    },
     /// A peer arrived.
     PeerJoined { peer_id: &'a str, name: &'a str },
     /// A peer left.
@@ -26,11 +30,24 @@ pub enum Event<'a> {
     /// The WebRTC connection to a peer failed or closed.
     Disconnected { peer_id: &'a str, state: &'a str },
     /// A chat message arrived.
-    Message { from: &'a str, name: &'a str, id: String, seq: u64, sent_at_ms: u64, text: &'a str },
+    Message {
+        from: &'a str,
+        name: &'a str,
+        id: String,
+        seq: u64,
+        sent_at_ms: u64,
+        text: &'a str,
+    },
     /// One of our messages changed status.
     MessageStatus { id: String, status: &'a str },
     /// A peer offered a file.
-    FileOffered { peer_id: &'a str, transfer: String, name: &'a str, size: u64, mime: &'a str },
+    FileOffered {
+        peer_id: &'a str,
+        transfer: String,
+        name: &'a str,
+        size: u64,
+        mime: &'a str,
+    },
     /// Transfer progress (confirmed bytes).
     Progress {
         transfer: String,
@@ -42,11 +59,26 @@ pub enum Event<'a> {
         eta_ms: Option<u64>,
     },
     /// We sent a file and the receiver verified its hash.
-    FileSent { transfer: String, name: &'a str, size: u64, hash: String },
+    FileSent {
+        transfer: String,
+        name: &'a str,
+        size: u64,
+        hash: String,
+    },
     /// We received a file and verified its hash.
-    FileReceived { transfer: String, name: &'a str, path: &'a str, size: u64, hash: String },
+    FileReceived {
+        transfer: String,
+        name: &'a str,
+        path: &'a str,
+        size: u64,
+        hash: String,
+    },
     /// A transfer failed.
-    TransferFailed { transfer: String, name: &'a str, reason: String },
+    TransferFailed {
+        transfer: String,
+        name: &'a str,
+        reason: String,
+    },
     /// Something went wrong.
     Error { message: String },
 }
@@ -68,7 +100,11 @@ impl Reporter {
     pub fn new(json: bool) -> Self {
         let bars = (!json && std::io::stderr().is_terminal())
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        Self { json, bars, active: HashMap::new() }
+        Self {
+            json,
+            bars,
+            active: HashMap::new(),
+        }
     }
 
     /// Whether output is JSON.
@@ -91,33 +127,62 @@ impl Reporter {
                 println!("{link}");
                 self.note("Share this link; waiting for someone to join…");
             }
-            Event::Joined { peers, .. } => self.note(&format!("Joined the room ({} other peer(s) present)", peers.len())),
-            Event::PeerJoined { name, peer_id } => self.note(&format!("{} joined", display(name, peer_id))),
-            Event::PeerLeft { name, peer_id } => self.note(&format!("{} left", display(name, peer_id))),
-            Event::Connected { peer_id, path } => self.note(&format!("Connected to {peer_id} ({path})")),
-            Event::Disconnected { peer_id, state } => self.note(&format!("Connection to {peer_id}: {state}")),
-            Event::Message { from, name, text, .. } => println!("[{}] {text}", display(name, from)),
+            Event::Joined { peers, .. } => self.note(&format!(
+                "Joined the room ({} other peer(s) present)",
+                peers.len()
+            )),
+            Event::PeerJoined { name, peer_id } => {
+                self.note(&format!("{} joined", display(name, peer_id)))
+            }
+            Event::PeerLeft { name, peer_id } => {
+                self.note(&format!("{} left", display(name, peer_id)))
+            }
+            Event::Connected { peer_id, path } => {
+                self.note(&format!("Connected to {peer_id} ({path})"))
+            }
+            Event::Disconnected { peer_id, state } => {
+                self.note(&format!("Connection to {peer_id}: {state}"))
+            }
+            Event::Message {
+                from, name, text, ..
+            } => println!("[{}] {text}", display(name, from)),
             Event::MessageStatus { .. } => {}
-            Event::FileOffered { name, size, .. } => self.note(&format!("Receiving {name} ({size} bytes)")),
+            Event::FileOffered { name, size, .. } => {
+                self.note(&format!("Receiving {name} ({size} bytes)"))
+            }
             Event::Progress { .. } => {}
-            Event::FileSent { name, hash, .. } => self.note(&format!("Sent {name} (verified, blake3 {hash})")),
-            Event::FileReceived { path, hash, .. } => self.note(&format!("Saved {path} (verified, blake3 {hash})")),
-            Event::TransferFailed { name, reason, .. } => self.note(&format!("Transfer of {name} failed: {reason}")),
+            Event::FileSent { name, hash, .. } => {
+                self.note(&format!("Sent {name} (verified, blake3 {hash})"))
+            }
+            Event::FileReceived { path, hash, .. } => {
+                self.note(&format!("Saved {path} (verified, blake3 {hash})"))
+            }
+            Event::TransferFailed { name, reason, .. } => {
+                self.note(&format!("Transfer of {name} failed: {reason}"))
+            }
             Event::Error { message } => self.note(&format!("error: {message}")),
         }
     }
 
     /// Reports progress of a transfer, throttled.
-    pub fn progress(&mut self, transfer: TransferId, name: &str, direction: &'static str, p: &parlor_core::Progress) {
+    pub fn progress(
+        &mut self,
+        transfer: TransferId,
+        name: &str,
+        direction: &'static str,
+        p: &parlor_core::Progress,
+    ) {
         let now = Instant::now();
         let last = p.done == p.total;
         if let Some(bars) = &self.bars {
             let (bar, _) = self.active.entry(transfer).or_insert_with(|| {
                 let bar = bars.add(ProgressBar::new(p.total));
                 bar.set_style(
-                    ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                        .unwrap_or_else(|_| ProgressStyle::default_bar())
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
                 );
                 bar.set_message(format!("{direction} {name}"));
                 (bar, now)
@@ -131,7 +196,10 @@ impl Reporter {
         if !self.json {
             return;
         }
-        let entry = self.active.entry(transfer).or_insert((ProgressBar::hidden(), now - PROGRESS_EVERY));
+        let entry = self
+            .active
+            .entry(transfer)
+            .or_insert((ProgressBar::hidden(), now - PROGRESS_EVERY));
         if !last && now.duration_since(entry.1) < PROGRESS_EVERY {
             return;
         }

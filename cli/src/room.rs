@@ -9,11 +9,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, anyhow};
 use parlor_core::{
-    ChatOutput, ChatSession, FileReceiver, FileSender, MessageStatus, Millis, ReceiverOutput, SenderOutput,
-    TransferConfig,
+    ChatOutput, ChatSession, FileReceiver, FileSender, MessageStatus, Millis, ReceiverOutput,
+    SenderOutput, TransferConfig,
 };
 use parlor_protocol::{
-    CancelReason, ClientMessage, FileOffer, Frame, IceServer, MessageId, PeerId, ServerMessage, TransferId,
+    CancelReason, ClientMessage, FileOffer, Frame, IceServer, MessageId, PeerId, ServerMessage,
+    TransferId,
 };
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines, Stdin};
 use tokio::sync::mpsc;
@@ -29,14 +30,28 @@ use crate::signal::{Joined, Signaling};
 const EVENT_QUEUE: usize = 1024;
 /// After stdin closes, how long `chat` waits for its last messages to be acked.
 const CHAT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// `receive` ends this long after its last transfer finished when no new
+/// offer came meanwhile. A CLI sender leaves when done (which ends `receive`
+/// at once), but a browser stays in the room; and a sender offers its next
+/// file within a round trip of the previous one being verified.
+const RECEIVE_IDLE_EXIT: Duration = Duration::from_secs(3);
 
 /// What this run of the CLI is for.
 #[derive(Debug)]
 pub enum Mode {
     /// Send `queue` to the first peer whose file channel opens, one by one.
-    Send { queue: VecDeque<Outgoing>, target: Option<PeerId>, active: bool },
+    Send {
+        queue: VecDeque<Outgoing>,
+        target: Option<PeerId>,
+        active: bool,
+    },
     /// Receive whatever is offered into `out_dir`.
-    Receive { out_dir: PathBuf, received: usize, failed: usize, senders: HashSet<PeerId> },
+    Receive {
+        out_dir: PathBuf,
+        received: usize,
+        failed: usize,
+        senders: HashSet<PeerId>,
+    },
     /// Chat line by line on stdin/stdout.
     Chat,
 }
@@ -73,6 +88,7 @@ pub struct Room {
     config: TransferConfig,
     stdin: Option<Lines<BufReader<Stdin>>>,
     flush_deadline: Option<tokio::time::Instant>,
+    idle_deadline: Option<tokio::time::Instant>,
     exit: Option<Result<()>>,
 }
 
@@ -106,6 +122,7 @@ impl Room {
             config,
             stdin,
             flush_deadline: None,
+            idle_deadline: None,
             exit: None,
         };
         // Newcomers make the offers; peers already present wait for them.
@@ -128,13 +145,19 @@ impl Room {
                 }
                 return result;
             }
-            if let Mode::Send { active: false, target: Some(_), .. } = self.mode {
+            if let Mode::Send {
+                active: false,
+                target: Some(_),
+                ..
+            } = self.mode
+            {
                 self.start_next_file().await;
                 continue;
             }
-            let chat_timer = self.chat.poll_timeout().map(|t| {
-                tokio::time::Instant::from_std(self.start + Duration::from_millis(t))
-            });
+            let chat_timer = self
+                .chat
+                .poll_timeout()
+                .map(|t| tokio::time::Instant::from_std(self.start + Duration::from_millis(t)));
             tokio::select! {
                 msg = self.signaling.recv(), if self.signaling_up => match msg {
                     Some(msg) => self.on_signal(msg).await,
@@ -148,6 +171,7 @@ impl Room {
                     self.flush_chat().await;
                 }
                 () = sleep_until(self.flush_deadline) => self.exit = Some(Ok(())),
+                () = sleep_until(self.idle_deadline) => self.on_receive_idle(),
             }
         }
     }
@@ -171,7 +195,9 @@ impl Room {
             return;
         }
         self.signaling_up = false;
-        self.report.emit(Event::Error { message: "lost the connection to the Parlor server".into() });
+        self.report.emit(Event::Error {
+            message: "lost the connection to the Parlor server".into(),
+        });
         // Established data channels keep working without the server; without
         // any, there is nothing left to do.
         if self.connected.is_empty() {
@@ -191,17 +217,24 @@ impl Room {
             .await?;
             self.links.insert(peer.clone(), link);
         }
-        self.links.get_mut(peer).ok_or_else(|| anyhow!("link vanished"))
+        self.links
+            .get_mut(peer)
+            .ok_or_else(|| anyhow!("link vanished"))
     }
 
     async fn on_signal(&mut self, msg: ServerMessage) {
         match msg {
             ServerMessage::PeerJoined { peer } => {
-                self.report.emit(Event::PeerJoined { peer_id: &peer.id.0, name: &peer.name });
+                self.report.emit(Event::PeerJoined {
+                    peer_id: &peer.id.0,
+                    name: &peer.name,
+                });
                 self.chat.add_peer(peer.id.clone());
                 self.names.insert(peer.id, peer.name);
             }
-            ServerMessage::PeerLeft { peer_id } => self.on_peer_gone(&peer_id, "left the room").await,
+            ServerMessage::PeerLeft { peer_id } => {
+                self.on_peer_gone(&peer_id, "left the room").await
+            }
             ServerMessage::Offer { from, sdp } => {
                 self.chat.add_peer(from.clone());
                 let answer = match self.link_for(&from).await {
@@ -210,14 +243,18 @@ impl Room {
                 };
                 match answer {
                     Ok(sdp) => self.signal(ClientMessage::Answer { to: from, sdp }).await,
-                    Err(err) => self.report.emit(Event::Error { message: format!("offer from {from}: {err:#}") }),
+                    Err(err) => self.report.emit(Event::Error {
+                        message: format!("offer from {from}: {err:#}"),
+                    }),
                 }
             }
             ServerMessage::Answer { from, sdp } => {
                 if let Some(link) = self.links.get_mut(&from)
                     && let Err(err) = link.accept_answer(sdp).await
                 {
-                    self.report.emit(Event::Error { message: format!("answer from {from}: {err:#}") });
+                    self.report.emit(Event::Error {
+                        message: format!("answer from {from}: {err:#}"),
+                    });
                 }
             }
             ServerMessage::Candidate { from, candidate } => {
@@ -226,7 +263,9 @@ impl Room {
                 }
             }
             ServerMessage::Error { code, message } => {
-                self.report.emit(Event::Error { message: format!("server: {message} ({})", code.as_str()) });
+                self.report.emit(Event::Error {
+                    message: format!("server: {message} ({})", code.as_str()),
+                });
             }
             ServerMessage::Ping => self.signal(ClientMessage::Pong).await,
             _ => {}
@@ -237,15 +276,25 @@ impl Room {
         match event {
             PeerEvent::LocalCandidate { peer, candidate } => {
                 if self.signaling_up {
-                    self.signal(ClientMessage::Candidate { to: peer, candidate }).await;
+                    self.signal(ClientMessage::Candidate {
+                        to: peer,
+                        candidate,
+                    })
+                    .await;
                 }
             }
-            PeerEvent::Open { peer, channel: Channel::Chat } => {
+            PeerEvent::Open {
+                peer,
+                channel: Channel::Chat,
+            } => {
                 let now = self.now();
                 self.chat.link_up(&peer, now);
                 self.flush_chat().await;
             }
-            PeerEvent::Open { peer, channel: Channel::File } => {
+            PeerEvent::Open {
+                peer,
+                channel: Channel::File,
+            } => {
                 if let Mode::Send { target, .. } = &mut self.mode
                     && target.is_none()
                 {
@@ -257,12 +306,21 @@ impl Room {
                     self.chat.link_down(&peer);
                 }
             }
-            PeerEvent::Message { peer, channel, data } => self.on_frame(peer, channel, &data).await,
+            PeerEvent::Message {
+                peer,
+                channel,
+                data,
+            } => self.on_frame(peer, channel, &data).await,
             PeerEvent::BufferedLow { peer } => {
-                let ids: Vec<TransferId> =
-                    self.outgoing.iter().filter(|(_, t)| t.peer == peer).map(|(id, _)| *id).collect();
+                let ids: Vec<TransferId> = self
+                    .outgoing
+                    .iter()
+                    .filter(|(_, t)| t.peer == peer)
+                    .map(|(id, _)| *id)
+                    .collect();
                 for id in ids {
-                    self.drive_outgoing(id, |t, amount| t.sender.buffered_amount(amount)).await;
+                    self.drive_outgoing(id, |t, amount| t.sender.buffered_amount(amount))
+                        .await;
                 }
             }
             PeerEvent::State { peer, state } => match state {
@@ -271,14 +329,20 @@ impl Room {
                         && let Some(link) = self.links.get(&peer)
                     {
                         let path = link.path().await;
-                        self.report.emit(Event::Connected { peer_id: &peer.0, path });
+                        self.report.emit(Event::Connected {
+                            peer_id: &peer.0,
+                            path,
+                        });
                     }
                 }
-                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                    if self.links.contains_key(&peer) {
-                        self.report.emit(Event::Disconnected { peer_id: &peer.0, state: &state.to_string() });
-                        self.on_peer_gone(&peer, "connection lost").await;
-                    }
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                    if self.links.contains_key(&peer) =>
+                {
+                    self.report.emit(Event::Disconnected {
+                        peer_id: &peer.0,
+                        state: &state.to_string(),
+                    });
+                    self.on_peer_gone(&peer, "connection lost").await;
                 }
                 _ => {}
             },
@@ -291,7 +355,9 @@ impl Room {
             Err(err) => {
                 // A bad frame is rejected with its reason; the link goes on.
                 tracing::warn!(%peer, ?channel, %err, "rejected frame");
-                self.report.emit(Event::Error { message: format!("rejected frame from {peer}: {err}") });
+                self.report.emit(Event::Error {
+                    message: format!("rejected frame from {peer}: {err}"),
+                });
                 return;
             }
         };
@@ -303,18 +369,25 @@ impl Room {
             self.flush_chat().await;
             return;
         }
-        let Some(id) = frame.transfer_id() else { return };
+        let Some(id) = frame.transfer_id() else {
+            return;
+        };
         let now = self.now();
         match frame {
             Frame::FileOffer(offer) => self.on_offer(peer, offer).await,
-            Frame::Chunk { .. } | Frame::FileDone { .. } if self.incoming.contains_key(&(peer.clone(), id)) => {
-                self.drive_incoming(&peer, id, |t| t.receiver.handle_frame(frame, now)).await;
+            Frame::Chunk { .. } | Frame::FileDone { .. }
+                if self.incoming.contains_key(&(peer.clone(), id)) =>
+            {
+                self.drive_incoming(&peer, id, |t| t.receiver.handle_frame(frame, now))
+                    .await;
             }
             Frame::FileCancel { .. } if self.incoming.contains_key(&(peer.clone(), id)) => {
-                self.drive_incoming(&peer, id, |t| t.receiver.handle_frame(frame, now)).await;
+                self.drive_incoming(&peer, id, |t| t.receiver.handle_frame(frame, now))
+                    .await;
             }
             _ if self.outgoing.get(&id).is_some_and(|t| t.peer == peer) => {
-                self.drive_outgoing(id, |t, _| t.sender.handle_frame(frame, now)).await;
+                self.drive_outgoing(id, |t, _| t.sender.handle_frame(frame, now))
+                    .await;
             }
             _ => tracing::debug!(%peer, transfer = %id, "frame for an unknown transfer ignored"),
         }
@@ -332,7 +405,9 @@ impl Room {
         let now = self.now();
         let mut receiver = FileReceiver::new(offer.clone(), self.config.clone(), now);
         let out_dir = match &mut self.mode {
-            Mode::Receive { out_dir, senders, .. } if !self.incoming.contains_key(&(peer.clone(), id)) => {
+            Mode::Receive {
+                out_dir, senders, ..
+            } if !self.incoming.contains_key(&(peer.clone(), id)) => {
                 senders.insert(peer.clone());
                 out_dir.clone()
             }
@@ -345,7 +420,8 @@ impl Room {
         match files::create_part(&out_dir, &offer.name) {
             Ok(part) => {
                 receiver.accept(now);
-                self.incoming.insert((peer.clone(), id), IncomingTransfer { part, receiver });
+                self.incoming
+                    .insert((peer.clone(), id), IncomingTransfer { part, receiver });
                 self.drive_incoming(&peer, id, |_| {}).await;
             }
             Err(err) => {
@@ -374,7 +450,14 @@ impl Room {
     }
 
     async fn start_next_file(&mut self) {
-        let Mode::Send { queue, target: Some(peer), active } = &mut self.mode else { return };
+        let Mode::Send {
+            queue,
+            target: Some(peer),
+            active,
+        } = &mut self.mode
+        else {
+            return;
+        };
         if *active {
             return;
         }
@@ -400,13 +483,27 @@ impl Room {
             hash: info.hash,
         };
         let sender = FileSender::new(offer, self.config.clone(), self.now());
-        self.outgoing.insert(id, OutgoingTransfer { peer, file, info, sender });
+        self.outgoing.insert(
+            id,
+            OutgoingTransfer {
+                peer,
+                file,
+                info,
+                sender,
+            },
+        );
         self.drive_outgoing(id, |_, _| {}).await;
     }
 
     /// Applies `input` to an outgoing transfer and carries out its outputs.
-    async fn drive_outgoing(&mut self, id: TransferId, input: impl FnOnce(&mut OutgoingTransfer, u64)) {
-        let Some(mut t) = self.outgoing.remove(&id) else { return };
+    async fn drive_outgoing(
+        &mut self,
+        id: TransferId,
+        input: impl FnOnce(&mut OutgoingTransfer, u64),
+    ) {
+        let Some(mut t) = self.outgoing.remove(&id) else {
+            return;
+        };
         let buffered = match self.links.get(&t.peer) {
             Some(link) => link.buffered_amount(Channel::File).await,
             None => 0,
@@ -416,7 +513,9 @@ impl Room {
         while let Some(out) = t.sender.poll_output() {
             match out {
                 SenderOutput::Send(frame) => {
-                    let Some(link) = self.links.get(&t.peer) else { continue };
+                    let Some(link) = self.links.get(&t.peer) else {
+                        continue;
+                    };
                     if let Err(err) = link.send(Channel::File, frame.encode()).await {
                         tracing::debug!(%err, "file channel send failed");
                         t.sender.cancel();
@@ -470,9 +569,16 @@ impl Room {
     }
 
     /// Applies `input` to an incoming transfer and carries out its outputs.
-    async fn drive_incoming(&mut self, peer: &PeerId, id: TransferId, input: impl FnOnce(&mut IncomingTransfer)) {
+    async fn drive_incoming(
+        &mut self,
+        peer: &PeerId,
+        id: TransferId,
+        input: impl FnOnce(&mut IncomingTransfer),
+    ) {
         let key = (peer.clone(), id);
-        let Some(mut t) = self.incoming.remove(&key) else { return };
+        let Some(mut t) = self.incoming.remove(&key) else {
+            return;
+        };
         input(&mut t);
         let mut finished = false;
         while let Some(out) = t.receiver.poll_output() {
@@ -511,7 +617,9 @@ impl Room {
                             // Not final on disk, so the sender must not hear "verified".
                             let cancel = Frame::FileCancel {
                                 transfer: id,
-                                reason: CancelReason::StorageFailed(err.to_string().chars().take(200).collect()),
+                                reason: CancelReason::StorageFailed(
+                                    err.to_string().chars().take(200).collect(),
+                                ),
                             };
                             if let Some(link) = self.links.get(peer) {
                                 let _ = link.send(Channel::File, cancel.encode()).await;
@@ -527,7 +635,10 @@ impl Room {
                     self.report.emit(Event::TransferFailed {
                         transfer: id.to_string(),
                         name: &name,
-                        reason: format!("{err}; partial data kept in {}", t.part.part_path.display()),
+                        reason: format!(
+                            "{err}; partial data kept in {}",
+                            t.part.part_path.display()
+                        ),
                     });
                     if let Mode::Receive { failed, .. } = &mut self.mode {
                         *failed += 1;
@@ -547,13 +658,21 @@ impl Room {
             link.close().await;
         }
         if self.names.remove(peer).is_some() || self.connected.remove(peer) {
-            self.report.emit(Event::PeerLeft { peer_id: &peer.0, name: &name });
+            self.report.emit(Event::PeerLeft {
+                peer_id: &peer.0,
+                name: &name,
+            });
         }
         self.chat.remove_peer(peer);
         self.flush_chat().await;
 
         // Transfers with that peer cannot finish now.
-        let dead_in: Vec<_> = self.incoming.keys().filter(|(p, _)| p == peer).cloned().collect();
+        let dead_in: Vec<_> = self
+            .incoming
+            .keys()
+            .filter(|(p, _)| p == peer)
+            .cloned()
+            .collect();
         for key in dead_in {
             if let Some(t) = self.incoming.remove(&key) {
                 self.fail_receive(format!(
@@ -563,17 +682,27 @@ impl Room {
                 ));
             }
         }
-        let dead_out: Vec<_> = self.outgoing.iter().filter(|(_, t)| &t.peer == peer).map(|(id, _)| *id).collect();
+        let dead_out: Vec<_> = self
+            .outgoing
+            .iter()
+            .filter(|(_, t)| &t.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
         for id in dead_out {
             if let Some(t) = self.outgoing.remove(&id) {
-                self.exit = Some(Err(anyhow!("sending {} failed: the receiver {why}", t.info.name)));
+                self.exit = Some(Err(anyhow!(
+                    "sending {} failed: the receiver {why}",
+                    t.info.name
+                )));
             }
         }
         if let Mode::Send { target, .. } = &self.mode
             && target.as_ref() == Some(peer)
             && self.exit.is_none()
         {
-            self.exit = Some(Err(anyhow!("the receiver {why} before every file was sent")));
+            self.exit = Some(Err(anyhow!(
+                "the receiver {why} before every file was sent"
+            )));
         }
         if let Mode::Receive { senders, .. } = &mut self.mode {
             senders.remove(peer);
@@ -581,17 +710,42 @@ impl Room {
         self.check_receive_done();
     }
 
-    /// `receive` ends when every peer that sent us files is gone and nothing
-    /// is in flight: success if all files verified.
+    /// `receive` ends when nothing is in flight and either every peer that
+    /// sent us files is gone, or [`RECEIVE_IDLE_EXIT`] passed without a new
+    /// offer: success if every file verified.
     fn check_receive_done(&mut self) {
-        let Mode::Receive { received, failed, senders, .. } = &self.mode else { return };
-        if !self.incoming.is_empty() || self.exit.is_some() {
+        let Mode::Receive {
+            received,
+            failed,
+            senders,
+            ..
+        } = &self.mode
+        else {
+            return;
+        };
+        self.idle_deadline = None;
+        if !self.incoming.is_empty() || self.exit.is_some() || *received + *failed == 0 {
             return;
         }
-        if *failed > 0 && senders.is_empty() {
-            self.exit = Some(Err(anyhow!("{failed} file(s) failed")));
-        } else if *received > 0 && senders.is_empty() {
-            self.exit = Some(Ok(()));
+        if senders.is_empty() {
+            self.on_receive_idle();
+        } else {
+            self.idle_deadline = Some(tokio::time::Instant::now() + RECEIVE_IDLE_EXIT);
+        }
+    }
+
+    fn on_receive_idle(&mut self) {
+        self.idle_deadline = None;
+        if let Mode::Receive {
+            received, failed, ..
+        } = &self.mode
+            && self.incoming.is_empty()
+        {
+            self.exit = Some(if *failed > 0 {
+                Err(anyhow!("{failed} file(s) failed, {received} received"))
+            } else {
+                Ok(())
+            });
         }
     }
 
@@ -608,16 +762,23 @@ impl Room {
             return;
         }
         let id = MessageId(rand::random());
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let now = self.now();
         if let Err(err) = self.chat.send(id, text, wall, now) {
-            self.report.emit(Event::Error { message: format!("message not sent: {err}") });
+            self.report.emit(Event::Error {
+                message: format!("message not sent: {err}"),
+            });
         }
         self.flush_chat().await;
     }
 
     fn check_chat_flushed(&mut self) {
-        if self.flush_deadline.is_some() && self.links.keys().all(|p| self.chat.unacked(p).is_empty()) {
+        if self.flush_deadline.is_some()
+            && self.links.keys().all(|p| self.chat.unacked(p).is_empty())
+        {
             self.exit = Some(Ok(()));
         }
     }
@@ -649,7 +810,10 @@ impl Room {
                         MessageStatus::Sent => "sent",
                         MessageStatus::Delivered => "delivered",
                     };
-                    self.report.emit(Event::MessageStatus { id: id.to_string(), status });
+                    self.report.emit(Event::MessageStatus {
+                        id: id.to_string(),
+                        status,
+                    });
                 }
             }
         }

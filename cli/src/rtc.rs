@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use parlor_protocol::{
-    CHAT_CHANNEL_ID, CHAT_CHANNEL_LABEL, FILE_CHANNEL_ID, FILE_CHANNEL_LABEL, IceCandidate, IceServer,
-    PeerId,
+    CHAT_CHANNEL_ID, CHAT_CHANNEL_LABEL, FILE_CHANNEL_ID, FILE_CHANNEL_LABEL, IceCandidate,
+    IceServer, PeerId,
 };
 use tokio::sync::mpsc;
 use webrtc::api::API;
@@ -38,17 +38,27 @@ pub enum Channel {
 #[derive(Debug)]
 pub enum PeerEvent {
     /// A local ICE candidate to trickle to the peer.
-    LocalCandidate { peer: PeerId, candidate: IceCandidate },
+    LocalCandidate {
+        peer: PeerId,
+        candidate: IceCandidate,
+    },
     /// A data channel opened.
     Open { peer: PeerId, channel: Channel },
     /// A data channel closed.
     Closed { peer: PeerId, channel: Channel },
     /// A message arrived.
-    Message { peer: PeerId, channel: Channel, data: Bytes },
+    Message {
+        peer: PeerId,
+        channel: Channel,
+        data: Bytes,
+    },
     /// The file channel's buffer drained to the low watermark.
     BufferedLow { peer: PeerId },
     /// The connection's state changed.
-    State { peer: PeerId, state: RTCPeerConnectionState },
+    State {
+        peer: PeerId,
+        state: RTCPeerConnectionState,
+    },
 }
 
 /// Builds the webrtc-rs API object shared by every connection.
@@ -72,7 +82,9 @@ pub struct PeerLink {
 
 impl std::fmt::Debug for PeerLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerLink").field("peer", &self.peer).finish_non_exhaustive()
+        f.debug_struct("PeerLink")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -96,7 +108,11 @@ impl PeerLink {
                 .collect(),
             ..Default::default()
         };
-        let pc = Arc::new(api.new_peer_connection(config).await.context("creating peer connection")?);
+        let pc = Arc::new(
+            api.new_peer_connection(config)
+                .await
+                .context("creating peer connection")?,
+        );
 
         let tx = events.clone();
         let id = peer.clone();
@@ -143,32 +159,55 @@ impl PeerLink {
         }))
         .await;
 
-        Ok(Self { peer, pc, chat, file, remote_description_set: false, early_candidates: Vec::new() })
+        Ok(Self {
+            peer,
+            pc,
+            chat,
+            file,
+            remote_description_set: false,
+            early_candidates: Vec::new(),
+        })
     }
 
     /// Makes an offer and sets it as the local description.
     pub async fn create_offer(&self) -> Result<String> {
         let offer = self.pc.create_offer(None).await.context("creating offer")?;
         let sdp = offer.sdp.clone();
-        self.pc.set_local_description(offer).await.context("setting local offer")?;
+        self.pc
+            .set_local_description(offer)
+            .await
+            .context("setting local offer")?;
         Ok(sdp)
     }
 
     /// Applies a remote offer and returns the answer.
     pub async fn accept_offer(&mut self, sdp: String) -> Result<String> {
         let offer = RTCSessionDescription::offer(sdp).context("parsing remote offer")?;
-        self.pc.set_remote_description(offer).await.context("applying remote offer")?;
+        self.pc
+            .set_remote_description(offer)
+            .await
+            .context("applying remote offer")?;
         self.remote_description_ready().await;
-        let answer = self.pc.create_answer(None).await.context("creating answer")?;
+        let answer = self
+            .pc
+            .create_answer(None)
+            .await
+            .context("creating answer")?;
         let sdp = answer.sdp.clone();
-        self.pc.set_local_description(answer).await.context("setting local answer")?;
+        self.pc
+            .set_local_description(answer)
+            .await
+            .context("setting local answer")?;
         Ok(sdp)
     }
 
     /// Applies a remote answer.
     pub async fn accept_answer(&mut self, sdp: String) -> Result<()> {
         let answer = RTCSessionDescription::answer(sdp).context("parsing remote answer")?;
-        self.pc.set_remote_description(answer).await.context("applying remote answer")?;
+        self.pc
+            .set_remote_description(answer)
+            .await
+            .context("applying remote answer")?;
         self.remote_description_ready().await;
         Ok(())
     }
@@ -205,7 +244,10 @@ impl PeerLink {
 
     /// Sends one encoded frame on `channel`.
     pub async fn send(&self, channel: Channel, frame: Vec<u8>) -> Result<()> {
-        self.channel(channel).send(&Bytes::from(frame)).await.context("sending on data channel")?;
+        self.channel(channel)
+            .send(&Bytes::from(frame))
+            .await
+            .context("sending on data channel")?;
         Ok(())
     }
 
@@ -223,9 +265,18 @@ impl PeerLink {
 
     /// How the connection travels: `"turn"` through a TURN relay, `"direct"` otherwise.
     pub async fn path(&self) -> &'static str {
-        let pair = self.pc.sctp().transport().ice_transport().get_selected_candidate_pair().await;
+        let pair = self
+            .pc
+            .sctp()
+            .transport()
+            .ice_transport()
+            .get_selected_candidate_pair()
+            .await;
         match pair {
-            Some(p) if p.local.typ == RTCIceCandidateType::Relay || p.remote.typ == RTCIceCandidateType::Relay => {
+            Some(p)
+                if p.local.typ == RTCIceCandidateType::Relay
+                    || p.remote.typ == RTCIceCandidateType::Relay =>
+            {
                 "turn"
             }
             _ => "direct",
@@ -254,8 +305,15 @@ async fn open_channel(
         Channel::Chat => (CHAT_CHANNEL_LABEL, CHAT_CHANNEL_ID),
         Channel::File => (FILE_CHANNEL_LABEL, FILE_CHANNEL_ID),
     };
-    let init = RTCDataChannelInit { ordered: Some(true), negotiated: Some(id), ..Default::default() };
-    let dc = pc.create_data_channel(label, Some(init)).await.context("creating data channel")?;
+    let init = RTCDataChannelInit {
+        ordered: Some(true),
+        negotiated: Some(id),
+        ..Default::default()
+    };
+    let dc = pc
+        .create_data_channel(label, Some(init))
+        .await
+        .context("creating data channel")?;
     let (tx, p) = (events.clone(), peer.clone());
     dc.on_open(Box::new(move || {
         Box::pin(async move {
@@ -275,7 +333,13 @@ async fn open_channel(
         // Awaiting the bounded channel here pauses the SCTP reader while the
         // driver is busy, which is the backpressure we want.
         Box::pin(async move {
-            let _ = tx.send(PeerEvent::Message { peer, channel, data: msg.data }).await;
+            let _ = tx
+                .send(PeerEvent::Message {
+                    peer,
+                    channel,
+                    data: msg.data,
+                })
+                .await;
         })
     }));
     Ok(dc)

@@ -40,14 +40,27 @@ impl Signaling {
             room: room.clone(),
             name: (!name.is_empty()).then(|| name.to_owned()),
         };
-        sink.send(Message::text(hello.to_json())).await.context("sending hello")?;
+        sink.send(Message::text(hello.to_json()))
+            .await
+            .context("sending hello")?;
 
         let joined = loop {
-            let Some(msg) = stream.next().await else { bail!("server closed the connection before welcoming us") };
+            let Some(msg) = stream.next().await else {
+                bail!("server closed the connection before welcoming us")
+            };
             match msg.context("reading from server")? {
                 Message::Text(text) => match ServerMessage::from_json(&text)? {
-                    ServerMessage::Welcome { peer_id, peers, ice_servers, .. } => {
-                        break Joined { peer_id, peers, ice_servers };
+                    ServerMessage::Welcome {
+                        peer_id,
+                        peers,
+                        ice_servers,
+                        ..
+                    } => {
+                        break Joined {
+                            peer_id,
+                            peers,
+                            ice_servers,
+                        };
                     }
                     ServerMessage::Error { code, message } => {
                         bail!("server refused to join: {message} ({})", code.as_str())
@@ -95,12 +108,21 @@ impl Signaling {
                 }
             }
         });
-        Ok((Self { outgoing: out_tx, incoming: in_rx }, joined))
+        Ok((
+            Self {
+                outgoing: out_tx,
+                incoming: in_rx,
+            },
+            joined,
+        ))
     }
 
     /// Queues a message for the server. Fails only when the connection is gone.
     pub async fn send(&self, msg: ClientMessage) -> Result<()> {
-        self.outgoing.send(msg).await.map_err(|_| anyhow::anyhow!("signaling connection closed"))
+        self.outgoing
+            .send(msg)
+            .await
+            .map_err(|_| anyhow::anyhow!("signaling connection closed"))
     }
 
     /// The next message from the server; `None` once the connection is gone.

@@ -231,7 +231,10 @@ impl Frame {
             return Err(FrameError::UnsupportedVersion(version));
         }
         if bytes.len() > MAX_FRAME_BYTES {
-            return Err(FrameError::TooLarge { len: bytes.len(), max: MAX_FRAME_BYTES });
+            return Err(FrameError::TooLarge {
+                len: bytes.len(),
+                max: MAX_FRAME_BYTES,
+            });
         }
         let (frame, rest): (Frame, _) =
             postcard::take_from_bytes(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
@@ -248,7 +251,9 @@ impl Frame {
             Self::Chat(msg) if msg.text.len() > MAX_CHAT_TEXT_BYTES => {
                 Err(FrameError::Invalid("chat text too long"))
             }
-            Self::Chat(msg) if msg.seq == 0 => Err(FrameError::Invalid("sequence numbers start at 1")),
+            Self::Chat(msg) if msg.seq == 0 => {
+                Err(FrameError::Invalid("sequence numbers start at 1"))
+            }
             Self::FileOffer(offer) if offer.name.len() > MAX_FILE_NAME_BYTES => {
                 Err(FrameError::Invalid("file name too long"))
             }
@@ -259,7 +264,10 @@ impl Frame {
                 Err(FrameError::Invalid("reason too long"))
             }
             Self::FileCancel {
-                reason: CancelReason::StorageFailed(why) | CancelReason::ReadFailed(why) | CancelReason::ProtocolViolation(why),
+                reason:
+                    CancelReason::StorageFailed(why)
+                    | CancelReason::ReadFailed(why)
+                    | CancelReason::ProtocolViolation(why),
                 ..
             } if why.len() > MAX_SHORT_TEXT_BYTES => Err(FrameError::Invalid("reason too long")),
             Self::Chunk { data, .. } if data.len() > MAX_CHUNK_BYTES => {
@@ -309,7 +317,10 @@ mod tests {
                 sent_at_ms: 1_700_000_000_000,
                 text: "héllo 你好".into(),
             }),
-            Frame::ChatAck { id: MessageId([3; 16]), seq: 1 },
+            Frame::ChatAck {
+                id: MessageId([3; 16]),
+                seq: 1,
+            },
             Frame::FileOffer(FileOffer {
                 transfer: t,
                 name: "dir/a.txt".into(),
@@ -317,15 +328,37 @@ mod tests {
                 mime: "text/plain".into(),
                 hash: [9; 32],
             }),
-            Frame::FileAccept { transfer: t, offset: 0 },
-            Frame::FileDecline { transfer: t, reason: "no thanks".into() },
-            Frame::Chunk { transfer: t, offset: 42, data: vec![1, 2, 3] },
-            Frame::FileProgress { transfer: t, received: 45 },
+            Frame::FileAccept {
+                transfer: t,
+                offset: 0,
+            },
+            Frame::FileDecline {
+                transfer: t,
+                reason: "no thanks".into(),
+            },
+            Frame::Chunk {
+                transfer: t,
+                offset: 42,
+                data: vec![1, 2, 3],
+            },
+            Frame::FileProgress {
+                transfer: t,
+                received: 45,
+            },
             Frame::FileDone { transfer: t },
             Frame::FileVerified { transfer: t },
-            Frame::FileCancel { transfer: t, reason: CancelReason::User },
-            Frame::FileCancel { transfer: t, reason: CancelReason::StorageFailed("disk full".into()) },
-            Frame::ResumeFrom { transfer: t, offset: 1024 },
+            Frame::FileCancel {
+                transfer: t,
+                reason: CancelReason::User,
+            },
+            Frame::FileCancel {
+                transfer: t,
+                reason: CancelReason::StorageFailed("disk full".into()),
+            },
+            Frame::ResumeFrom {
+                transfer: t,
+                offset: 1024,
+            },
         ]
     }
 
@@ -353,9 +386,18 @@ mod tests {
     #[test]
     fn bad_frames_are_rejected_with_a_reason() {
         assert_eq!(Frame::decode(&[]), Err(FrameError::Empty));
-        assert_eq!(Frame::decode(&[9, 0]), Err(FrameError::UnsupportedVersion(9)));
-        assert!(matches!(Frame::decode(&[1, 200]), Err(FrameError::Malformed(_))));
-        let mut bytes = Frame::FileDone { transfer: TransferId(1) }.encode();
+        assert_eq!(
+            Frame::decode(&[9, 0]),
+            Err(FrameError::UnsupportedVersion(9))
+        );
+        assert!(matches!(
+            Frame::decode(&[1, 200]),
+            Err(FrameError::Malformed(_))
+        ));
+        let mut bytes = Frame::FileDone {
+            transfer: TransferId(1),
+        }
+        .encode();
         bytes.push(0);
         assert_eq!(Frame::decode(&bytes), Err(FrameError::TrailingBytes(1)));
         let long = Frame::Chat(ChatMessage {
@@ -364,11 +406,22 @@ mod tests {
             sent_at_ms: 0,
             text: "x".repeat(MAX_CHAT_TEXT_BYTES + 1),
         });
-        assert_eq!(Frame::decode(&long.encode()), Err(FrameError::Invalid("chat text too long")));
-        let zero_seq = Frame::Chat(ChatMessage { id: MessageId([0; 16]), seq: 0, sent_at_ms: 0, text: String::new() });
+        assert_eq!(
+            Frame::decode(&long.encode()),
+            Err(FrameError::Invalid("chat text too long"))
+        );
+        let zero_seq = Frame::Chat(ChatMessage {
+            id: MessageId([0; 16]),
+            seq: 0,
+            sent_at_ms: 0,
+            text: String::new(),
+        });
         assert!(Frame::decode(&zero_seq.encode()).is_err());
         let big = vec![FRAME_FORMAT_VERSION; MAX_FRAME_BYTES + 1];
-        assert!(matches!(Frame::decode(&big), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            Frame::decode(&big),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]

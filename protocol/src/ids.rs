@@ -38,7 +38,10 @@ impl RoomId {
         if !(ROOM_ID_MIN_LEN..=ROOM_ID_MAX_LEN).contains(&s.len()) {
             return Err(RoomIdError::Length(s.len()));
         }
-        if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(RoomIdError::Alphabet);
         }
         Ok(Self(s.to_owned()))
@@ -147,7 +150,9 @@ pub enum InviteLinkError {
     #[error("invalid room in invite link: {0}")]
     Room(#[from] RoomIdError),
     /// No `#KEY`, or the key is not 32 base64url-encoded bytes.
-    #[error("invite link has no valid #KEY part (it must be copied whole, including what follows '#')")]
+    #[error(
+        "invite link has no valid #KEY part (it must be copied whole, including what follows '#')"
+    )]
     Key,
 }
 
@@ -160,9 +165,15 @@ impl InviteLink {
         }
         let (before_key, key) = link.split_once('#').ok_or(InviteLinkError::Key)?;
         let key = RoomKey::parse(key).ok_or(InviteLinkError::Key)?;
-        let (base, room) = before_key.rsplit_once("/r/").ok_or(InviteLinkError::NoRoom)?;
+        let (base, room) = before_key
+            .rsplit_once("/r/")
+            .ok_or(InviteLinkError::NoRoom)?;
         let room = room.split(['?', '/']).next().unwrap_or_default();
-        Ok(Self { base: base.trim_end_matches('/').to_owned(), room: RoomId::parse(room)?, key })
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            room: RoomId::parse(room)?,
+            key,
+        })
     }
 
     /// The signaling WebSocket URL for this link's server (`ws(s)://HOST/ws`).
@@ -214,13 +225,19 @@ mod tests {
             InviteLink::parse(&format!("https://x.example/r/{room}")),
             Err(InviteLinkError::Key)
         );
-        assert_eq!(InviteLink::parse("ftp://x/r/abc#def"), Err(InviteLinkError::Scheme));
+        assert_eq!(
+            InviteLink::parse("ftp://x/r/abc#def"),
+            Err(InviteLinkError::Scheme)
+        );
     }
 
     #[test]
     fn room_ids_are_validated() {
         assert_eq!(RoomId::parse("short"), Err(RoomIdError::Length(5)));
-        assert_eq!(RoomId::parse("aaaaaaaaaaaaaaaa/../x"), Err(RoomIdError::Alphabet));
+        assert_eq!(
+            RoomId::parse("aaaaaaaaaaaaaaaa/../x"),
+            Err(RoomIdError::Alphabet)
+        );
         assert!(RoomId::parse("abcdefghijklmnop").is_ok());
         assert_eq!(RoomId::from_random([0xff; 16]).as_str().len(), 22);
         let bad: Result<RoomId, _> = serde_json::from_str("\"../../etc/passwd\"");
@@ -229,6 +246,9 @@ mod tests {
 
     #[test]
     fn room_key_debug_hides_the_secret() {
-        assert_eq!(format!("{:?}", RoomKey::from_random([1; 32])), "RoomKey(..)");
+        assert_eq!(
+            format!("{:?}", RoomKey::from_random([1; 32])),
+            "RoomKey(..)"
+        );
     }
 }

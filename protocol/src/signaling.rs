@@ -157,7 +157,11 @@ pub struct IceCandidate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sdp_mid: Option<String>,
     /// Media line index the candidate belongs to.
-    #[serde(default, rename = "sdpMLineIndex", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "sdpMLineIndex",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub sdp_m_line_index: Option<u16>,
     /// ICE username fragment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,7 +248,10 @@ impl SignalingError {
 
 fn check_len(text: &str) -> Result<(), SignalingError> {
     if text.len() > MAX_SIGNALING_MESSAGE_BYTES {
-        return Err(SignalingError::TooLarge { len: text.len(), max: MAX_SIGNALING_MESSAGE_BYTES });
+        return Err(SignalingError::TooLarge {
+            len: text.len(),
+            max: MAX_SIGNALING_MESSAGE_BYTES,
+        });
     }
     Ok(())
 }
@@ -278,7 +285,10 @@ impl ServerMessage {
 
     /// Shorthand for an [`ServerMessage::Error`].
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::Error { code, message: message.into() }
+        Self::Error {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -300,10 +310,23 @@ mod tests {
             username_fragment: None,
         };
         for msg in [
-            ClientMessage::Hello { version: 1, room, name: Some("ada".into()) },
-            ClientMessage::Offer { to: peer("p1"), sdp: "v=0".into() },
-            ClientMessage::Answer { to: peer("p1"), sdp: "v=0".into() },
-            ClientMessage::Candidate { to: peer("p2"), candidate },
+            ClientMessage::Hello {
+                version: 1,
+                room,
+                name: Some("ada".into()),
+            },
+            ClientMessage::Offer {
+                to: peer("p1"),
+                sdp: "v=0".into(),
+            },
+            ClientMessage::Answer {
+                to: peer("p1"),
+                sdp: "v=0".into(),
+            },
+            ClientMessage::Candidate {
+                to: peer("p2"),
+                candidate,
+            },
             ClientMessage::Ping,
             ClientMessage::Pong,
         ] {
@@ -313,7 +336,10 @@ mod tests {
 
     #[test]
     fn server_messages_round_trip() {
-        let info = PeerInfo { id: peer("p1"), name: "ada".into() };
+        let info = PeerInfo {
+            id: peer("p1"),
+            name: "ada".into(),
+        };
         for msg in [
             ServerMessage::Welcome {
                 version: 1,
@@ -326,9 +352,17 @@ mod tests {
                 }],
             },
             ServerMessage::PeerJoined { peer: info },
-            ServerMessage::PeerLeft { peer_id: peer("p1") },
-            ServerMessage::Offer { from: peer("p1"), sdp: "v=0".into() },
-            ServerMessage::Answer { from: peer("p1"), sdp: "v=0".into() },
+            ServerMessage::PeerLeft {
+                peer_id: peer("p1"),
+            },
+            ServerMessage::Offer {
+                from: peer("p1"),
+                sdp: "v=0".into(),
+            },
+            ServerMessage::Answer {
+                from: peer("p1"),
+                sdp: "v=0".into(),
+            },
             ServerMessage::error(ErrorCode::RoomFull, "room is full"),
             ServerMessage::Ping,
             ServerMessage::Pong,
@@ -360,12 +394,24 @@ mod tests {
 
     #[test]
     fn malformed_and_oversized_messages_are_errors() {
-        for bad in ["", "{", "null", r#"{"type":"nope"}"#, r#"{"type":"offer","to":"p"}"#] {
+        for bad in [
+            "",
+            "{",
+            "null",
+            r#"{"type":"nope"}"#,
+            r#"{"type":"offer","to":"p"}"#,
+        ] {
             let err = ClientMessage::from_json(bad).unwrap_err();
             assert_eq!(err.code(), ErrorCode::Malformed, "{bad}");
         }
-        let huge = format!(r#"{{"type":"offer","to":"p","sdp":"{}"}}"#, "x".repeat(70_000));
-        assert_eq!(ClientMessage::from_json(&huge).unwrap_err().code(), ErrorCode::TooLarge);
+        let huge = format!(
+            r#"{{"type":"offer","to":"p","sdp":"{}"}}"#,
+            "x".repeat(70_000)
+        );
+        assert_eq!(
+            ClientMessage::from_json(&huge).unwrap_err().code(),
+            ErrorCode::TooLarge
+        );
     }
 
     #[test]
@@ -379,6 +425,12 @@ mod tests {
     #[test]
     fn unknown_error_codes_from_newer_servers_decode() {
         let msg = ServerMessage::from_json(r#"{"type":"error","code":"brand_new","message":"m"}"#);
-        assert!(matches!(msg, Ok(ServerMessage::Error { code: ErrorCode::Unknown, .. })));
+        assert!(matches!(
+            msg,
+            Ok(ServerMessage::Error {
+                code: ErrorCode::Unknown,
+                ..
+            })
+        ));
     }
 }

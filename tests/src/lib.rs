@@ -5,6 +5,8 @@
 //! Every wait is bounded by a timeout, and every child process is killed when
 //! its handle drops, so a failing test never leaves processes behind.
 
+pub mod browser;
+
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -25,12 +27,24 @@ pub fn bin_dir() -> PathBuf {
     DIR.get_or_init(|| {
         // target/<profile>/deps/<test-binary>
         let exe = std::env::current_exe().expect("test binary path");
-        let dir = exe.parent().and_then(|p| p.parent()).expect("target dir").to_owned();
+        let dir = exe
+            .parent()
+            .and_then(|p| p.parent())
+            .expect("target dir")
+            .to_owned();
         let release = dir.ends_with("release");
         // Make sure the binaries under test are current (a no-op when they are).
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "parlor-signaling", "-p", "parlor-cli", "--bins"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "parlor-signaling",
+            "-p",
+            "parlor-cli",
+            "--bins",
+        ]);
         if release {
             cmd.arg("--release");
         }
@@ -55,7 +69,7 @@ impl Server {
         let mut child = Command::new(bin_dir().join("parlor-server"))
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
-            .env("PARLOR_LOG", "info")
+            .env("PARLOR_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -128,7 +142,13 @@ impl Peer {
                 }
             }
         });
-        Ok(Self { label: label.to_owned(), child, stdin, events, history: Vec::new() })
+        Ok(Self {
+            label: label.to_owned(),
+            child,
+            stdin,
+            events,
+            history: Vec::new(),
+        })
     }
 
     /// Waits for the first event (seen before or arriving) matching `pred`.
@@ -155,8 +175,16 @@ impl Peer {
                         return Ok(v);
                     }
                 }
-                Ok(None) => bail!("[{}] exited while waiting for {what}; events: {:?}", self.label, self.history),
-                Err(_) => bail!("[{}] timed out waiting for {what}; events: {:?}", self.label, self.history),
+                Ok(None) => bail!(
+                    "[{}] exited while waiting for {what}; events: {:?}",
+                    self.label,
+                    self.history
+                ),
+                Err(_) => bail!(
+                    "[{}] timed out waiting for {what}; events: {:?}",
+                    self.label,
+                    self.history
+                ),
             }
         }
     }
@@ -169,13 +197,19 @@ impl Peer {
     /// The invite link printed by a peer that created a room.
     pub async fn invite(&mut self) -> Result<String> {
         let v = self.wait_event("invite").await?;
-        v["link"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("invite without link"))
+        v["link"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("invite without link"))
     }
 
     /// This peer's id (from its `joined` event).
     pub async fn peer_id(&mut self) -> Result<String> {
         let v = self.wait_event("joined").await?;
-        v["peer_id"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("joined without peer_id"))
+        v["peer_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("joined without peer_id"))
     }
 
     /// Waits until this peer reports `n` WebRTC connections up.
@@ -184,8 +218,18 @@ impl Peer {
         while self.count("connected") < n {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(v)) => self.history.push(v),
-                Ok(None) => bail!("[{}] exited with {} connection(s) up; events: {:?}", self.label, self.count("connected"), self.history),
-                Err(_) => bail!("[{}] only {} connection(s) up; events: {:?}", self.label, self.count("connected"), self.history),
+                Ok(None) => bail!(
+                    "[{}] exited with {} connection(s) up; events: {:?}",
+                    self.label,
+                    self.count("connected"),
+                    self.history
+                ),
+                Err(_) => bail!(
+                    "[{}] only {} connection(s) up; events: {:?}",
+                    self.label,
+                    self.count("connected"),
+                    self.history
+                ),
             }
         }
         Ok(())
@@ -213,9 +257,16 @@ impl Peer {
     pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let status = tokio::time::timeout(timeout, self.child.wait())
             .await
-            .with_context(|| format!("[{}] did not exit in {timeout:?}; events: {:?}", self.label, self.history))??;
+            .with_context(|| {
+                format!(
+                    "[{}] did not exit in {timeout:?}; events: {:?}",
+                    self.label, self.history
+                )
+            })??;
         // The reader task ends with stdout; collect what it still holds.
-        while let Ok(Some(v)) = tokio::time::timeout(Duration::from_secs(2), self.events.recv()).await {
+        while let Ok(Some(v)) =
+            tokio::time::timeout(Duration::from_secs(2), self.events.recv()).await
+        {
             self.history.push(v);
         }
         Ok(status)

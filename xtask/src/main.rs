@@ -32,7 +32,10 @@ fn main() -> Result<()> {
 }
 
 fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_owned).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn cargo() -> Command {
@@ -47,33 +50,182 @@ fn run_checked(cmd: &mut Command) -> Result<()> {
 }
 
 fn have(program: &str, arg: &str) -> bool {
-    Command::new(program).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
-/// Installs the toolchain pieces the build and tests need; a no-op when present.
-fn setup() -> Result<()> {
-    for component in ["rustfmt", "clippy"] {
-        if !have(if component == "rustfmt" { "rustfmt" } else { "cargo-clippy" }, "--version") {
+/// Trunk 0.22 needs a newer rustc than this project's 1.95; 0.21.14 builds
+/// and works offline with tools from PATH.
+const TRUNK_VERSION: &str = "0.21.14";
+/// The binaryen npm package whose `wasm-opt` matches Trunk.toml's
+/// `wasm_opt = "version_132"` (Debian's binaryen is too old for Rust 1.95).
+const BINARYEN_VERSION: &str = "132.0.0";
+/// The real Chromium binary the browser tests drive.
+const CHROMIUM: &str = "/usr/lib/chromium/chromium";
+
+/// Installs what building the web app needs; a no-op when present.
+fn setup_build() -> Result<()> {
+    for (program, component) in [("rustfmt", "rustfmt"), ("cargo-clippy", "clippy")] {
+        if !have(program, "--version") {
             run_checked(Command::new("rustup").args(["component", "add", component]))?;
         }
     }
+    let targets = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()?;
+    if !String::from_utf8_lossy(&targets.stdout).contains("wasm32-unknown-unknown") {
+        run_checked(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
+    }
+    // The CLI must equal the wasm-bindgen crate version in Cargo.lock. Its own
+    // lockfile pins crates the registry here may not serve, so no --locked.
+    let wbg = locked_version("wasm-bindgen")?;
+    if version_of("wasm-bindgen").as_deref() != Some(&format!("wasm-bindgen {wbg}")) {
+        run_checked(cargo().args(["install", "wasm-bindgen-cli", "--version", &wbg]))?;
+    }
+    if version_of("trunk").as_deref() != Some(&format!("trunk {TRUNK_VERSION}")) {
+        run_checked(cargo().args(["install", "trunk", "--version", TRUNK_VERSION, "--locked"]))?;
+    }
+    let wasm_opt = tools_dir().join("node_modules/.bin/wasm-opt");
+    if !version_of(wasm_opt.to_str().unwrap_or_default()).is_some_and(|v| v.contains("version 132"))
+    {
+        std::fs::create_dir_all(tools_dir())?;
+        run_checked(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--prefix"])
+                .arg(tools_dir())
+                .arg(format!("binaryen@{BINARYEN_VERSION}")),
+        )?;
+    }
     Ok(())
+}
+
+/// Installs what the browser tests need (Debian's Chromium and its driver).
+fn setup_browser() -> Result<()> {
+    if Path::new(CHROMIUM).exists() && have("chromedriver", "--version") {
+        return Ok(());
+    }
+    run_checked(Command::new("apt-get").arg("update"))?;
+    run_checked(
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "chromium",
+                "chromium-driver",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn setup() -> Result<()> {
+    setup_build()?;
+    setup_browser()
+}
+
+/// Where project-local tools (wasm-opt from npm) live; git-ignored.
+fn tools_dir() -> PathBuf {
+    project_root().join(".tools")
+}
+
+/// First line of `PROGRAM --version`, if it runs.
+fn version_of(program: &str) -> Option<String> {
+    let out = Command::new(program).arg("--version").output().ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    })
+}
+
+/// The version of `package` in Cargo.lock.
+fn locked_version(package: &str) -> Result<String> {
+    let lock = std::fs::read_to_string(project_root().join("Cargo.lock"))?;
+    let needle = format!("name = \"{package}\"\nversion = \"");
+    let start = lock
+        .find(&needle)
+        .with_context(|| format!("{package} not in Cargo.lock"))?
+        + needle.len();
+    Ok(lock[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// Builds the web app into dist/ with Trunk (release: small, optimised).
+fn build_web() -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![tools_dir().join("node_modules/.bin")];
+    paths.extend(std::env::split_paths(&path));
+    run_checked(
+        Command::new("trunk")
+            .args(["build", "--release"])
+            .env("PATH", std::env::join_paths(paths)?),
+    )
 }
 
 fn test() -> Result<()> {
     setup()?;
     run_checked(cargo().args(["fmt", "--all", "--check"]))?;
-    run_checked(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run_checked(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run_checked(cargo().args([
+        "clippy",
+        "-p",
+        "parlor-client-wasm",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    build_web()?;
     // The end-to-end tests start the real binaries: build them first, once.
     run_checked(cargo().args(["build", "--workspace", "--bins"]))?;
-    run_checked(cargo().args(["test", "--workspace"]))?;
+    run_checked(cargo().args(["test", "--workspace", "--exclude", "parlor-tests"]))?;
+    // One at a time: each end-to-end test runs several peers or browsers,
+    // and the machine has two cores.
+    run_checked(
+        cargo()
+            .args(["test", "-p", "parlor-tests", "--", "--test-threads=1"])
+            .env("PARLOR_BROWSER_TESTS", "1"),
+    )?;
     Ok(())
 }
 
 fn run(server_args: &[String]) -> Result<()> {
-    setup()?;
+    setup_build()?;
+    build_web()?;
     let server_args: Vec<&String> = server_args.iter().skip_while(|a| *a == "--").collect();
-    run_checked(cargo().args(["run", "--release", "-p", "parlor-signaling", "--bin", "parlor-server", "--"]).args(server_args))
+    run_checked(
+        cargo()
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "parlor-signaling",
+                "--bin",
+                "parlor-server",
+                "--",
+                "--web-dir",
+                "dist",
+            ])
+            .args(server_args),
+    )
 }
 
 /// Kills the child when dropped, so a failed bench leaves nothing running.
@@ -91,10 +243,24 @@ fn bench(args: &[String]) -> Result<()> {
     if !skip_core {
         run_checked(cargo().args(["bench", "-p", "parlor-core", "--bench", "chunk_pipeline"]))?;
     }
-    run_checked(cargo().args(["build", "--release", "-p", "parlor-signaling", "-p", "parlor-cli", "--bins"]))?;
+    run_checked(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "parlor-signaling",
+        "-p",
+        "parlor-cli",
+        "--bins",
+    ]))?;
     let bin = project_root().join("target/release");
-    let mb: usize = std::env::var("PARLOR_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
-    let rounds: usize = std::env::var("PARLOR_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let mb: usize = std::env::var("PARLOR_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let rounds: usize = std::env::var("PARLOR_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let chunk_sizes = [16 * 1024, 32 * 1024, 48 * 1024, 63 * 1024];
 
     let dir = std::env::temp_dir().join(format!("parlor-bench-{}", std::process::id()));
@@ -103,15 +269,23 @@ fn bench(args: &[String]) -> Result<()> {
     write_pseudo_random(&src, mb << 20)?;
 
     let mut server = Command::new(bin.join("parlor-server"));
-    server.args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    server
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     let mut server = Guard(server.spawn().context("starting parlor-server")?);
     let stdout = server.0.stdout.take().context("server stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
-    let base = line.trim().strip_prefix("parlor-server listening on ").context("server address")?.to_owned();
+    let base = line
+        .trim()
+        .strip_prefix("parlor-server listening on ")
+        .context("server address")?
+        .to_owned();
 
     println!("native <-> native loopback transfer, {mb} MiB, {rounds} interleaved rounds");
-    let mut results: Vec<(usize, Vec<f64>)> = chunk_sizes.iter().map(|&c| (c, Vec::new())).collect();
+    let mut results: Vec<(usize, Vec<f64>)> =
+        chunk_sizes.iter().map(|&c| (c, Vec::new())).collect();
     for round in 0..rounds {
         for (chunk, speeds) in &mut results {
             let out = dir.join(format!("out-{round}-{chunk}"));
@@ -137,7 +311,14 @@ fn bench(args: &[String]) -> Result<()> {
 fn transfer_once(bin: &Path, base: &str, src: &Path, out: &Path, chunk: usize) -> Result<f64> {
     let mut sender = Command::new(bin.join("parlor"));
     sender
-        .args(["--json", "send", "--server", base, "--chunk-size", &chunk.to_string()])
+        .args([
+            "--json",
+            "send",
+            "--server",
+            base,
+            "--chunk-size",
+            &chunk.to_string(),
+        ])
         .arg(src)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -150,7 +331,11 @@ fn transfer_once(bin: &Path, base: &str, src: &Path, out: &Path, chunk: usize) -
         }
     };
     let mut receiver = Command::new(bin.join("parlor"));
-    receiver.args(["--json", "receive", &link, "--out"]).arg(out).stdout(Stdio::piped()).stderr(Stdio::null());
+    receiver
+        .args(["--json", "receive", &link, "--out"])
+        .arg(out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     let mut receiver = Guard(receiver.spawn()?);
     let rlines = BufReader::new(receiver.0.stdout.take().context("receiver stdout")?).lines();
     let mut connected = None;
