@@ -210,7 +210,7 @@ fn test() -> Result<()> {
     run_checked(
         cargo()
             .args(["test", "-p", "parlor-tests", "--", "--test-threads=1"])
-            .env("PARLOR_BROWSER_TESTS", "1"),
+            .env("PARLOR_BROWSER_TESTS", if web_built { "1" } else { "0" }),
     )?;
     Ok(())
 }
