@@ -7,6 +7,7 @@
 //!   start command).
 //! - `bench`: the core chunk-pipeline benchmark and the native loopback
 //!   transfer benchmark (results go in BENCHMARKS.md by hand).
+//! - `fuzz`: each cargo-fuzz target for `PARLOR_FUZZ_SECS` (also part of `test`).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -24,8 +25,9 @@ fn main() -> Result<()> {
         Some("test") => test(),
         Some("run") => run(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("fuzz") => setup_fuzz().and_then(|()| fuzz()),
         _ => {
-            eprintln!("usage: cargo xtask <setup|test|run|bench>");
+            eprintln!("usage: cargo xtask <setup|test|run|bench|fuzz>");
             bail!("unknown task")
         }
     }
@@ -122,9 +124,63 @@ fn setup_browser() -> Result<()> {
     )
 }
 
+/// cargo-fuzz needs nightly (for the sanitizer flags) and the cargo-fuzz CLI.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Installs what the fuzz step needs.
+fn setup_fuzz() -> Result<()> {
+    if !Command::new("cargo")
+        .args(["+nightly", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        run_checked(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    if version_of("cargo-fuzz").as_deref() != Some(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}")) {
+        run_checked(cargo().args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ]))?;
+    }
+    Ok(())
+}
+
 fn setup() -> Result<()> {
     setup_build()?;
-    setup_browser()
+    setup_browser()?;
+    setup_fuzz()
+}
+
+/// Fuzz targets run by `test`, each for `PARLOR_FUZZ_SECS` (default 30) seconds.
+const FUZZ_TARGETS: &[&str] = &["signaling_message", "peer_frame", "core_machines"];
+
+fn fuzz() -> Result<()> {
+    let secs = std::env::var("PARLOR_FUZZ_SECS").unwrap_or_else(|_| "30".into());
+    for target in FUZZ_TARGETS {
+        // `cargo fuzz` must run from the project root; it finds fuzz/ itself.
+        run_checked(
+            Command::new("cargo")
+                .args([
+                    "+nightly",
+                    "fuzz",
+                    "run",
+                    target,
+                    "--",
+                    &format!("-max_total_time={secs}"),
+                ])
+                .env_remove("CARGO"),
+        )?;
+    }
+    Ok(())
 }
 
 /// Where project-local tools (wasm-opt from npm) live; git-ignored.
@@ -212,7 +268,7 @@ fn test() -> Result<()> {
             .args(["test", "-p", "parlor-tests", "--", "--test-threads=1"])
             .env("PARLOR_BROWSER_TESTS", if web_built { "1" } else { "0" }),
     )?;
-    Ok(())
+    fuzz()
 }
 
 fn run(server_args: &[String]) -> Result<()> {
