@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use parlor_protocol::{InviteLink, RoomId, RoomKey};
 
 use crate::report::{Event, Reporter};
@@ -41,8 +41,22 @@ struct Cli {
         default_value = "error,parlor=warn"
     )]
     log: String,
+    /// Send everything through a relay: `turn` uses only the server's TURN
+    /// relay (hides your address from peers; tests the relay). `server` is
+    /// reserved for relaying through parlor-server itself.
+    #[arg(long, global = true, value_enum, value_name = "RELAY")]
+    force_relay: Option<ForceRelay>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// What `--force-relay` forces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ForceRelay {
+    /// Only TURN relay candidates (ICE transport policy `relay`).
+    Turn,
+    /// Relaying through parlor-server (not implemented yet).
+    Server,
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +72,12 @@ enum Command {
         /// Chunk payload size in bytes (for benchmarks; the default was chosen by measurement).
         #[arg(long, hide = true)]
         chunk_size: Option<usize>,
+        /// Flow-control high watermark in bytes (for benchmarks).
+        #[arg(long, hide = true)]
+        high_watermark: Option<u64>,
+        /// Flow-control low watermark in bytes (for benchmarks).
+        #[arg(long, hide = true)]
+        low_watermark: Option<u64>,
     },
     /// Join INVITE_URL and save the files offered there.
     Receive {
@@ -99,14 +119,27 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
+    match cli.force_relay {
+        Some(ForceRelay::Server) => {
+            anyhow::bail!(
+                "--force-relay server: server relay is not implemented yet (use --force-relay turn)"
+            )
+        }
+        Some(ForceRelay::Turn) => rtc::force_turn_relay(),
+        None => {}
+    }
     let mut config = parlor_core::TransferConfig::default();
     let (mode, link, created) = match cli.command {
         Command::Send {
             server,
             files,
             chunk_size,
+            high_watermark,
+            low_watermark,
         } => {
             config.chunk_size = chunk_size.unwrap_or(config.chunk_size);
+            config.high_watermark = high_watermark.unwrap_or(config.high_watermark);
+            config.low_watermark = low_watermark.unwrap_or(config.low_watermark);
             let mut queue = VecDeque::new();
             let mut seen = HashSet::new();
             for path in files {
@@ -150,6 +183,12 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
     };
     let (signaling, joined) =
         signal::Signaling::join(&link.websocket_url(), &link.room, &cli.name).await?;
+    if cli.force_relay == Some(ForceRelay::Turn) && !rtc::has_usable_turn(&joined.ice_servers) {
+        anyhow::bail!(
+            "--force-relay turn: the server offers no TURN relay this peer can use \
+             (a turn: URL over UDP with credentials)"
+        );
+    }
     if created {
         report.emit(Event::Invite {
             link: &link.to_string(),

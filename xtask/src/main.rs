@@ -325,7 +325,69 @@ fn bench(args: &[String]) -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let chunk_sizes = [16 * 1024, 32 * 1024, 48 * 1024, 63 * 1024];
+    // Sender settings compared side by side; every round runs each once, in
+    // turn, so machine noise spreads evenly over them.
+    let variants: Vec<(String, Vec<String>)> = [
+        (
+            "chunk 16 KiB, watermarks 1 MiB/256 KiB",
+            16 * 1024,
+            1 << 20,
+            256 << 10,
+        ),
+        (
+            "chunk 32 KiB, watermarks 1 MiB/256 KiB",
+            32 * 1024,
+            1 << 20,
+            256 << 10,
+        ),
+        (
+            "chunk 48 KiB, watermarks 1 MiB/256 KiB",
+            48 * 1024,
+            1 << 20,
+            256 << 10,
+        ),
+        (
+            "chunk 63 KiB, watermarks 1 MiB/256 KiB",
+            63 * 1024,
+            1 << 20,
+            256 << 10,
+        ),
+        (
+            "chunk 63 KiB, watermarks 4 MiB/1 MiB",
+            63 * 1024,
+            4 << 20,
+            1 << 20,
+        ),
+        (
+            "chunk 63 KiB, watermarks 16 MiB/4 MiB",
+            63 * 1024,
+            16 << 20,
+            4 << 20,
+        ),
+        (
+            "chunk 16 KiB, watermarks 16 MiB/4 MiB",
+            16 * 1024,
+            16 << 20,
+            4 << 20,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, chunk, high, low): (&str, usize, u64, u64)| {
+        let args = [
+            "--chunk-size".to_owned(),
+            chunk.to_string(),
+            "--high-watermark".into(),
+            high.to_string(),
+            "--low-watermark".into(),
+            low.to_string(),
+        ];
+        (name.to_owned(), args.to_vec())
+    })
+    .chain(std::iter::once((
+        "defaults (no flags)".to_owned(),
+        Vec::new(),
+    )))
+    .collect();
 
     let dir = std::env::temp_dir().join(format!("parlor-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -348,23 +410,22 @@ fn bench(args: &[String]) -> Result<()> {
         .to_owned();
 
     println!("native <-> native loopback transfer, {mb} MiB, {rounds} interleaved rounds");
-    let mut results: Vec<(usize, Vec<f64>)> =
-        chunk_sizes.iter().map(|&c| (c, Vec::new())).collect();
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for round in 0..rounds {
-        for (chunk, speeds) in &mut results {
-            let out = dir.join(format!("out-{round}-{chunk}"));
-            let secs = transfer_once(&bin, &base, &src, &out, *chunk)?;
+        for (i, (name, args)) in variants.iter().enumerate() {
+            let out = dir.join(format!("out-{round}-{i}"));
+            let secs = transfer_once(&bin, &base, &src, &out, args)?;
             let speed = mb as f64 / secs;
-            println!("  round {round} chunk {chunk:>6} B: {secs:6.2} s  {speed:7.1} MiB/s");
-            speeds.push(speed);
+            println!("  round {round} {name:<42} {secs:6.2} s  {speed:7.1} MiB/s");
+            results[i].push(speed);
             let _ = std::fs::remove_dir_all(&out);
         }
     }
-    let best = results.iter().map(|(_, s)| median(s)).fold(0.0, f64::max);
-    println!("median MiB/s by chunk size (ratio to the best):");
-    for (chunk, speeds) in &results {
+    let best = results.iter().map(|s| median(s)).fold(0.0, f64::max);
+    println!("median MiB/s (ratio to the best):");
+    for ((name, _), speeds) in variants.iter().zip(&results) {
         let m = median(speeds);
-        println!("  {chunk:>6} B: {m:7.1} MiB/s  ({:.2})", m / best);
+        println!("  {name:<42} {m:7.1} MiB/s  ({:.2})", m / best);
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -372,17 +433,11 @@ fn bench(args: &[String]) -> Result<()> {
 
 /// One send/receive; returns seconds from the receiver's `connected` event
 /// to its `file_received` event (connection set-up excluded).
-fn transfer_once(bin: &Path, base: &str, src: &Path, out: &Path, chunk: usize) -> Result<f64> {
+fn transfer_once(bin: &Path, base: &str, src: &Path, out: &Path, extra: &[String]) -> Result<f64> {
     let mut sender = Command::new(bin.join("parlor"));
     sender
-        .args([
-            "--json",
-            "send",
-            "--server",
-            base,
-            "--chunk-size",
-            &chunk.to_string(),
-        ])
+        .args(["--json", "send", "--server", base])
+        .args(extra)
         .arg(src)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
