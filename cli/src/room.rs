@@ -129,7 +129,7 @@ impl Room {
         for peer in joined.peers {
             room.names.insert(peer.id.clone(), peer.name);
             room.chat.add_peer(peer.id.clone());
-            let link = room.link_for(&peer.id).await?;
+            let link = room.link_for(&peer.id, true).await?;
             let sdp = link.create_offer().await?;
             room.signal(ClientMessage::Offer { to: peer.id, sdp }).await;
         }
@@ -205,13 +205,16 @@ impl Room {
         }
     }
 
-    async fn link_for(&mut self, peer: &PeerId) -> Result<&mut PeerLink> {
+    /// The link to `peer`, created on first use; `offerer` decides who
+    /// creates the data channels (only used when creating).
+    async fn link_for(&mut self, peer: &PeerId, offerer: bool) -> Result<&mut PeerLink> {
         if !self.links.contains_key(peer) {
             let link = PeerLink::new(
                 &self.api,
                 peer.clone(),
                 &self.ice_servers,
                 self.config.low_watermark as usize,
+                offerer,
                 self.events_tx.clone(),
             )
             .await?;
@@ -237,7 +240,7 @@ impl Room {
             }
             ServerMessage::Offer { from, sdp } => {
                 self.chat.add_peer(from.clone());
-                let answer = match self.link_for(&from).await {
+                let answer = match self.link_for(&from, false).await {
                     Ok(link) => link.accept_offer(sdp).await,
                     Err(e) => Err(e),
                 };

@@ -3,14 +3,11 @@
 //! callback is turned into a [`PeerEvent`] on one bounded channel, so the
 //! driver loop is the only place where state changes.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
-use parlor_protocol::{
-    CHAT_CHANNEL_ID, CHAT_CHANNEL_LABEL, FILE_CHANNEL_ID, FILE_CHANNEL_LABEL, IceCandidate,
-    IceServer, PeerId,
-};
+use parlor_protocol::{CHAT_CHANNEL_LABEL, FILE_CHANNEL_LABEL, IceCandidate, IceServer, PeerId};
 use tokio::sync::mpsc;
 use webrtc::api::API;
 use webrtc::api::APIBuilder;
@@ -23,6 +20,7 @@ use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
 /// Which of the two data channels.
@@ -61,6 +59,66 @@ pub enum PeerEvent {
     },
 }
 
+/// The ICE transport policy of every connection, set at most once (by
+/// `--force-relay turn`) before the first one is made. A process-wide
+/// setting rather than a parameter only because the driver (`room.rs`)
+/// creates the links; threading it through `Room::start` would remove it.
+static ICE_POLICY: OnceLock<RTCIceTransportPolicy> = OnceLock::new();
+
+/// Makes every connection use only TURN relay candidates
+/// (`RTCIceTransportPolicy::Relay`).
+pub fn force_turn_relay() {
+    let _ = ICE_POLICY.set(RTCIceTransportPolicy::Relay);
+}
+
+/// Whether `url` is one webrtc-rs 0.17 can gather candidates from: `stun:`
+/// and UDP `turn:` URLs. It parses `turn:...?transport=tcp` and `turns:`
+/// URLs but only logs "Unable to handle URL" for them (webrtc-ice 0.17
+/// allocates relays over UDP only), so they are left out here; browsers use
+/// them.
+pub fn is_usable_ice_url(url: &str) -> bool {
+    let (scheme, rest) = url.split_once(':').unwrap_or((url, ""));
+    match scheme {
+        "stun" => true,
+        "turn" => match rest.split_once('?') {
+            None => true,
+            Some((_, query)) => query.eq_ignore_ascii_case("transport=udp"),
+        },
+        _ => false,
+    }
+}
+
+/// Whether `servers` include a TURN URL this peer can use (with credentials).
+pub fn has_usable_turn(servers: &[IceServer]) -> bool {
+    servers.iter().any(|s| {
+        s.username.is_some()
+            && s.credential.is_some()
+            && s.urls
+                .iter()
+                .any(|url| url.starts_with("turn:") && is_usable_ice_url(url))
+    })
+}
+
+/// The servers as webrtc-rs wants them, without the URLs it cannot use.
+fn rtc_ice_servers(servers: &[IceServer]) -> Vec<RTCIceServer> {
+    servers
+        .iter()
+        .filter_map(|s| {
+            let urls: Vec<String> = s
+                .urls
+                .iter()
+                .filter(|url| is_usable_ice_url(url))
+                .cloned()
+                .collect();
+            (!urls.is_empty()).then(|| RTCIceServer {
+                urls,
+                username: s.username.clone().unwrap_or_default(),
+                credential: s.credential.clone().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
 /// Builds the webrtc-rs API object shared by every connection.
 pub fn build_api() -> API {
     let mut settings = SettingEngine::default();
@@ -74,8 +132,7 @@ pub fn build_api() -> API {
 pub struct PeerLink {
     peer: PeerId,
     pc: Arc<RTCPeerConnection>,
-    chat: Arc<RTCDataChannel>,
-    file: Arc<RTCDataChannel>,
+    channels: Arc<Mutex<Channels>>,
     remote_description_set: bool,
     early_candidates: Vec<RTCIceCandidateInit>,
 }
@@ -89,23 +146,19 @@ impl std::fmt::Debug for PeerLink {
 }
 
 impl PeerLink {
-    /// Creates the connection and both data channels, wiring callbacks to `events`.
+    /// Creates the connection, wiring callbacks to `events`. The `offerer`
+    /// creates both data channels; the answerer receives them in-band.
     pub async fn new(
         api: &API,
         peer: PeerId,
         ice_servers: &[IceServer],
         low_watermark: usize,
+        offerer: bool,
         events: mpsc::Sender<PeerEvent>,
     ) -> Result<Self> {
         let config = RTCConfiguration {
-            ice_servers: ice_servers
-                .iter()
-                .map(|s| RTCIceServer {
-                    urls: s.urls.clone(),
-                    username: s.username.clone().unwrap_or_default(),
-                    credential: s.credential.clone().unwrap_or_default(),
-                })
-                .collect(),
+            ice_servers: rtc_ice_servers(ice_servers),
+            ice_transport_policy: ICE_POLICY.get().copied().unwrap_or_default(),
             ..Default::default()
         };
         let pc = Arc::new(
@@ -145,25 +198,42 @@ impl PeerLink {
             })
         }));
 
-        let chat = open_channel(&pc, &peer, Channel::Chat, &events).await?;
-        let file = open_channel(&pc, &peer, Channel::File, &events).await?;
-        file.set_buffered_amount_low_threshold(low_watermark).await;
-        let tx = events;
-        let id = peer.clone();
-        file.on_buffered_amount_low(Box::new(move || {
-            let tx = tx.clone();
-            let peer = id.clone();
-            Box::pin(async move {
-                let _ = tx.send(PeerEvent::BufferedLow { peer }).await;
-            })
-        }))
-        .await;
+        // The offerer announces both channels in-band (DCEP) and the answerer
+        // picks them up in `on_data_channel`. Pre-negotiated channels (same id
+        // on both sides, no DCEP) lose the first message in webrtc-rs 0.17
+        // when it arrives before the local side registered its channel: the
+        // SCTP accept loop snapshots the known channels when it starts and
+        // treats the stream as a new remote channel, dropping the message.
+        let channels = Arc::new(Mutex::new(Channels::default()));
+        if offerer {
+            for kind in [Channel::Chat, Channel::File] {
+                let init = RTCDataChannelInit {
+                    ordered: Some(true),
+                    ..Default::default()
+                };
+                let dc = pc
+                    .create_data_channel(kind.label(), Some(init))
+                    .await
+                    .context("creating data channel")?;
+                wire_channel(&channels, dc, &peer, kind, low_watermark, &events);
+            }
+        } else {
+            let (chans, tx, id) = (Arc::clone(&channels), events, peer.clone());
+            pc.on_data_channel(Box::new(move |dc: Arc<RTCDataChannel>| {
+                // webrtc-rs calls this before it starts reading the channel,
+                // so handlers set here miss no message.
+                match Channel::from_label(dc.label()) {
+                    Some(kind) => wire_channel(&chans, dc, &id, kind, low_watermark, &tx),
+                    None => tracing::debug!(label = dc.label(), "ignoring unknown data channel"),
+                }
+                Box::pin(async {})
+            }));
+        }
 
         Ok(Self {
             peer,
             pc,
-            chat,
-            file,
+            channels,
             remote_description_set: false,
             early_candidates: Vec::new(),
         })
@@ -244,26 +314,35 @@ impl PeerLink {
 
     /// Sends one encoded frame on `channel`.
     pub async fn send(&self, channel: Channel, frame: Vec<u8>) -> Result<()> {
-        self.channel(channel)
-            .send(&Bytes::from(frame))
+        let dc = self
+            .channel(channel)
+            .with_context(|| format!("the {} channel is not open yet", channel.label()))?;
+        dc.send(&Bytes::from(frame))
             .await
             .context("sending on data channel")?;
         Ok(())
     }
 
-    /// Bytes queued on `channel` but not yet sent.
+    /// Bytes queued on `channel` but not yet acknowledged by the peer
+    /// (webrtc-rs counts bytes in flight until their SCTP SACK).
     pub async fn buffered_amount(&self, channel: Channel) -> u64 {
-        self.channel(channel).buffered_amount().await as u64
-    }
-
-    fn channel(&self, channel: Channel) -> &Arc<RTCDataChannel> {
-        match channel {
-            Channel::Chat => &self.chat,
-            Channel::File => &self.file,
+        match self.channel(channel) {
+            Some(dc) => dc.buffered_amount().await as u64,
+            None => 0,
         }
     }
 
-    /// How the connection travels: `"turn"` through a TURN relay, `"direct"` otherwise.
+    fn channel(&self, channel: Channel) -> Option<Arc<RTCDataChannel>> {
+        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        match channel {
+            Channel::Chat => channels.chat.clone(),
+            Channel::File => channels.file.clone(),
+        }
+    }
+
+    /// How the connection travels: `"turn"` when either end of the selected
+    /// candidate pair is a relay candidate (a TURN allocation), `"direct"`
+    /// otherwise.
     pub async fn path(&self) -> &'static str {
         let pair = self
             .pc
@@ -295,36 +374,82 @@ impl PeerLink {
 /// sending more is misbehaving.
 const MAX_EARLY_CANDIDATES: usize = 256;
 
-async fn open_channel(
-    pc: &Arc<RTCPeerConnection>,
+/// The data channels of one link, as they become known.
+#[derive(Default)]
+struct Channels {
+    chat: Option<Arc<RTCDataChannel>>,
+    file: Option<Arc<RTCDataChannel>>,
+}
+
+impl Channel {
+    /// The data-channel label of this kind.
+    fn label(self) -> &'static str {
+        match self {
+            Channel::Chat => CHAT_CHANNEL_LABEL,
+            Channel::File => FILE_CHANNEL_LABEL,
+        }
+    }
+
+    fn from_label(label: &str) -> Option<Self> {
+        [Channel::Chat, Channel::File]
+            .into_iter()
+            .find(|kind| kind.label() == label)
+    }
+}
+
+/// Stores `dc` as the link's `kind` channel, then wires its callbacks to
+/// `events` (stored first, so the driver can send as soon as it hears Open).
+fn wire_channel(
+    channels: &Arc<Mutex<Channels>>,
+    dc: Arc<RTCDataChannel>,
     peer: &PeerId,
-    channel: Channel,
+    kind: Channel,
+    low_watermark: usize,
     events: &mpsc::Sender<PeerEvent>,
-) -> Result<Arc<RTCDataChannel>> {
-    let (label, id) = match channel {
-        Channel::Chat => (CHAT_CHANNEL_LABEL, CHAT_CHANNEL_ID),
-        Channel::File => (FILE_CHANNEL_LABEL, FILE_CHANNEL_ID),
-    };
-    let init = RTCDataChannelInit {
-        ordered: Some(true),
-        negotiated: Some(id),
-        ..Default::default()
-    };
-    let dc = pc
-        .create_data_channel(label, Some(init))
-        .await
-        .context("creating data channel")?;
-    let (tx, p) = (events.clone(), peer.clone());
+) {
+    {
+        let mut slots = channels.lock().unwrap_or_else(|e| e.into_inner());
+        match kind {
+            Channel::Chat => slots.chat = Some(Arc::clone(&dc)),
+            Channel::File => slots.file = Some(Arc::clone(&dc)),
+        }
+    }
+    let (tx, p, weak) = (events.clone(), peer.clone(), Arc::downgrade(&dc));
     dc.on_open(Box::new(move || {
         Box::pin(async move {
-            let _ = tx.send(PeerEvent::Open { peer: p, channel }).await;
+            // The low-watermark callback is attached once open: webrtc-rs
+            // drops one registered earlier on channels it accepted.
+            if kind == Channel::File
+                && let Some(dc) = weak.upgrade()
+            {
+                dc.set_buffered_amount_low_threshold(low_watermark).await;
+                let (tx, peer) = (tx.clone(), p.clone());
+                dc.on_buffered_amount_low(Box::new(move || {
+                    let (tx, peer) = (tx.clone(), peer.clone());
+                    Box::pin(async move {
+                        let _ = tx.send(PeerEvent::BufferedLow { peer }).await;
+                    })
+                }))
+                .await;
+            }
+            let _ = tx
+                .send(PeerEvent::Open {
+                    peer: p,
+                    channel: kind,
+                })
+                .await;
         })
     }));
     let (tx, p) = (events.clone(), peer.clone());
     dc.on_close(Box::new(move || {
         let (tx, peer) = (tx.clone(), p.clone());
         Box::pin(async move {
-            let _ = tx.send(PeerEvent::Closed { peer, channel }).await;
+            let _ = tx
+                .send(PeerEvent::Closed {
+                    peer,
+                    channel: kind,
+                })
+                .await;
         })
     }));
     let (tx, p) = (events.clone(), peer.clone());
@@ -336,11 +461,10 @@ async fn open_channel(
             let _ = tx
                 .send(PeerEvent::Message {
                     peer,
-                    channel,
+                    channel: kind,
                     data: msg.data,
                 })
                 .await;
         })
     }));
-    Ok(dc)
 }

@@ -1,7 +1,8 @@
 //! The Parlor web page: a Yew/WASM peer on the browser's `RTCPeerConnection`.
 //!
-//! Module map (everything is browser-only and compiled for `wasm32` alone; on
-//! the host this crate is empty so `cargo clippy --workspace` stays happy):
+//! Module map. Everything but [`state`] is browser glue compiled for `wasm32`
+//! alone; on the host the crate is just the view-state reducer, which is
+//! plain Rust and unit-tested there (`cargo test -p parlor-client-wasm`).
 //!
 //! - [`util`]: small browser helpers (clock, randomness, hex, JS errors).
 //! - [`signaling`]: the `/ws` WebSocket to `parlor-server`.
@@ -15,22 +16,41 @@
 //! - [`room`]: the driver: owns the `ChatSession`, the transfers and the
 //!   links, feeds `parlor-core` with events and carries out its outputs.
 //! - [`ui`]: Yew function components; they render state and send intents.
-#![cfg(target_arch = "wasm32")]
 
+#[cfg(target_arch = "wasm32")]
 pub mod files;
+#[cfg(target_arch = "wasm32")]
 pub mod i18n;
+#[cfg(target_arch = "wasm32")]
 pub mod room;
+#[cfg(target_arch = "wasm32")]
 pub mod rtc;
+#[cfg(target_arch = "wasm32")]
 pub mod signaling;
 pub mod state;
+#[cfg(target_arch = "wasm32")]
 pub mod storage;
+#[cfg(target_arch = "wasm32")]
 pub mod ui;
+#[cfg(target_arch = "wasm32")]
 pub mod util;
 
-use wasm_bindgen::prelude::*;
-
 /// Entry point called by the wasm-bindgen glue when the module loads.
-#[wasm_bindgen(start)]
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen::prelude::wasm_bindgen(start)]
 pub fn start() {
-    yew::Renderer::<ui::App>::new().render();
+    // Replace the static "Loading…" placeholder of index.html; without it
+    // (or without a document) fall back to rendering into <body>.
+    let root = web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| d.get_element_by_id("app"));
+    match root {
+        Some(root) => {
+            root.set_inner_html("");
+            yew::Renderer::<ui::App>::with_root(root).render();
+        }
+        None => {
+            yew::Renderer::<ui::App>::new().render();
+        }
+    }
 }

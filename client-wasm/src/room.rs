@@ -15,12 +15,12 @@ use std::rc::{Rc, Weak};
 
 use gloo::timers::callback::{Interval, Timeout};
 use parlor_core::{
-    ChatOutput, ChatSession, FileReceiver, FileSender, MessageStatus, Progress, ReceiverOutput, SenderOutput,
-    TransferConfig, TransferError,
+    ChatOutput, ChatSession, FileReceiver, FileSender, MessageStatus, Progress, ReceiverOutput,
+    SenderOutput, TransferConfig, TransferError,
 };
 use parlor_protocol::{
-    CancelReason, ClientMessage, ErrorCode, FileOffer, Frame, IceServer, MessageId, PROTOCOL_VERSION, PeerId,
-    RoomId, ServerMessage, TransferId,
+    CancelReason, ClientMessage, ErrorCode, FileOffer, Frame, IceServer, MessageId,
+    PROTOCOL_VERSION, PeerId, RoomId, ServerMessage, TransferId,
 };
 use web_sys::File;
 
@@ -38,6 +38,10 @@ const FIRST_RECONNECT_SECS: u32 = 1;
 const MAX_RECONNECT_SECS: u32 = 30;
 /// How often connection paths and RTTs are refreshed from `getStats()`.
 const STATS_EVERY_MS: u32 = 2_000;
+
+/// An input to one outgoing transfer's sender, given the file channel's
+/// buffered amount.
+type SenderInput = Box<dyn FnOnce(&mut FileSender, u64)>;
 
 struct Outgoing {
     peer: PeerId,
@@ -81,6 +85,15 @@ pub struct Driver {
     incoming: HashMap<(PeerId, TransferId), Incoming>,
     config: TransferConfig,
     history: crate::storage::History,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("room", &self.room)
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The page's handle on its room driver. Cheap to clone; equal when it is
@@ -148,13 +161,19 @@ impl RoomHandle {
         {
             let mut d = rc.borrow_mut();
             if rtc::supported() {
+                storage::clean_stale_files();
                 d.connect();
                 let weak = d.weak.clone();
-                d.stats_timer = Some(Interval::new(STATS_EVERY_MS, move || with(&weak, Driver::refresh_paths)));
+                d.stats_timer = Some(Interval::new(STATS_EVERY_MS, move || {
+                    with(&weak, Driver::refresh_paths)
+                }));
             } else {
                 d.fatal = true;
                 d.dispatch(Action::Server(ServerStatus::Failed));
-                d.error("This browser does not support WebRTC, so it cannot connect to other peers.".into());
+                d.error(
+                    "This browser does not support WebRTC, so it cannot connect to other peers."
+                        .into(),
+                );
             }
         }
         Self(rc)
@@ -216,6 +235,10 @@ impl Driver {
         self.dispatch(Action::Error(text));
     }
 
+    fn server_error(&self, text: String) {
+        self.dispatch(Action::ServerError(text));
+    }
+
     fn name_of(&self, peer: &PeerId) -> String {
         self.names.get(peer).cloned().unwrap_or_default()
     }
@@ -248,7 +271,7 @@ impl Driver {
         match Signaling::connect(&url, move |ev| with(&weak, move |d| d.on_signal_event(ev))) {
             Ok(s) => self.signaling = Some(s),
             Err(e) => {
-                self.error(format!("Cannot reach the Parlor server: {e}"));
+                self.server_error(format!("Cannot reach the Parlor server: {e}"));
                 self.schedule_reconnect();
             }
         }
@@ -268,7 +291,10 @@ impl Driver {
         let secs = FIRST_RECONNECT_SECS
             .saturating_mul(1 << (self.attempt - 1).min(5))
             .min(MAX_RECONNECT_SECS);
-        self.dispatch(Action::Server(ServerStatus::Reconnecting { in_secs: secs, attempt: self.attempt }));
+        self.dispatch(Action::Server(ServerStatus::Reconnecting {
+            in_secs: secs,
+            attempt: self.attempt,
+        }));
         let weak = self.weak.clone();
         self.reconnect_timer = Some(Timeout::new(secs * 1000, move || {
             with(&weak, |d| {
@@ -290,22 +316,26 @@ impl Driver {
                 self.signal(hello);
             }
             SignalEvent::Message(msg) => self.on_server(msg),
-            SignalEvent::Unreadable(why) => crate::util::warn(&format!("unreadable server message: {why}")),
+            SignalEvent::Unreadable(why) => {
+                crate::util::warn(&format!("unreadable server message: {why}"))
+            }
             SignalEvent::Closed { code, reason } => {
                 self.signaling = None;
                 if self.fatal {
                     return;
                 }
                 if self.ever_joined && self.attempt == 0 {
-                    self.error(format!(
+                    self.server_error(format!(
                         "Lost the connection to the Parlor server{}. Open connections keep working; reconnecting…",
                         if reason.is_empty() { String::new() } else { format!(" ({reason})") }
                     ));
                 } else if self.attempt == 0 {
-                    self.error(if code == 1006 {
+                    self.server_error(if code == 1006 {
                         "Cannot reach the Parlor server. Retrying…".into()
                     } else {
-                        format!("The Parlor server closed the connection ({code} {reason}). Retrying…")
+                        format!(
+                            "The Parlor server closed the connection ({code} {reason}). Retrying…"
+                        )
                     });
                 }
                 self.schedule_reconnect();
@@ -315,7 +345,12 @@ impl Driver {
 
     fn on_server(&mut self, msg: ServerMessage) {
         match msg {
-            ServerMessage::Welcome { peer_id, peers, ice_servers, .. } => {
+            ServerMessage::Welcome {
+                peer_id,
+                peers,
+                ice_servers,
+                ..
+            } => {
                 if self.me.is_some() {
                     // Rejoined under a new id: the others saw us leave and
                     // dropped their connections, so start over with everyone.
@@ -338,10 +373,14 @@ impl Driver {
                 }
             }
             ServerMessage::PeerJoined { peer } => self.add_peer(&peer.id, peer.name),
-            ServerMessage::PeerLeft { peer_id } => self.on_peer_gone(&peer_id, "left the room", false),
+            ServerMessage::PeerLeft { peer_id } => {
+                self.on_peer_gone(&peer_id, "left the room", false)
+            }
             ServerMessage::Offer { from, sdp } => self.on_offer_sdp(from, sdp),
             ServerMessage::Answer { from, sdp } => {
-                let Some(link) = self.links.get(&from) else { return };
+                let Some(link) = self.links.get(&from) else {
+                    return;
+                };
                 let pc = link.pc();
                 let weak = self.weak.clone();
                 wasm_bindgen_futures::spawn_local(async move {
@@ -365,15 +404,21 @@ impl Driver {
             }
             ServerMessage::Error { code, message } => {
                 let text = match code {
-                    ErrorCode::RoomFull => "This room is full; nobody else can join it right now.".to_owned(),
-                    ErrorCode::TooManyRooms => "The server is at capacity; try again later.".to_owned(),
+                    ErrorCode::RoomFull => {
+                        "This room is full; nobody else can join it right now.".to_owned()
+                    }
+                    ErrorCode::TooManyRooms => {
+                        "The server is at capacity; try again later.".to_owned()
+                    }
                     ErrorCode::UnsupportedVersion => {
                         "This page is out of date for the server; reload it.".to_owned()
                     }
                     _ => format!("Server error: {message} ({})", code.as_str()),
                 };
-                if matches!(code, ErrorCode::RoomFull | ErrorCode::UnsupportedVersion | ErrorCode::InvalidField)
-                    && !self.ever_joined
+                if matches!(
+                    code,
+                    ErrorCode::RoomFull | ErrorCode::UnsupportedVersion | ErrorCode::InvalidField
+                ) && !self.ever_joined
                 {
                     self.fatal = true;
                     self.dispatch(Action::Server(ServerStatus::Failed));
@@ -387,34 +432,49 @@ impl Driver {
 
     fn label(&self, peer: &PeerId) -> String {
         let name = self.name_of(peer);
-        if name.is_empty() { format!("peer {peer}") } else { name }
+        if name.is_empty() {
+            format!("peer {peer}")
+        } else {
+            name
+        }
     }
 
     fn add_peer(&mut self, peer: &PeerId, name: String) {
         self.chat.add_peer(peer.clone());
         self.names.insert(peer.clone(), name.clone());
         self.link_states.insert(peer.clone(), LinkState::Connecting);
-        self.dispatch(Action::PeerUpsert { id: peer.0.clone(), name });
-        self.dispatch(Action::PeerLink { id: peer.0.clone(), state: LinkState::Connecting, rtt_ms: None });
+        self.dispatch(Action::PeerUpsert {
+            id: peer.0.clone(),
+            name,
+        });
+        self.dispatch(Action::PeerLink {
+            id: peer.0.clone(),
+            state: LinkState::Connecting,
+            rtt_ms: None,
+        });
     }
 
-    fn new_link(&mut self, peer: &PeerId) -> Result<(), String> {
+    /// Creates the connection to `peer`; the `offerer` creates the data
+    /// channels, the answerer receives them in-band.
+    fn new_link(&mut self, peer: &PeerId, offerer: bool) -> Result<(), String> {
         let weak = self.weak.clone();
         let id = peer.clone();
         let sink: Rc<dyn Fn(PeerEvent)> = Rc::new(move |ev| {
             let id = id.clone();
             with(&weak, move |d| d.on_peer_event(id, ev));
         });
-        let link = PeerLink::new(&self.ice_servers, self.config.low_watermark, sink)?;
+        let link = PeerLink::new(&self.ice_servers, self.config.low_watermark, offerer, sink)?;
         self.links.insert(peer.clone(), link);
         Ok(())
     }
 
     fn offer_to(&mut self, peer: PeerId) {
-        if let Err(e) = self.new_link(&peer) {
+        if let Err(e) = self.new_link(&peer, true) {
             return self.error(format!("Could not start a connection: {e}"));
         }
-        let Some(pc) = self.links.get(&peer).map(PeerLink::pc) else { return };
+        let Some(pc) = self.links.get(&peer).map(PeerLink::pc) else {
+            return;
+        };
         let weak = self.weak.clone();
         wasm_bindgen_futures::spawn_local(async move {
             let result = rtc::create_offer(pc).await;
@@ -434,10 +494,12 @@ impl Driver {
         if self.links.remove(&from).is_some() {
             self.chat.link_down(&from);
         }
-        if let Err(e) = self.new_link(&from) {
+        if let Err(e) = self.new_link(&from, false) {
             return self.error(format!("Could not start a connection: {e}"));
         }
-        let Some(pc) = self.links.get(&from).map(PeerLink::pc) else { return };
+        let Some(pc) = self.links.get(&from).map(PeerLink::pc) else {
+            return;
+        };
         let weak = self.weak.clone();
         wasm_bindgen_futures::spawn_local(async move {
             let result = rtc::accept_offer(pc.clone(), sdp).await;
@@ -447,7 +509,10 @@ impl Driver {
                         && *link.pc() == *pc
                     {
                         link.remote_description_ready();
-                        d.signal(ClientMessage::Answer { to: from, sdp: answer });
+                        d.signal(ClientMessage::Answer {
+                            to: from,
+                            sdp: answer,
+                        });
                     }
                 }
                 Err(e) => d.error(format!("Could not connect to {}: {e}", d.label(&from))),
@@ -459,7 +524,11 @@ impl Driver {
 
     fn set_link_state(&mut self, peer: &PeerId, state: LinkState, rtt_ms: Option<u32>) {
         self.link_states.insert(peer.clone(), state);
-        self.dispatch(Action::PeerLink { id: peer.0.clone(), state, rtt_ms });
+        self.dispatch(Action::PeerLink {
+            id: peer.0.clone(),
+            state,
+            rtt_ms,
+        });
     }
 
     fn on_peer_event(&mut self, peer: PeerId, ev: PeerEvent) {
@@ -467,21 +536,46 @@ impl Driver {
             return;
         }
         match ev {
-            PeerEvent::LocalCandidate(candidate) => self.signal(ClientMessage::Candidate { to: peer, candidate }),
+            PeerEvent::LocalCandidate(candidate) => self.signal(ClientMessage::Candidate {
+                to: peer,
+                candidate,
+            }),
             PeerEvent::Open(Channel::Chat) => {
                 self.chat.link_up(&peer, now_ms());
                 self.flush_chat();
             }
-            PeerEvent::Open(Channel::File) => self.dispatch(Action::PeerFiles { id: peer.0, ready: true }),
+            PeerEvent::Open(Channel::File) => {
+                self.dispatch(Action::PeerFiles {
+                    id: peer.0.clone(),
+                    ready: true,
+                });
+                // Offers made while the channel was opening go out now.
+                let ids: Vec<TransferId> = self
+                    .outgoing
+                    .iter()
+                    .filter(|(_, t)| t.peer == peer && t.sender.is_some())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ids {
+                    self.drive_outgoing(id, |_, _| {});
+                }
+            }
             PeerEvent::Closed(Channel::Chat) => self.chat.link_down(&peer),
             PeerEvent::Closed(Channel::File) => {
-                self.dispatch(Action::PeerFiles { id: peer.0.clone(), ready: false });
+                self.dispatch(Action::PeerFiles {
+                    id: peer.0.clone(),
+                    ready: false,
+                });
                 self.fail_transfers_with(&peer, "the connection to the peer closed");
             }
             PeerEvent::Message(channel, data) => self.on_frame(peer, channel, &data),
             PeerEvent::BufferedLow => {
-                let ids: Vec<TransferId> =
-                    self.outgoing.iter().filter(|(_, t)| t.peer == peer).map(|(id, _)| *id).collect();
+                let ids: Vec<TransferId> = self
+                    .outgoing
+                    .iter()
+                    .filter(|(_, t)| t.peer == peer)
+                    .map(|(id, _)| *id)
+                    .collect();
                 for id in ids {
                     self.drive_outgoing(id, |s, amount| s.buffered_amount(amount));
                 }
@@ -509,7 +603,9 @@ impl Driver {
     }
 
     fn refresh_path(&mut self, peer: PeerId) {
-        let Some(pc) = self.links.get(&peer).map(PeerLink::pc) else { return };
+        let Some(pc) = self.links.get(&peer).map(PeerLink::pc) else {
+            return;
+        };
         let weak = self.weak.clone();
         wasm_bindgen_futures::spawn_local(async move {
             let info = rtc::path_info(pc).await;
@@ -519,7 +615,11 @@ impl Driver {
                 }
                 let (state, rtt) = match info {
                     Some(i) => (
-                        if i.relayed { LinkState::Relayed } else { LinkState::Direct },
+                        if i.relayed {
+                            LinkState::Relayed
+                        } else {
+                            LinkState::Direct
+                        },
                         i.rtt_ms.map(|r| r.round() as u32),
                     ),
                     // Connected but no stats yet: call it direct.
@@ -546,8 +646,12 @@ impl Driver {
     }
 
     fn fail_transfers_with(&mut self, peer: &PeerId, why: &str) {
-        let dead_in: Vec<_> =
-            self.incoming.iter().filter(|((p, _), t)| p == peer && t.held.is_none()).map(|(k, _)| k.clone()).collect();
+        let dead_in: Vec<_> = self
+            .incoming
+            .iter()
+            .filter(|((p, _), t)| p == peer && t.held.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in dead_in {
             if let Some(mut t) = self.incoming.remove(&key) {
                 if let Some(s) = &t.sink {
@@ -558,7 +662,12 @@ impl Driver {
                 self.dispatch(Action::Transfer(t.view));
             }
         }
-        let dead_out: Vec<_> = self.outgoing.iter().filter(|(_, t)| &t.peer == peer).map(|(id, _)| *id).collect();
+        let dead_out: Vec<_> = self
+            .outgoing
+            .iter()
+            .filter(|(_, t)| &t.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
         for id in dead_out {
             if let Some(mut t) = self.outgoing.remove(&id) {
                 t.view.state = TransferState::Failed;
@@ -573,7 +682,9 @@ impl Driver {
             Ok(frame) => frame,
             Err(err) => {
                 // A bad frame is dropped with its reason; the link goes on.
-                return crate::util::warn(&format!("rejected frame from {peer} on {channel:?}: {err}"));
+                return crate::util::warn(&format!(
+                    "rejected frame from {peer} on {channel:?}: {err}"
+                ));
             }
         };
         if frame.is_chat() {
@@ -582,20 +693,29 @@ impl Driver {
             }
             return self.flush_chat();
         }
-        let Some(id) = frame.transfer_id() else { return };
+        let Some(id) = frame.transfer_id() else {
+            return;
+        };
         let now = now_ms();
         let key = (peer.clone(), id);
         match frame {
-            Frame::FileOffer(offer) if !self.incoming.contains_key(&key) => self.on_file_offer(peer, offer),
-            Frame::FileOffer(_) | Frame::Chunk { .. } | Frame::FileDone { .. } | Frame::FileCancel { .. }
+            Frame::FileOffer(offer) if !self.incoming.contains_key(&key) => {
+                self.on_file_offer(peer, offer)
+            }
+            Frame::FileOffer(_)
+            | Frame::Chunk { .. }
+            | Frame::FileDone { .. }
+            | Frame::FileCancel { .. }
                 if self.incoming.contains_key(&key) =>
             {
                 self.drive_incoming(&key, |t| t.receiver.handle_frame(frame, now));
             }
             _ if self.outgoing.get(&id).is_some_and(|t| t.peer == peer) => {
-                self.drive_outgoing(id, |s, _| s.handle_frame(frame, now));
+                self.drive_outgoing(id, move |s, _| s.handle_frame(frame, now));
             }
-            _ => crate::util::warn(&format!("frame for unknown transfer {id} from {peer} ignored")),
+            _ => crate::util::warn(&format!(
+                "frame for unknown transfer {id} from {peer} ignored"
+            )),
         }
     }
 
@@ -683,14 +803,20 @@ impl Driver {
         if files.is_empty() {
             return;
         }
+        // Every peer with a live connection; offers to a peer whose file
+        // channel is still opening go out when it opens.
         let targets: Vec<PeerId> = match to {
             Some(p) => vec![p],
-            None => self.links.iter().filter(|(_, l)| l.is_open(Channel::File)).map(|(p, _)| p.clone()).collect(),
+            None => self.links.keys().cloned().collect(),
         };
-        let targets: Vec<PeerId> =
-            targets.into_iter().filter(|p| self.links.get(p).is_some_and(|l| l.is_open(Channel::File))).collect();
+        let targets: Vec<PeerId> = targets
+            .into_iter()
+            .filter(|p| self.links.contains_key(p))
+            .collect();
         if targets.is_empty() {
-            return self.error("Nobody is connected to receive files yet. Share the invite link first.".into());
+            return self.error(
+                "Nobody is connected to receive files yet. Share the invite link first.".into(),
+            );
         }
         let mut jobs = Vec::new();
         for file in files {
@@ -716,7 +842,13 @@ impl Driver {
                 self.dispatch(Action::Transfer(view.clone()));
                 self.outgoing.insert(
                     id,
-                    Outgoing { peer: peer.clone(), file: file.clone(), sender: None, send_error: None, view },
+                    Outgoing {
+                        peer: peer.clone(),
+                        file: file.clone(),
+                        sender: None,
+                        send_error: None,
+                        view,
+                    },
                 );
                 ids.push(id);
             }
@@ -735,19 +867,33 @@ impl Driver {
 
     fn hashed(&mut self, file: &File, ids: Vec<TransferId>, result: Result<[u8; 32], String>) {
         for id in ids {
-            let Some(t) = self.outgoing.get_mut(&id) else { continue };
+            let Some(t) = self.outgoing.get_mut(&id) else {
+                continue;
+            };
             match &result {
                 Ok(hash) => {
                     let offer = FileOffer {
                         transfer: id,
                         name: t.view.name.clone(),
                         size: t.view.size,
-                        mime: file.type_().chars().take(parlor_protocol::frame::MAX_SHORT_TEXT_BYTES).collect(),
+                        mime: file
+                            .type_()
+                            .chars()
+                            .take(parlor_protocol::frame::MAX_SHORT_TEXT_BYTES)
+                            .collect(),
                         hash: *hash,
                     };
                     t.view.note = None;
                     t.sender = Some(FileSender::new(offer, self.config.clone(), now_ms()));
-                    self.drive_outgoing(id, |_, _| {});
+                    let (peer, view) = (t.peer.clone(), t.view.clone());
+                    self.dispatch(Action::Transfer(view));
+                    let ready = self
+                        .links
+                        .get(&peer)
+                        .is_some_and(|l| l.is_open(Channel::File));
+                    if ready {
+                        self.drive_outgoing(id, |_, _| {});
+                    }
                 }
                 Err(e) => {
                     if let Some(mut t) = self.outgoing.remove(&id) {
@@ -762,8 +908,20 @@ impl Driver {
 
     /// Applies `input` to an outgoing transfer (with the file channel's
     /// current buffered amount) and carries out what the sender asks.
-    fn drive_outgoing(&mut self, id: TransferId, input: impl FnOnce(&mut FileSender, u64)) {
-        let Some(mut t) = self.outgoing.remove(&id) else { return };
+    fn drive_outgoing(
+        &mut self,
+        id: TransferId,
+        input: impl FnOnce(&mut FileSender, u64) + 'static,
+    ) {
+        // Boxed so the read callback below (which calls back in here) does
+        // not instantiate this function recursively.
+        self.drive_outgoing_boxed(id, Box::new(input));
+    }
+
+    fn drive_outgoing_boxed(&mut self, id: TransferId, input: SenderInput) {
+        let Some(mut t) = self.outgoing.remove(&id) else {
+            return;
+        };
         let Some(sender) = t.sender.as_mut() else {
             self.outgoing.insert(id, t);
             return;
@@ -774,14 +932,17 @@ impl Driver {
         let mut finished = None;
         while let Some(out) = sender.poll_output() {
             match out {
-                SenderOutput::Send(frame) => match link.map(|l| (l, l.send(Channel::File, &frame.encode()))) {
+                SenderOutput::Send(frame) => match link
+                    .map(|l| (l, l.send(Channel::File, &frame.encode())))
+                {
                     Some((l, Ok(()))) => sender.buffered_amount(l.buffered_amount(Channel::File)),
                     Some((_, Err(e))) => {
                         t.send_error.get_or_insert(e);
                         sender.cancel();
                     }
                     None => {
-                        t.send_error.get_or_insert_with(|| "the peer is gone".into());
+                        t.send_error
+                            .get_or_insert_with(|| "the peer is gone".into());
                         sender.cancel();
                     }
                 },
@@ -855,15 +1016,27 @@ impl Driver {
         };
         let receiver = FileReceiver::new(offer, self.config.clone(), now_ms());
         self.dispatch(Action::Transfer(view.clone()));
-        self.incoming.insert((peer, id), Incoming { receiver, sink: None, held: None, view });
+        self.incoming.insert(
+            (peer, id),
+            Incoming {
+                receiver,
+                sink: None,
+                held: None,
+                view,
+            },
+        );
     }
 
     fn accept(&mut self, peer: PeerId, transfer: String) {
-        let Some(id) = parse_transfer(&transfer) else { return };
+        let Some(id) = parse_transfer(&transfer) else {
+            return;
+        };
         let key = (peer.clone(), id);
         let me = self.me.clone().map(|m| m.0).unwrap_or_default();
         let weak = self.weak.clone();
-        let Some(t) = self.incoming.get_mut(&key) else { return };
+        let Some(t) = self.incoming.get_mut(&key) else {
+            return;
+        };
         if t.sink.is_none() {
             let k = key.clone();
             let file_name = format!("{me}-{peer}-{id}");
@@ -877,12 +1050,18 @@ impl Driver {
     }
 
     fn decline(&mut self, peer: PeerId, transfer: String) {
-        let Some(id) = parse_transfer(&transfer) else { return };
-        self.drive_incoming(&(peer, id), |t| t.receiver.decline("declined by the user".into()));
+        let Some(id) = parse_transfer(&transfer) else {
+            return;
+        };
+        self.drive_incoming(&(peer, id), |t| {
+            t.receiver.decline("declined by the user".into())
+        });
     }
 
     fn cancel(&mut self, peer: PeerId, transfer: String, direction: Direction) {
-        let Some(id) = parse_transfer(&transfer) else { return };
+        let Some(id) = parse_transfer(&transfer) else {
+            return;
+        };
         match direction {
             Direction::Receive => self.drive_incoming(&(peer, id), |t| t.receiver.cancel()),
             Direction::Send => {
@@ -902,7 +1081,9 @@ impl Driver {
     /// Applies `input` to an incoming transfer and carries out what the
     /// receiver asks.
     fn drive_incoming(&mut self, key: &(PeerId, TransferId), input: impl FnOnce(&mut Incoming)) {
-        let Some(mut t) = self.incoming.remove(key) else { return };
+        let Some(mut t) = self.incoming.remove(key) else {
+            return;
+        };
         input(&mut t);
         let mut changed = false;
         let mut ended = false;
@@ -961,11 +1142,15 @@ impl Driver {
     }
 
     fn on_sink(&mut self, key: (PeerId, TransferId), ev: SinkEvent) {
-        let Some(t) = self.incoming.get(&key) else { return };
+        let Some(t) = self.incoming.get(&key) else {
+            return;
+        };
         let verified = t.held.is_some();
         match ev {
             SinkEvent::Saved { url } => {
-                let Some(mut t) = self.incoming.remove(&key) else { return };
+                let Some(mut t) = self.incoming.remove(&key) else {
+                    return;
+                };
                 t.view.state = TransferState::Done;
                 t.view.url = Some(url);
                 t.view.note = None;
@@ -979,7 +1164,9 @@ impl Driver {
             }
             SinkEvent::Failed(why) if verified => {
                 // Not stored, so the sender must not hear "verified".
-                let Some(mut t) = self.incoming.remove(&key) else { return };
+                let Some(mut t) = self.incoming.remove(&key) else {
+                    return;
+                };
                 let cancel = Frame::FileCancel {
                     transfer: key.1,
                     reason: CancelReason::StorageFailed(why.chars().take(200).collect()),
@@ -992,7 +1179,9 @@ impl Driver {
                 t.view.note = None;
                 self.dispatch(Action::Transfer(t.view));
             }
-            SinkEvent::Failed(why) => self.drive_incoming(&key, move |t| t.receiver.write_failed(why)),
+            SinkEvent::Failed(why) => {
+                self.drive_incoming(&key, move |t| t.receiver.write_failed(why))
+            }
         }
     }
 }
@@ -1010,10 +1199,17 @@ fn apply_progress(view: &mut TransferView, p: &Progress) {
 fn end_state(e: &TransferError) -> (TransferState, String) {
     let state = match e {
         TransferError::Declined(_) => TransferState::Declined,
-        TransferError::CancelledLocally(CancelReason::User) | TransferError::CancelledByPeer(CancelReason::User) => {
-            TransferState::Cancelled
-        }
+        TransferError::CancelledLocally(CancelReason::User)
+        | TransferError::CancelledByPeer(CancelReason::User) => TransferState::Cancelled,
         _ => TransferState::Failed,
     };
-    (state, e.to_string())
+    let why = match e {
+        TransferError::Declined(_) => "declined by the receiver".to_owned(),
+        TransferError::CancelledLocally(CancelReason::User) => "cancelled".to_owned(),
+        TransferError::CancelledByPeer(CancelReason::User) => {
+            "cancelled by the other side".to_owned()
+        }
+        e => e.to_string(),
+    };
+    (state, why)
 }

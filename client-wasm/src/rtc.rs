@@ -1,22 +1,22 @@
 //! One browser `RTCPeerConnection` to one remote peer, with Parlor's two
-//! pre-negotiated data channels (`parlor-chat` id 0, `parlor-file` id 1,
-//! ordered, `negotiated: true`, created before the offer/answer on both
-//! sides, exactly like the CLI). Every callback becomes a [`PeerEvent`] for
-//! the driver; the JS closures are stored in the [`PeerLink`] and detached
-//! and dropped when it is, so nothing leaks.
+//! ordered data channels (`parlor-chat`, `parlor-file`). Exactly like the
+//! CLI, the offerer creates them and the answerer receives them in-band
+//! (`datachannel` event). Every callback becomes a [`PeerEvent`] for the
+//! driver; the JS closures are stored in the [`PeerLink`] and detached and
+//! dropped when it is, so nothing leaks.
+
+use std::cell::RefCell;
 
 use std::rc::Rc;
 
-use parlor_protocol::{
-    CHAT_CHANNEL_ID, CHAT_CHANNEL_LABEL, FILE_CHANNEL_ID, FILE_CHANNEL_LABEL, IceCandidate, IceServer,
-};
+use parlor_protocol::{CHAT_CHANNEL_LABEL, FILE_CHANNEL_LABEL, IceCandidate, IceServer};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast as _, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
-    MessageEvent, RtcConfiguration, RtcDataChannel, RtcDataChannelInit, RtcDataChannelState, RtcDataChannelType,
-    RtcIceCandidateInit, RtcIceServer, RtcPeerConnection, RtcPeerConnectionIceEvent, RtcSdpType,
-    RtcSessionDescriptionInit,
+    MessageEvent, RtcConfiguration, RtcDataChannel, RtcDataChannelEvent, RtcDataChannelInit,
+    RtcDataChannelState, RtcDataChannelType, RtcIceCandidateInit, RtcIceServer, RtcPeerConnection,
+    RtcPeerConnectionIceEvent, RtcSdpType, RtcSessionDescriptionInit,
 };
 
 use crate::util::{get, js_error};
@@ -54,11 +54,18 @@ type Handler = Closure<dyn FnMut(JsValue)>;
 /// sends more is misbehaving (same bound as the CLI).
 const MAX_EARLY_CANDIDATES: usize = 256;
 
+/// The data channels of one link, as they become known, and their handlers.
+#[derive(Default)]
+struct Channels {
+    chat: Option<RtcDataChannel>,
+    file: Option<RtcDataChannel>,
+    handlers: Vec<Handler>,
+}
+
 /// A connection to one remote peer.
 pub struct PeerLink {
     pc: RtcPeerConnection,
-    chat: RtcDataChannel,
-    file: RtcDataChannel,
+    channels: Rc<RefCell<Channels>>,
     remote_description_set: bool,
     early_candidates: Vec<RtcIceCandidateInit>,
     _handlers: Vec<Handler>,
@@ -95,18 +102,23 @@ fn ice_config(ice_servers: &[IceServer]) -> RtcConfiguration {
 }
 
 impl PeerLink {
-    /// Creates the connection and both data channels; events go to `sink`.
+    /// Creates the connection; events go to `sink`. The `offerer` creates
+    /// both data channels, the answerer waits for them.
     pub fn new(
         ice_servers: &[IceServer],
         low_watermark: u64,
+        offerer: bool,
         sink: Rc<dyn Fn(PeerEvent)>,
     ) -> Result<Self, String> {
-        let pc = RtcPeerConnection::new_with_configuration(&ice_config(ice_servers)).map_err(|e| js_error(&e))?;
+        let pc = RtcPeerConnection::new_with_configuration(&ice_config(ice_servers))
+            .map_err(|e| js_error(&e))?;
         let mut handlers = Vec::new();
 
         let s = sink.clone();
         let on_candidate = Handler::new(move |e: JsValue| {
-            let Some(e) = e.dyn_ref::<RtcPeerConnectionIceEvent>() else { return };
+            let Some(e) = e.dyn_ref::<RtcPeerConnectionIceEvent>() else {
+                return;
+            };
             let Some(c) = e.candidate() else { return };
             let candidate = c.candidate();
             if candidate.is_empty() {
@@ -125,20 +137,43 @@ impl PeerLink {
         let s = sink.clone();
         let pc2 = pc.clone();
         let on_state = Handler::new(move |_| {
-            s(PeerEvent::State(get(&pc2, "connectionState").as_string().unwrap_or_default()));
+            s(PeerEvent::State(
+                get(&pc2, "connectionState").as_string().unwrap_or_default(),
+            ));
         });
         pc.set_onconnectionstatechange(Some(on_state.as_ref().unchecked_ref()));
         handlers.push(on_state);
 
-        let chat = open_channel(&pc, Channel::Chat, &sink, &mut handlers);
-        let file = open_channel(&pc, Channel::File, &sink, &mut handlers);
-        file.set_buffered_amount_low_threshold(low_watermark.min(u64::from(u32::MAX)) as u32);
-        let s = sink;
-        let on_low = Handler::new(move |_| s(PeerEvent::BufferedLow));
-        file.set_onbufferedamountlow(Some(on_low.as_ref().unchecked_ref()));
-        handlers.push(on_low);
+        let channels = Rc::new(RefCell::new(Channels::default()));
+        let low = low_watermark.min(u64::from(u32::MAX)) as u32;
+        if offerer {
+            for kind in [Channel::Chat, Channel::File] {
+                let init = RtcDataChannelInit::new();
+                init.set_ordered(true);
+                let dc = pc.create_data_channel_with_data_channel_dict(kind.label(), &init);
+                wire_channel(&channels, dc, kind, low, &sink);
+            }
+        } else {
+            let (chans, s) = (Rc::clone(&channels), sink);
+            let on_channel = Handler::new(move |e: JsValue| {
+                let Some(dc) = e.dyn_ref::<RtcDataChannelEvent>().map(|e| e.channel()) else {
+                    return;
+                };
+                if let Some(kind) = Channel::from_label(&dc.label()) {
+                    wire_channel(&chans, dc, kind, low, &s);
+                }
+            });
+            pc.set_ondatachannel(Some(on_channel.as_ref().unchecked_ref()));
+            handlers.push(on_channel);
+        }
 
-        Ok(Self { pc, chat, file, remote_description_set: false, early_candidates: Vec::new(), _handlers: handlers })
+        Ok(Self {
+            pc,
+            channels,
+            remote_description_set: false,
+            early_candidates: Vec::new(),
+            _handlers: handlers,
+        })
     }
 
     /// The connection, for the async negotiation helpers below.
@@ -148,27 +183,31 @@ impl PeerLink {
 
     /// Sends an encoded frame on `channel`.
     pub fn send(&self, channel: Channel, bytes: &[u8]) -> Result<(), String> {
-        let dc = self.channel(channel);
-        if dc.ready_state() != RtcDataChannelState::Open {
-            return Err("data channel is not open".into());
+        match self.channel(channel) {
+            Some(dc) if dc.ready_state() == RtcDataChannelState::Open => {
+                dc.send_with_u8_array(bytes).map_err(|e| js_error(&e))
+            }
+            _ => Err("data channel is not open".into()),
         }
-        dc.send_with_u8_array(bytes).map_err(|e| js_error(&e))
     }
 
     /// Whether `channel` is open.
     pub fn is_open(&self, channel: Channel) -> bool {
-        self.channel(channel).ready_state() == RtcDataChannelState::Open
+        self.channel(channel)
+            .is_some_and(|dc| dc.ready_state() == RtcDataChannelState::Open)
     }
 
     /// Bytes queued on `channel` and not yet sent.
     pub fn buffered_amount(&self, channel: Channel) -> u64 {
-        u64::from(self.channel(channel).buffered_amount())
+        self.channel(channel)
+            .map_or(0, |dc| u64::from(dc.buffered_amount()))
     }
 
-    fn channel(&self, channel: Channel) -> &RtcDataChannel {
+    fn channel(&self, channel: Channel) -> Option<RtcDataChannel> {
+        let channels = self.channels.borrow();
         match channel {
-            Channel::Chat => &self.chat,
-            Channel::File => &self.file,
+            Channel::Chat => channels.chat.clone(),
+            Channel::File => channels.file.clone(),
         }
     }
 
@@ -196,7 +235,9 @@ impl PeerLink {
     }
 
     fn apply_candidate(&self, init: RtcIceCandidateInit) {
-        let promise = self.pc.add_ice_candidate_with_opt_rtc_ice_candidate_init(Some(&init));
+        let promise = self
+            .pc
+            .add_ice_candidate_with_opt_rtc_ice_candidate_init(Some(&init));
         wasm_bindgen_futures::spawn_local(async move {
             // Unusable candidates (e.g. unresolvable mDNS names) are skipped;
             // the others carry the connection.
@@ -211,7 +252,9 @@ impl Drop for PeerLink {
     fn drop(&mut self) {
         self.pc.set_onicecandidate(None);
         self.pc.set_onconnectionstatechange(None);
-        for dc in [&self.chat, &self.file] {
+        self.pc.set_ondatachannel(None);
+        let channels = self.channels.borrow();
+        for dc in [&channels.chat, &channels.file].into_iter().flatten() {
             dc.set_onopen(None);
             dc.set_onclose(None);
             dc.set_onmessage(None);
@@ -222,47 +265,90 @@ impl Drop for PeerLink {
     }
 }
 
-fn open_channel(
-    pc: &RtcPeerConnection,
-    channel: Channel,
+impl Channel {
+    /// The data-channel label of this kind.
+    fn label(self) -> &'static str {
+        match self {
+            Channel::Chat => CHAT_CHANNEL_LABEL,
+            Channel::File => FILE_CHANNEL_LABEL,
+        }
+    }
+
+    fn from_label(label: &str) -> Option<Self> {
+        [Channel::Chat, Channel::File]
+            .into_iter()
+            .find(|kind| kind.label() == label)
+    }
+}
+
+/// Wires `dc` (the link's `kind` channel) to `sink` and stores it with its
+/// handlers in `channels`.
+fn wire_channel(
+    channels: &Rc<RefCell<Channels>>,
+    dc: RtcDataChannel,
+    kind: Channel,
+    low_watermark: u32,
     sink: &Rc<dyn Fn(PeerEvent)>,
-    handlers: &mut Vec<Handler>,
-) -> RtcDataChannel {
-    let (label, id) = match channel {
-        Channel::Chat => (CHAT_CHANNEL_LABEL, CHAT_CHANNEL_ID),
-        Channel::File => (FILE_CHANNEL_LABEL, FILE_CHANNEL_ID),
-    };
-    let init = RtcDataChannelInit::new();
-    init.set_negotiated(true);
-    init.set_id(id);
-    init.set_ordered(true);
-    let dc = pc.create_data_channel_with_data_channel_dict(label, &init);
+) {
     dc.set_binary_type(RtcDataChannelType::Arraybuffer);
+    // An answerer's channel is usually open already when it is announced;
+    // then no `open` event follows and Open is reported below, once.
+    let already_open = dc.ready_state() == RtcDataChannelState::Open;
     let s = sink.clone();
-    let on_open = Handler::new(move |_| s(PeerEvent::Open(channel)));
-    dc.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+    let on_open = Handler::new(move |_| s(PeerEvent::Open(kind)));
+    if !already_open {
+        dc.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+    }
     let s = sink.clone();
-    let on_close = Handler::new(move |_| s(PeerEvent::Closed(channel)));
+    let on_close = Handler::new(move |_| s(PeerEvent::Closed(kind)));
     dc.set_onclose(Some(on_close.as_ref().unchecked_ref()));
     let s = sink.clone();
     let on_message = Handler::new(move |e: JsValue| {
-        let Some(e) = e.dyn_ref::<MessageEvent>() else { return };
+        let Some(e) = e.dyn_ref::<MessageEvent>() else {
+            return;
+        };
         let data = e.data();
         if let Some(buf) = data.dyn_ref::<js_sys::ArrayBuffer>() {
-            s(PeerEvent::Message(channel, js_sys::Uint8Array::new(buf).to_vec()));
+            s(PeerEvent::Message(
+                kind,
+                js_sys::Uint8Array::new(buf).to_vec(),
+            ));
         }
     });
     dc.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-    handlers.extend([on_open, on_close, on_message]);
-    dc
+    let mut chans = channels.borrow_mut();
+    chans.handlers.extend([on_open, on_close, on_message]);
+    if kind == Channel::File {
+        dc.set_buffered_amount_low_threshold(low_watermark);
+        let s = sink.clone();
+        let on_low = Handler::new(move |_| s(PeerEvent::BufferedLow));
+        dc.set_onbufferedamountlow(Some(on_low.as_ref().unchecked_ref()));
+        chans.handlers.push(on_low);
+    }
+    match kind {
+        Channel::Chat => chans.chat = Some(dc),
+        Channel::File => chans.file = Some(dc),
+    }
+    drop(chans);
+    if already_open {
+        sink(PeerEvent::Open(kind));
+    }
 }
 
-async fn description(pc: &RtcPeerConnection, promise: js_sys::Promise, kind: RtcSdpType) -> Result<String, String> {
+async fn description(
+    pc: &RtcPeerConnection,
+    promise: js_sys::Promise,
+    kind: RtcSdpType,
+) -> Result<String, String> {
     let desc = JsFuture::from(promise).await.map_err(|e| js_error(&e))?;
-    let sdp = get(&desc, "sdp").as_string().ok_or("no SDP in the description")?;
+    let sdp = get(&desc, "sdp")
+        .as_string()
+        .ok_or("no SDP in the description")?;
     let init = RtcSessionDescriptionInit::new(kind);
     init.set_sdp(&sdp);
-    JsFuture::from(pc.set_local_description(&init)).await.map_err(|e| js_error(&e))?;
+    JsFuture::from(pc.set_local_description(&init))
+        .await
+        .map_err(|e| js_error(&e))?;
     Ok(sdp)
 }
 
@@ -275,7 +361,9 @@ pub async fn create_offer(pc: RtcPeerConnection) -> Result<String, String> {
 pub async fn accept_offer(pc: RtcPeerConnection, sdp: String) -> Result<String, String> {
     let init = RtcSessionDescriptionInit::new(RtcSdpType::Offer);
     init.set_sdp(&sdp);
-    JsFuture::from(pc.set_remote_description(&init)).await.map_err(|e| js_error(&e))?;
+    JsFuture::from(pc.set_remote_description(&init))
+        .await
+        .map_err(|e| js_error(&e))?;
     description(&pc, pc.create_answer(), RtcSdpType::Answer).await
 }
 
@@ -283,7 +371,9 @@ pub async fn accept_offer(pc: RtcPeerConnection, sdp: String) -> Result<String, 
 pub async fn accept_answer(pc: RtcPeerConnection, sdp: String) -> Result<(), String> {
     let init = RtcSessionDescriptionInit::new(RtcSdpType::Answer);
     init.set_sdp(&sdp);
-    JsFuture::from(pc.set_remote_description(&init)).await.map_err(|e| js_error(&e))?;
+    JsFuture::from(pc.set_remote_description(&init))
+        .await
+        .map_err(|e| js_error(&e))?;
     Ok(())
 }
 
@@ -329,6 +419,8 @@ pub async fn path_info(pc: RtcPeerConnection) -> Option<PathInfo> {
             .is_some_and(|t| t == "relay")
     };
     let relayed = is_relay("localCandidateId") || is_relay("remoteCandidateId");
-    let rtt_ms = get(&pair, "currentRoundTripTime").as_f64().map(|s| s * 1000.0);
+    let rtt_ms = get(&pair, "currentRoundTripTime")
+        .as_f64()
+        .map(|s| s * 1000.0);
     Some(PathInfo { relayed, rtt_ms })
 }

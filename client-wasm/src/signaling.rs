@@ -35,7 +35,9 @@ pub struct Signaling {
 
 impl std::fmt::Debug for Signaling {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signaling").field("url", &self.ws.url()).finish_non_exhaustive()
+        f.debug_struct("Signaling")
+            .field("url", &self.ws.url())
+            .finish_non_exhaustive()
     }
 }
 
@@ -65,12 +67,20 @@ impl Signaling {
         });
         let s = sink;
         let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |e: CloseEvent| {
-            s(SignalEvent::Closed { code: e.code(), reason: e.reason() })
+            s(SignalEvent::Closed {
+                code: e.code(),
+                reason: e.reason(),
+            })
         });
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        Ok(Self { ws, _on_open: on_open, _on_message: on_message, _on_close: on_close })
+        Ok(Self {
+            ws,
+            _on_open: on_open,
+            _on_message: on_message,
+            _on_close: on_close,
+        })
     }
 
     /// Sends a message; `false` when the socket is not open.

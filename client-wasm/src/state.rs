@@ -149,7 +149,10 @@ impl TransferState {
 
     /// Whether the transfer has ended.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Done | Self::Failed | Self::Cancelled | Self::Declined)
+        matches!(
+            self,
+            Self::Done | Self::Failed | Self::Cancelled | Self::Declined
+        )
     }
 }
 
@@ -193,6 +196,8 @@ pub struct Notice {
     pub id: u32,
     /// The message.
     pub text: String,
+    /// About the server connection: cleared once (re)joined.
+    pub server: bool,
 }
 
 /// Everything a room page shows.
@@ -262,8 +267,15 @@ pub enum Action {
     Transfer(TransferView),
     /// Show an error.
     Error(String),
+    /// Show an error about the server connection (cleared on rejoin).
+    ServerError(String),
     /// Hide an error.
     Dismiss(u32),
+}
+
+enum Kind {
+    Server,
+    Other,
 }
 
 /// Most errors shown at once; older ones scroll away.
@@ -274,15 +286,26 @@ impl Reducible for RoomState {
 
     fn reduce(self: Rc<Self>, action: Action) -> Rc<Self> {
         let mut s = Rc::unwrap_or_clone(self);
+        let action_kind = match action {
+            Action::ServerError(_) => Kind::Server,
+            _ => Kind::Other,
+        };
         match action {
             Action::Welcome(me) => {
+                s.notices.retain(|n| !n.server);
                 s.me = Some(me);
                 s.server = ServerStatus::Joined;
             }
             Action::Server(status) => s.server = status,
             Action::PeerUpsert { id, name } => match s.peers.iter_mut().find(|p| p.id == id) {
                 Some(p) => p.name = name,
-                None => s.peers.push(PeerView { id, name, state: LinkState::Connecting, rtt_ms: None, files_ready: false }),
+                None => s.peers.push(PeerView {
+                    id,
+                    name,
+                    state: LinkState::Connecting,
+                    rtt_ms: None,
+                    files_ready: false,
+                }),
             },
             Action::PeerLink { id, state, rtt_ms } => {
                 if let Some(p) = s.peers.iter_mut().find(|p| p.id == id) {
@@ -303,18 +326,31 @@ impl Reducible for RoomState {
                 }
             }
             Action::MessageStatus { id, status } => {
-                if let Some(m) = s.messages.iter_mut().find(|m| m.from.is_none() && m.id == id) {
+                if let Some(m) = s
+                    .messages
+                    .iter_mut()
+                    .find(|m| m.from.is_none() && m.id == id)
+                {
                     m.status = Some(status);
                 }
             }
             Action::MessageDropped(id) => s.messages.retain(|m| !(m.from.is_none() && m.id == id)),
-            Action::Transfer(t) => match s.transfers.iter_mut().find(|x| x.id == t.id && x.peer == t.peer) {
+            Action::Transfer(t) => match s
+                .transfers
+                .iter_mut()
+                .find(|x| x.id == t.id && x.peer == t.peer)
+            {
                 Some(x) => *x = t,
                 None => s.transfers.push(t),
             },
-            Action::Error(text) => {
+            Action::Error(text) | Action::ServerError(text) => {
+                let server = matches!(action_kind, Kind::Server);
                 s.next_notice += 1;
-                s.notices.push(Notice { id: s.next_notice, text });
+                s.notices.push(Notice {
+                    id: s.next_notice,
+                    text,
+                    server,
+                });
                 if s.notices.len() > MAX_NOTICES {
                     s.notices.remove(0);
                 }
@@ -322,5 +358,151 @@ impl Reducible for RoomState {
             Action::Dismiss(id) => s.notices.retain(|n| n.id != id),
         }
         Rc::new(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reduce(state: RoomState, actions: Vec<Action>) -> RoomState {
+        let mut s = Rc::new(state);
+        for a in actions {
+            s = s.reduce(a);
+        }
+        Rc::unwrap_or_clone(s)
+    }
+
+    fn own(id: &str) -> MessageView {
+        MessageView {
+            id: id.into(),
+            from: None,
+            name: String::new(),
+            sent_at_ms: 0,
+            text: "t".into(),
+            status: Some(Status::Sending),
+        }
+    }
+
+    fn transfer(id: &str, peer: &str, state: TransferState) -> TransferView {
+        TransferView {
+            id: id.into(),
+            peer: peer.into(),
+            peer_name: String::new(),
+            direction: Direction::Send,
+            name: "f".into(),
+            size: 10,
+            done: 0,
+            bytes_per_sec: 0.0,
+            eta_ms: None,
+            state,
+            error: None,
+            hash: None,
+            url: None,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn a_message_is_shown_once_and_its_status_follows_the_session() {
+        let s = reduce(
+            RoomState::default(),
+            vec![
+                Action::Message(own("m1")),
+                Action::Message(own("m1")),
+                Action::MessageStatus {
+                    id: "m1".into(),
+                    status: Status::Delivered,
+                },
+            ],
+        );
+        assert_eq!(s.messages.len(), 1);
+        assert_eq!(s.messages[0].status, Some(Status::Delivered));
+    }
+
+    #[test]
+    fn the_same_id_from_two_senders_is_two_messages() {
+        let mut theirs = own("m1");
+        theirs.from = Some("p1".into());
+        theirs.status = None;
+        let s = reduce(
+            RoomState::default(),
+            vec![Action::Message(own("m1")), Action::Message(theirs)],
+        );
+        assert_eq!(s.messages.len(), 2);
+    }
+
+    #[test]
+    fn a_transfer_is_replaced_per_id_and_peer() {
+        let s = reduce(
+            RoomState::default(),
+            vec![
+                Action::Transfer(transfer("t1", "a", TransferState::Waiting)),
+                Action::Transfer(transfer("t1", "b", TransferState::Waiting)),
+                Action::Transfer(transfer("t1", "a", TransferState::Done)),
+            ],
+        );
+        let states: Vec<_> = s
+            .transfers
+            .iter()
+            .map(|t| (t.peer.as_str(), t.state))
+            .collect();
+        assert_eq!(
+            states,
+            [("a", TransferState::Done), ("b", TransferState::Waiting)]
+        );
+    }
+
+    #[test]
+    fn server_errors_clear_on_rejoin_and_others_stay() {
+        let s = reduce(
+            RoomState::default(),
+            vec![
+                Action::ServerError("lost".into()),
+                Action::Error("transfer failed".into()),
+                Action::Welcome("me".into()),
+            ],
+        );
+        let texts: Vec<_> = s.notices.iter().map(|n| n.text.as_str()).collect();
+        assert_eq!(texts, ["transfer failed"]);
+        assert_eq!(s.server, ServerStatus::Joined);
+    }
+
+    #[test]
+    fn notices_are_bounded_and_dismissable() {
+        let actions = (0..MAX_NOTICES + 3)
+            .map(|i| Action::Error(format!("e{i}")))
+            .collect();
+        let s = reduce(RoomState::default(), actions);
+        assert_eq!(s.notices.len(), MAX_NOTICES);
+        let first = s.notices[0].id;
+        let s = reduce(s, vec![Action::Dismiss(first)]);
+        assert_eq!(s.notices.len(), MAX_NOTICES - 1);
+    }
+
+    #[test]
+    fn peers_keep_join_order_and_leave() {
+        let up = |id: &str| Action::PeerUpsert {
+            id: id.into(),
+            name: String::new(),
+        };
+        let s = reduce(
+            RoomState::default(),
+            vec![
+                up("a"),
+                up("b"),
+                Action::PeerLink {
+                    id: "a".into(),
+                    state: LinkState::Relayed,
+                    rtt_ms: Some(7),
+                },
+                Action::PeerGone("b".into()),
+            ],
+        );
+        assert_eq!(s.peers.len(), 1);
+        assert_eq!(
+            (s.peers[0].state, s.peers[0].rtt_ms),
+            (LinkState::Relayed, Some(7))
+        );
     }
 }

@@ -7,11 +7,12 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use wasm_bindgen::{JsCast as _, JsValue};
+use wasm_bindgen::JsCast as _;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
-    Blob, BlobPropertyBag, FileSystemDirectoryHandle, FileSystemFileHandle, FileSystemGetDirectoryOptions,
-    FileSystemGetFileOptions, FileSystemWritableFileStream, Url, WriteCommandType, WriteParams,
+    Blob, BlobPropertyBag, FileSystemDirectoryHandle, FileSystemFileHandle,
+    FileSystemGetDirectoryOptions, FileSystemGetFileOptions, FileSystemWritableFileStream, Url,
+    WriteCommandType, WriteParams,
 };
 
 use crate::util::{get, js_error};
@@ -76,8 +77,14 @@ enum Op {
 }
 
 enum Target {
-    Opfs { dir: FileSystemDirectoryHandle, handle: FileSystemFileHandle, writable: FileSystemWritableFileStream },
-    Memory { parts: js_sys::Array },
+    Opfs {
+        dir: FileSystemDirectoryHandle,
+        handle: FileSystemFileHandle,
+        writable: FileSystemWritableFileStream,
+    },
+    Memory {
+        parts: js_sys::Array,
+    },
 }
 
 struct Inner {
@@ -155,7 +162,13 @@ async fn run(inner: Rc<RefCell<Inner>>) {
                 i.running = false;
                 return;
             };
-            (op, i.target.clone(), i.failed, i.file_name.clone(), i.mime.clone())
+            (
+                op,
+                i.target.clone(),
+                i.failed,
+                i.file_name.clone(),
+                i.mime.clone(),
+            )
         };
         if failed && !matches!(op, Op::Abort) {
             continue;
@@ -194,12 +207,73 @@ async fn run(inner: Rc<RefCell<Inner>>) {
     }
 }
 
+/// Received files older than this are removed from OPFS when a room page
+/// opens: their Save links died with the page that received them.
+const STALE_AFTER_MS: f64 = 24.0 * 3600.0 * 1000.0;
+
+/// Removes stale received files from OPFS (best effort, in the background),
+/// so the origin's storage does not grow with every file ever received.
+pub fn clean_stale_files() {
+    wasm_bindgen_futures::spawn_local(async {
+        if let Err(e) = clean_stale().await {
+            crate::util::warn(&format!("OPFS cleanup skipped: {e}"));
+        }
+    });
+}
+
+async fn clean_stale() -> Result<(), String> {
+    let navigator = web_sys::window().ok_or("no window")?.navigator();
+    if get(&navigator, "storage").is_undefined()
+        || get(&navigator.storage(), "getDirectory").is_undefined()
+    {
+        return Ok(());
+    }
+    let root: FileSystemDirectoryHandle = JsFuture::from(navigator.storage().get_directory())
+        .await
+        .map_err(|e| js_error(&e))?
+        .unchecked_into();
+    let Ok(dir) = JsFuture::from(root.get_directory_handle(INCOMING_DIR)).await else {
+        return Ok(()); // nothing received yet
+    };
+    let dir: FileSystemDirectoryHandle = dir.unchecked_into();
+    let entries = dir.values();
+    let mut stale = Vec::new();
+    let now = js_sys::Date::now();
+    loop {
+        let next = entries.next().map_err(|e| js_error(&e))?;
+        let item = JsFuture::from(next).await.map_err(|e| js_error(&e))?;
+        if get(&item, "done").as_bool() == Some(true) {
+            break;
+        }
+        let handle = get(&item, "value");
+        if get(&handle, "kind").as_string().as_deref() != Some("file") {
+            continue;
+        }
+        let handle: FileSystemFileHandle = handle.unchecked_into();
+        let Ok(file) = JsFuture::from(handle.get_file()).await else {
+            continue; // being written by another tab
+        };
+        let file: web_sys::File = file.unchecked_into();
+        if now - file.last_modified() > STALE_AFTER_MS {
+            stale.push(handle.name());
+        }
+    }
+    for name in stale {
+        let _ = JsFuture::from(dir.remove_entry(&name)).await;
+    }
+    Ok(())
+}
+
 async fn open(name: &str) -> Target {
     match open_opfs(name).await {
         Ok(t) => t,
         Err(why) => {
-            crate::util::warn(&format!("OPFS unavailable ({why}); keeping the received file in memory"));
-            Target::Memory { parts: js_sys::Array::new() }
+            crate::util::warn(&format!(
+                "OPFS unavailable ({why}); keeping the received file in memory"
+            ));
+            Target::Memory {
+                parts: js_sys::Array::new(),
+            }
         }
     }
 }
@@ -213,8 +287,10 @@ async fn open_opfs(name: &str) -> Result<Target, String> {
     if get(&storage, "getDirectory").is_undefined() {
         return Err("navigator.storage.getDirectory is missing".into());
     }
-    let root: FileSystemDirectoryHandle =
-        JsFuture::from(storage.get_directory()).await.map_err(|e| js_error(&e))?.unchecked_into();
+    let root: FileSystemDirectoryHandle = JsFuture::from(storage.get_directory())
+        .await
+        .map_err(|e| js_error(&e))?
+        .unchecked_into();
     let opts = FileSystemGetDirectoryOptions::new();
     opts.set_create(true);
     let dir: FileSystemDirectoryHandle =
@@ -224,16 +300,23 @@ async fn open_opfs(name: &str) -> Result<Target, String> {
             .unchecked_into();
     let opts = FileSystemGetFileOptions::new();
     opts.set_create(true);
-    let handle: FileSystemFileHandle = JsFuture::from(dir.get_file_handle_with_options(name, &opts))
-        .await
-        .map_err(|e| js_error(&e))?
-        .unchecked_into();
+    let handle: FileSystemFileHandle =
+        JsFuture::from(dir.get_file_handle_with_options(name, &opts))
+            .await
+            .map_err(|e| js_error(&e))?
+            .unchecked_into();
     if get(&handle, "createWritable").is_undefined() {
         return Err("createWritable is missing".into());
     }
-    let writable: FileSystemWritableFileStream =
-        JsFuture::from(handle.create_writable()).await.map_err(|e| js_error(&e))?.unchecked_into();
-    Ok(Target::Opfs { dir, handle, writable })
+    let writable: FileSystemWritableFileStream = JsFuture::from(handle.create_writable())
+        .await
+        .map_err(|e| js_error(&e))?
+        .unchecked_into();
+    Ok(Target::Opfs {
+        dir,
+        handle,
+        writable,
+    })
 }
 
 async fn write(target: &Target, offset: u64, data: &[u8]) -> Result<(), String> {
@@ -242,7 +325,9 @@ async fn write(target: &Target, offset: u64, data: &[u8]) -> Result<(), String> 
             let params = WriteParams::new(WriteCommandType::Write);
             params.set_position(Some(offset as f64));
             params.set_data(&js_sys::Uint8Array::from(data));
-            let promise = writable.write_with_write_params(&params).map_err(|e| js_error(&e))?;
+            let promise = writable
+                .write_with_write_params(&params)
+                .map_err(|e| js_error(&e))?;
             JsFuture::from(promise).await.map_err(|e| js_error(&e))?;
         }
         // The core hands out writes in file order, so appending is writing
@@ -256,9 +341,16 @@ async fn write(target: &Target, offset: u64, data: &[u8]) -> Result<(), String> 
 
 async fn finish(target: &Target, mime: &str) -> Result<String, String> {
     let blob: Blob = match target {
-        Target::Opfs { handle, writable, .. } => {
-            JsFuture::from(writable.close()).await.map_err(|e| js_error(&e))?;
-            JsFuture::from(handle.get_file()).await.map_err(|e| js_error(&e))?.unchecked_into()
+        Target::Opfs {
+            handle, writable, ..
+        } => {
+            JsFuture::from(writable.close())
+                .await
+                .map_err(|e| js_error(&e))?;
+            JsFuture::from(handle.get_file())
+                .await
+                .map_err(|e| js_error(&e))?
+                .unchecked_into()
         }
         Target::Memory { parts } => {
             let opts = BlobPropertyBag::new();
@@ -317,8 +409,9 @@ impl History {
     pub fn load(room: &str) -> Self {
         use crate::state::{MessageView, Status};
         let key = format!("parlor.history.{room}");
-        let stored: Vec<StoredMessage> =
-            load(&key).and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+        let stored: Vec<StoredMessage> = load(&key)
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
         let messages = stored
             .into_iter()
             .map(|m| MessageView {
@@ -354,7 +447,11 @@ impl History {
 
     /// Updates an own message's status and saves.
     pub fn set_status(&mut self, id: &str, status: crate::state::Status) {
-        if let Some(m) = self.messages.iter_mut().find(|m| m.from.is_none() && m.id == id) {
+        if let Some(m) = self
+            .messages
+            .iter_mut()
+            .find(|m| m.from.is_none() && m.id == id)
+        {
             m.status = Some(status);
             self.save();
         }

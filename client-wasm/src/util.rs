@@ -78,14 +78,22 @@ pub fn human_bytes(n: f64) -> String {
         v /= 1000.0;
         unit += 1;
     }
-    if unit == 0 { format!("{v:.0} {}", UNITS[unit]) } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{v:.0} {}", UNITS[unit])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 /// `m:ss` (or `h:mm:ss`) for a duration in milliseconds.
 pub fn human_duration(ms: u64) -> String {
     let s = ms.div_ceil(1000);
     let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
-    if h > 0 { format!("{h}:{m:02}:{s:02}") } else { format!("{m}:{s:02}") }
+    if h > 0 {
+        format!("{h}:{m:02}:{s:02}")
+    } else {
+        format!("{m}:{s:02}")
+    }
 }
 
 /// Local `HH:MM` of a wall-clock time in epoch milliseconds.

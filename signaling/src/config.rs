@@ -2,13 +2,15 @@
 //! `PARLOR_*` environment variable, with every limit's default a named
 //! constant that says why it has that value.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
 use parlor_protocol::IceServer;
+
+use crate::turn::TurnSecret;
 
 /// Where the server listens unless told otherwise: loopback only, so a
 /// development server is not reachable from the network by accident.
@@ -64,8 +66,27 @@ pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 45;
 pub const DEFAULT_HELLO_TIMEOUT_SECS: u64 = 10;
 
 /// Default log filter (tracing `EnvFilter` syntax): joins and leaves, not
-/// every message.
-pub const DEFAULT_LOG: &str = "info";
+/// every message. The `turn` crate is silenced: it logs every refused client
+/// request (bad credentials, stray packets) at error level, which a client
+/// could use to flood the log; the relay logs what matters itself.
+pub const DEFAULT_LOG: &str = "info,turn=off";
+
+/// Port of the embedded TURN relay (UDP and TCP) unless `--turn-port` says
+/// otherwise: the registered STUN/TURN port, which clients and firewalls
+/// expect. If it is taken, the server runs without the relay and says so.
+pub const DEFAULT_TURN_PORT: u16 = 3478;
+
+/// Seconds a TURN credential stays valid: 12 hours, longer than any session
+/// (a credential only has to be valid when an allocation is made or
+/// refreshed), short enough that a leaked one soon stops working.
+pub const DEFAULT_TURN_TTL_SECS: u64 = 12 * 60 * 60;
+
+/// Bytes per second one TURN allocation may relay (10 MiB/s, 84 Mbit/s).
+/// Every relayed byte crosses the server's link twice; this lets a relayed
+/// file transfer run at about the speed of a direct one between browsers
+/// (15-20 MB/s measured on loopback, less over real networks), while one
+/// pair of peers cannot fill a small server's uplink.
+pub const DEFAULT_TURN_MAX_BANDWIDTH: u64 = 10 * 1024 * 1024;
 
 /// `parlor-server`: introduces Parlor peers to each other (forwards WebRTC
 /// offers, answers and ICE candidates over a WebSocket) and serves the web app.
@@ -137,6 +158,67 @@ pub struct Config {
     )]
     pub ice_servers: Vec<String>,
 
+    /// Turn the embedded TURN relay off (e.g. when `--turn-url` points at
+    /// coturn instead).
+    #[arg(long, env = "PARLOR_NO_TURN")]
+    pub no_turn: bool,
+
+    /// Port of the embedded TURN relay, UDP and TCP [default: 3478; if taken,
+    /// the server runs without the relay]. `0` picks a free port (and
+    /// advertises it).
+    #[arg(long, value_name = "PORT", env = "PARLOR_TURN_PORT")]
+    pub turn_port: Option<u16>,
+
+    /// Address the TURN relay listens and relays on [default: the IP of
+    /// `--listen`].
+    #[arg(long, value_name = "IP", env = "PARLOR_TURN_LISTEN_IP")]
+    pub turn_listen_ip: Option<IpAddr>,
+
+    /// The server's address as clients see it: the relayed address and the
+    /// host in the advertised `turn:` URLs [default: the TURN listen IP;
+    /// needed when that is 0.0.0.0 or ::].
+    #[arg(long, value_name = "IP", env = "PARLOR_PUBLIC_IP")]
+    pub public_ip: Option<IpAddr>,
+
+    /// Shared secret for TURN REST credentials (coturn's
+    /// `static-auth-secret`) [default: 32 random bytes per process]. Needed
+    /// with `--turn-url`.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "PARLOR_TURN_SECRET",
+        hide_env_values = true
+    )]
+    pub turn_secret: Option<TurnSecret>,
+
+    /// An external TURN server URL (e.g. coturn with `use-auth-secret`)
+    /// handed to clients with credentials made with `--turn-secret`
+    /// (repeatable; in the environment, comma-separated).
+    #[arg(
+        long = "turn-url",
+        value_name = "URL",
+        env = "PARLOR_TURN_URLS",
+        value_delimiter = ','
+    )]
+    pub turn_urls: Vec<String>,
+
+    /// Seconds a TURN credential handed out in `welcome` stays valid.
+    #[arg(long, env = "PARLOR_TURN_TTL_SECS", default_value_t = DEFAULT_TURN_TTL_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub turn_ttl_secs: u64,
+
+    /// Let the TURN relay reach loopback, private and link-local addresses
+    /// (off by default so that it cannot be used to reach the server's own
+    /// network; loopback tests need it).
+    #[arg(long, env = "PARLOR_TURN_ALLOW_PRIVATE")]
+    pub turn_allow_private: bool,
+
+    /// Bytes per second one TURN allocation may relay; more is dropped.
+    #[arg(long, value_name = "BYTES_PER_SEC", env = "PARLOR_TURN_MAX_BANDWIDTH",
+          default_value_t = DEFAULT_TURN_MAX_BANDWIDTH,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub turn_max_bandwidth: u64,
+
     /// Log filter, e.g. `info` or `parlor_signaling=debug` (logs go to stderr).
     #[arg(long, env = "PARLOR_LOG", default_value = DEFAULT_LOG)]
     pub log: String,
@@ -159,6 +241,15 @@ impl Default for Config {
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             hello_timeout_secs: DEFAULT_HELLO_TIMEOUT_SECS,
             ice_servers: Vec::new(),
+            no_turn: false,
+            turn_port: None,
+            turn_listen_ip: None,
+            public_ip: None,
+            turn_secret: None,
+            turn_urls: Vec::new(),
+            turn_ttl_secs: DEFAULT_TURN_TTL_SECS,
+            turn_allow_private: false,
+            turn_max_bandwidth: DEFAULT_TURN_MAX_BANDWIDTH,
             log: DEFAULT_LOG.to_owned(),
         }
     }
@@ -182,13 +273,23 @@ pub enum ConfigError {
     /// An `--ice-server` that is not a `stun:`, `stuns:`, `turn:` or `turns:` URL.
     #[error("ICE server {0:?} must start with stun:, stuns:, turn: or turns:")]
     IceServer(String),
+    /// A `--turn-url` that is not a `turn:` or `turns:` URL.
+    #[error("TURN URL {0:?} must start with turn: or turns:")]
+    TurnUrl(String),
+    /// `--turn-url` without `--turn-secret`: the credentials would be made
+    /// with a random secret the external server cannot know.
+    #[error("--turn-url needs --turn-secret (the external TURN server's shared secret)")]
+    TurnUrlWithoutSecret,
+    /// `--public-ip` 0.0.0.0 or `::`: not an address clients can reach.
+    #[error("--public-ip must be a concrete address, not {0}")]
+    UnspecifiedPublicIp(IpAddr),
 }
 
 impl Config {
     /// Checks what clap's per-flag parsers cannot (and what a [`Config`]
     /// built in code may get wrong).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let nonzero: [(&'static str, u64); 8] = [
+        let nonzero: [(&'static str, u64); 10] = [
             ("--max-peers-per-room", self.max_peers_per_room as u64),
             ("--max-rooms", self.max_rooms as u64),
             ("--max-connections", self.max_connections as u64),
@@ -197,6 +298,8 @@ impl Config {
             ("--heartbeat-secs", self.heartbeat_secs),
             ("--idle-timeout-secs", self.idle_timeout_secs),
             ("--hello-timeout-secs", self.hello_timeout_secs),
+            ("--turn-ttl-secs", self.turn_ttl_secs),
+            ("--turn-max-bandwidth", self.turn_max_bandwidth),
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Zero(name));
@@ -214,6 +317,19 @@ impl Config {
         }) {
             return Err(ConfigError::IceServer(bad.clone()));
         }
+        if let Some(bad) = self
+            .turn_urls
+            .iter()
+            .find(|url| !(url.starts_with("turn:") || url.starts_with("turns:")))
+        {
+            return Err(ConfigError::TurnUrl(bad.clone()));
+        }
+        if !self.turn_urls.is_empty() && self.turn_secret.is_none() {
+            return Err(ConfigError::TurnUrlWithoutSecret);
+        }
+        if let Some(ip) = self.public_ip.filter(IpAddr::is_unspecified) {
+            return Err(ConfigError::UnspecifiedPublicIp(ip));
+        }
         Ok(())
     }
 
@@ -227,6 +343,11 @@ impl Config {
                 credential: None,
             })
             .collect()
+    }
+
+    /// `--turn-ttl-secs` as a duration.
+    pub fn turn_ttl(&self) -> Duration {
+        Duration::from_secs(self.turn_ttl_secs)
     }
 
     /// `--heartbeat-secs` as a duration.
@@ -304,5 +425,47 @@ mod tests {
             ..Config::default()
         };
         assert!(matches!(config.validate(), Err(ConfigError::IceServer(_))));
+    }
+
+    #[test]
+    fn turn_flags_are_parsed_and_checked() {
+        let config = Config::parse_from([
+            "parlor-server",
+            "--turn-port",
+            "0",
+            "--public-ip",
+            "198.18.0.1",
+            "--turn-secret",
+            "s3cret",
+            "--turn-url",
+            "turn:coturn.example:3478?transport=udp",
+            "--turn-allow-private",
+        ]);
+        assert_eq!(config.turn_port, Some(0));
+        assert_eq!(config.public_ip, Some("198.18.0.1".parse().unwrap()));
+        assert_eq!(config.turn_secret, Some("s3cret".parse().unwrap()));
+        assert!(config.turn_allow_private);
+        assert!(config.validate().is_ok());
+        assert!(!format!("{config:?}").contains("s3cret"), "secret in Debug");
+
+        let no_secret = Config {
+            turn_secret: None,
+            ..config.clone()
+        };
+        assert_eq!(no_secret.validate(), Err(ConfigError::TurnUrlWithoutSecret));
+        let bad_url = Config {
+            turn_urls: vec!["stun:x".into()],
+            ..config.clone()
+        };
+        assert!(matches!(bad_url.validate(), Err(ConfigError::TurnUrl(_))));
+        let unspecified = Config {
+            public_ip: Some("0.0.0.0".parse().unwrap()),
+            ..config
+        };
+        assert!(matches!(
+            unspecified.validate(),
+            Err(ConfigError::UnspecifiedPublicIp(_))
+        ));
+        assert!(Config::try_parse_from(["parlor-server", "--turn-ttl-secs", "0"]).is_err());
     }
 }

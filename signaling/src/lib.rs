@@ -17,7 +17,10 @@
 //!   ids.
 //! - [`session`]: one WebSocket connection: hello, forwarding, errors and
 //!   strikes, rate limit, heartbeat, idle and hello timeouts, close.
-//! - [`limit`]: the per-connection token bucket.
+//! - [`limit`]: the token bucket (per connection; per TURN allocation).
+//! - [`turn`]: the embedded TURN relay (UDP and TCP), TURN REST credentials,
+//!   the rule against relaying to private addresses, per-credential and
+//!   bandwidth caps.
 //! - [`metrics`]: Prometheus metrics, one registry per instance.
 //! - [`web`]: the static web app, or a "not built yet" page.
 //! - [`routes`]: the warp filters, handlers and the `recover` function.
@@ -30,6 +33,9 @@
 //! - No client can make the server buffer without bound: messages are size
 //!   checked, rate limited, and queued for each peer in a bounded outbox whose
 //!   overflow disconnects that peer.
+//! - The TURN relay is not an open relay: only holders of an unexpired
+//!   credential from a `welcome` can allocate, and it never relays to or from
+//!   private, loopback or link-local addresses unless `--turn-allow-private`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -45,27 +51,47 @@ pub mod rooms;
 pub mod routes;
 pub mod session;
 pub mod state;
+pub mod turn;
 pub mod web;
 
 pub use config::{Config, ConfigError};
 pub use rooms::{MemoryRooms, PeerOutbox, RoomBackend};
 pub use session::close_code;
 pub use state::App;
+pub use turn::{TurnAdvert, TurnSecret, TurnServer};
 
 /// How long shutdown waits for open connections to finish closing (each
 /// session needs at most a few seconds to send its close frame and hear the
 /// client's) before `run` returns anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Serves on `listener` with in-memory rooms until `shutdown` resolves, then
-/// closes every WebSocket (code 1001, "server shutting down") and returns.
+/// Serves on `listener` with in-memory rooms and the embedded TURN relay
+/// (unless `--no-turn`) until `shutdown` resolves, then closes every
+/// WebSocket (code 1001, "server shutting down") and the relay, and returns.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = App::new(config).context("invalid configuration")?;
-    serve(listener, app, shutdown).await
+    config.validate().context("invalid configuration")?;
+    let secret = config
+        .turn_secret
+        .clone()
+        .unwrap_or_else(TurnSecret::random);
+    let relay = turn::start_embedded(&config, &secret)
+        .await
+        .context("cannot start the TURN relay")?;
+    let advert = TurnAdvert::for_config(&config, secret, relay.as_ref());
+    let backend = Arc::new(MemoryRooms::new(
+        config.max_peers_per_room,
+        config.max_rooms,
+    ));
+    let app = App::with_turn(config, backend, advert).context("invalid configuration")?;
+    let served = serve(listener, app, shutdown).await;
+    if let Some(relay) = relay {
+        relay.close().await;
+    }
+    served
 }
 
 /// Like [`run`], with a prepared [`App`] (e.g. one with another

@@ -370,7 +370,7 @@ impl Session {
             },
             outbox: self.outbox.clone(),
             version,
-            ice_servers: self.app.ice_servers().to_vec(),
+            ice_servers: self.app.ice_servers_for(&self.id),
         };
         let backend = Arc::clone(self.app.backend());
         match backend.join(&room, newcomer).await {

@@ -5,19 +5,23 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use parlor_protocol::IceServer;
+use parlor_protocol::{IceServer, PeerId};
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::rooms::{MemoryRooms, PeerIds, RoomBackend};
+use crate::turn::TurnAdvert;
 
 /// Shared state of one server instance.
 #[derive(Debug)]
 pub struct App {
     config: Config,
     ice_servers: Vec<IceServer>,
+    /// TURN servers whose credentials are made per peer, if any.
+    turn: Option<TurnAdvert>,
     backend: Arc<dyn RoomBackend>,
     metrics: Metrics,
     peer_ids: PeerIds,
@@ -41,13 +45,28 @@ impl App {
 
     /// A server state with the given room backend (its own limits apply;
     /// `--max-peers-per-room` and `--max-rooms` configure [`MemoryRooms`]).
+    /// It advertises only external TURN servers (`--turn-url`); see
+    /// [`Self::with_turn`] for the embedded relay.
     pub fn with_backend(
         config: Config,
         backend: Arc<dyn RoomBackend>,
     ) -> Result<Arc<Self>, ConfigError> {
+        let turn = TurnAdvert::external(&config);
+        Self::with_turn(config, backend, turn)
+    }
+
+    /// A server state that hands out credentials for the TURN servers of
+    /// `turn` (the embedded relay's URLs once it is bound, see
+    /// [`crate::run`]).
+    pub fn with_turn(
+        config: Config,
+        backend: Arc<dyn RoomBackend>,
+        turn: Option<TurnAdvert>,
+    ) -> Result<Arc<Self>, ConfigError> {
         config.validate()?;
         Ok(Arc::new(Self {
             ice_servers: config.ice_server_list(),
+            turn,
             config,
             backend,
             metrics: Metrics::new(),
@@ -62,9 +81,24 @@ impl App {
         &self.config
     }
 
-    /// ICE servers sent in every `welcome`.
+    /// The ICE servers of `--ice-server`, the same for every peer.
     pub fn ice_servers(&self) -> &[IceServer] {
         &self.ice_servers
+    }
+
+    /// The ICE servers for `peer`'s `welcome`: those of `--ice-server`, then
+    /// the TURN servers with a TURN REST credential made for `peer` now.
+    pub fn ice_servers_for(&self, peer: &PeerId) -> Vec<IceServer> {
+        let mut servers = self.ice_servers.clone();
+        if let Some(turn) = &self.turn {
+            servers.push(turn.ice_server(&peer.0, SystemTime::now()));
+        }
+        servers
+    }
+
+    /// The advertised TURN servers, if any.
+    pub fn turn(&self) -> Option<&TurnAdvert> {
+        self.turn.as_ref()
     }
 
     /// The room backend.

@@ -64,10 +64,12 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the server on a free loopback port with extra `args`.
+    /// Starts the server on a free loopback port with extra `args`. Its TURN
+    /// relay gets free ports too (`--turn-port 0`), so servers run side by
+    /// side.
     pub async fn start(args: &[&str]) -> Result<Self> {
         let mut child = Command::new(bin_dir().join("parlor-server"))
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--turn-port", "0"])
             .args(args)
             .env("PARLOR_LOG", "warn")
             .stdout(Stdio::piped())

@@ -33,10 +33,12 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 }
 
 /// Defaults, with a web dir that does not exist (so no `dist/` lying around
-/// changes what `/` serves).
+/// changes what `/` serves) and no TURN relay (tests that want one turn it
+/// on with port 0).
 pub fn test_config() -> Config {
     Config {
         web_dir: PathBuf::from("/nonexistent/parlor-web-dir"),
+        no_turn: true,
         ..Config::default()
     }
 }

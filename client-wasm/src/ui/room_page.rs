@@ -1,0 +1,110 @@
+//! The room page: creates the driver for the room, owns the view store, and
+//! lays out the panels.
+
+use parlor_protocol::RoomId;
+use yew::prelude::*;
+
+use super::chat::Chat;
+use super::invite::{Invite, NameInput};
+use super::peers::Peers;
+use super::transfers::Transfers;
+use super::{LangCtx, LangSwitch};
+use crate::i18n::Lang;
+use crate::room::RoomHandle;
+use crate::state::{Action, RoomState, ServerStatus};
+
+/// Props of [`RoomPage`].
+#[derive(Properties, PartialEq)]
+pub struct RoomProps {
+    /// The room from the URL.
+    pub room: RoomId,
+    /// Whether the URL carried a valid `#KEY`.
+    pub has_key: bool,
+}
+
+/// One room: invite, people, chat, files.
+#[function_component(RoomPage)]
+pub fn room_page(props: &RoomProps) -> Html {
+    let t = use_context::<LangCtx>().map_or(Lang::En, |c| c.lang).t();
+    let state = use_reducer(RoomState::default);
+    let handle = use_state(|| None::<RoomHandle>);
+    {
+        let dispatcher = state.dispatcher();
+        let handle = handle.clone();
+        use_effect_with(props.room.clone(), move |room| {
+            let h = RoomHandle::start(room.clone(), move |a| dispatcher.dispatch(a));
+            handle.set(Some(h.clone()));
+            move || h.shutdown()
+        });
+    }
+    let link = web_sys::window()
+        .and_then(|w| w.location().href().ok())
+        .unwrap_or_default();
+
+    let on_drop = {
+        let handle = handle.clone();
+        Callback::from(move |e: DragEvent| {
+            e.prevent_default();
+            let Some(list) = e.data_transfer().and_then(|d| d.files()) else {
+                return;
+            };
+            let files: Vec<web_sys::File> =
+                (0..list.length()).filter_map(|i| list.item(i)).collect();
+            if let Some(h) = &*handle {
+                h.send_files(files, None);
+            }
+        })
+    };
+    let on_dragover = Callback::from(|e: DragEvent| e.prevent_default());
+
+    let server = match &state.server {
+        ServerStatus::Connecting => t.server_connecting.to_owned(),
+        ServerStatus::Joined => t.server_joined.to_owned(),
+        ServerStatus::Reconnecting { in_secs, attempt } => {
+            format!("{} ({in_secs} s, #{attempt})", t.server_reconnecting)
+        }
+        ServerStatus::Failed => t.server_failed.to_owned(),
+    };
+    let server_class = match &state.server {
+        ServerStatus::Joined => "server ok",
+        ServerStatus::Failed => "server bad",
+        _ => "server wait",
+    };
+
+    let notices = state.notices.iter().map(|n| {
+        let id = n.id;
+        let dispatcher = state.dispatcher();
+        let onclick = Callback::from(move |_| dispatcher.dispatch(Action::Dismiss(id)));
+        html! {
+            <div class="alert" role="alert" key={id}>
+                <span>{ &n.text }</span>
+                <button type="button" class="dismiss" aria-label="Dismiss" title={t.dismiss} {onclick}>{ "×" }</button>
+            </div>
+        }
+    });
+
+    html! {
+        <main class="room" data-peer-id={state.me.clone()} ondrop={on_drop} ondragover={on_dragover}>
+            <header class="top">
+                <h1><a href="/">{ "Parlor" }</a></h1>
+                <span class={server_class} aria-live="polite">{ server }</span>
+                <LangSwitch />
+            </header>
+            <div class="alerts">
+                if !props.has_key {
+                    <div class="alert" role="alert">{ t.no_key }</div>
+                }
+                { for notices }
+            </div>
+            <div class="layout">
+                <aside class="side">
+                    <Invite link={link} />
+                    <NameInput handle={(*handle).clone()} />
+                    <Peers peers={state.peers.clone()} />
+                </aside>
+                <Chat messages={state.messages.clone()} handle={(*handle).clone()} />
+                <Transfers transfers={state.transfers.clone()} peers={state.peers.clone()} handle={(*handle).clone()} />
+            </div>
+        </main>
+    }
+}

@@ -1,0 +1,127 @@
+//! End-to-end through the embedded TURN relay: a real `parlor-server` and
+//! real `parlor` peers forced onto relay candidates (`--force-relay turn`).
+//!
+//! On loopback both allocations sit on 127.0.0.1, so relaying between them
+//! needs `--turn-allow-private`; without it the relay must refuse, and the
+//! peers must not connect.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use parlor_tests::{Peer, Server, hash_file, random_file};
+
+const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// 20 MiB: long enough for SCTP to ramp up through the relay, short enough
+/// for a debug-build test run.
+const FILE_BYTES: usize = 20 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forced_turn_peers_transfer_a_file_through_the_embedded_relay() {
+    let server = Server::start(&["--turn-allow-private"]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("relayed.bin");
+    let hash = random_file(&src, FILE_BYTES).unwrap();
+    let out = dir.path().join("out");
+
+    let mut sender = Peer::spawn(
+        "sender",
+        &[
+            "--force-relay",
+            "turn",
+            "send",
+            "--server",
+            &server.base,
+            src.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let link = sender.invite().await.unwrap();
+    let mut receiver = Peer::spawn(
+        "receiver",
+        &[
+            "--force-relay",
+            "turn",
+            "receive",
+            &link,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+
+    let connected = receiver.wait_event("connected").await.unwrap();
+    assert_eq!(connected["path"], "turn", "{connected}");
+    let connected = sender.wait_event("connected").await.unwrap();
+    assert_eq!(connected["path"], "turn", "{connected}");
+
+    assert!(
+        sender.wait_exit(EXIT_TIMEOUT).await.unwrap().success(),
+        "{:?}",
+        sender.history
+    );
+    assert!(
+        receiver.wait_exit(EXIT_TIMEOUT).await.unwrap().success(),
+        "{:?}",
+        receiver.history
+    );
+    let received = receiver.wait_event("file_received").await.unwrap();
+    assert_eq!(received["hash"], hash.as_str());
+    assert_eq!(hash_file(&out.join("relayed.bin")).unwrap(), hash);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forced_turn_peers_on_loopback_do_not_connect_without_the_allow_flag() {
+    let server = Server::start(&[]).await.unwrap();
+    let mut alice = Peer::spawn(
+        "alice",
+        &["--force-relay", "turn", "chat", "--server", &server.base],
+    )
+    .unwrap();
+    let link = alice.invite().await.unwrap();
+    let mut bob = Peer::spawn("bob", &["--force-relay", "turn", "chat", &link]).unwrap();
+    bob.peer_id().await.unwrap();
+    // Both relay addresses are 127.0.0.1, which the relay refuses to reach,
+    // and forced-relay peers have no other candidates: no pair can work.
+    // (Two loopback peers connect within a second or two when allowed.)
+    let connected = bob
+        .wait_for_within("connected", Duration::from_secs(10), |v| {
+            v["event"] == "connected"
+        })
+        .await;
+    assert!(
+        connected.is_err(),
+        "connected through a refused relay: {connected:?}"
+    );
+    let connected = alice
+        .wait_for_within("connected", Duration::from_secs(1), |v| {
+            v["event"] == "connected"
+        })
+        .await;
+    assert!(
+        connected.is_err(),
+        "connected through a refused relay: {connected:?}"
+    );
+    alice.kill().await;
+    bob.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn force_relay_server_is_refused_clearly() {
+    let server = Server::start(&[]).await.unwrap();
+    let mut peer = Peer::spawn(
+        "peer",
+        &["--force-relay", "server", "chat", "--server", &server.base],
+    )
+    .unwrap();
+    let status = peer.wait_exit(EXIT_TIMEOUT).await.unwrap();
+    assert!(!status.success());
+    let error = peer.wait_event("error").await.unwrap();
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("server relay is not implemented yet"),
+        "{error}"
+    );
+}
