@@ -77,7 +77,11 @@ pub fn sanitize_name(name: &str) -> Vec<String> {
                     }
                 })
                 .collect();
-            let cleaned = cleaned.trim().trim_end_matches('.').trim().to_owned();
+            // Windows forbids trailing dots and spaces; leading spaces only confuse.
+            let cleaned = cleaned
+                .trim_start()
+                .trim_end_matches(|c: char| c == '.' || c.is_whitespace())
+                .to_owned();
             if cleaned.is_empty() || cleaned == "." || cleaned == ".." {
                 return None;
             }

@@ -125,9 +125,9 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
                 "--force-relay server: server relay is not implemented yet (use --force-relay turn)"
             )
         }
-        Some(ForceRelay::Turn) => rtc::force_turn_relay(),
-        None => {}
+        Some(ForceRelay::Turn) | None => {}
     }
+    let relay_only = cli.force_relay == Some(ForceRelay::Turn);
     let mut config = parlor_core::TransferConfig::default();
     let (mode, link, created) = match cli.command {
         Command::Send {
@@ -183,7 +183,7 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
     };
     let (signaling, joined) =
         signal::Signaling::join(&link.websocket_url(), &link.room, &cli.name).await?;
-    if cli.force_relay == Some(ForceRelay::Turn) && !rtc::has_usable_turn(&joined.ice_servers) {
+    if relay_only && !rtc::has_usable_turn(&joined.ice_servers) {
         anyhow::bail!(
             "--force-relay turn: the server offers no TURN relay this peer can use \
              (a turn: URL over UDP with credentials)"
@@ -204,6 +204,7 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
     let room = Room::start(
         mode,
         config,
+        relay_only,
         std::mem::replace(report, Reporter::new(json)),
         signaling,
         joined,

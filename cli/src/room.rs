@@ -86,6 +86,8 @@ pub struct Room {
     events_rx: mpsc::Receiver<PeerEvent>,
     start: Instant,
     config: TransferConfig,
+    /// Only TURN relay candidates (`--force-relay turn`).
+    relay_only: bool,
     stdin: Option<Lines<BufReader<Stdin>>>,
     flush_deadline: Option<tokio::time::Instant>,
     idle_deadline: Option<tokio::time::Instant>,
@@ -97,6 +99,7 @@ impl Room {
     pub async fn start(
         mode: Mode,
         config: TransferConfig,
+        relay_only: bool,
         report: Reporter,
         signaling: Signaling,
         joined: Joined,
@@ -120,6 +123,7 @@ impl Room {
             events_rx,
             start: Instant::now(),
             config,
+            relay_only,
             stdin,
             flush_deadline: None,
             idle_deadline: None,
@@ -215,6 +219,7 @@ impl Room {
                 &self.ice_servers,
                 self.config.low_watermark as usize,
                 offerer,
+                self.relay_only,
                 self.events_tx.clone(),
             )
             .await?;
@@ -364,6 +369,9 @@ impl Room {
                 return;
             }
         };
+        if frame == Frame::Typing {
+            return; // The CLI shows no typing indicator.
+        }
         if frame.is_chat() {
             let now = self.now();
             if let Err(err) = self.chat.handle_frame(&peer, frame, now) {

@@ -3,7 +3,7 @@
 //! callback is turned into a [`PeerEvent`] on one bounded channel, so the
 //! driver loop is the only place where state changes.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
@@ -57,18 +57,6 @@ pub enum PeerEvent {
         peer: PeerId,
         state: RTCPeerConnectionState,
     },
-}
-
-/// The ICE transport policy of every connection, set at most once (by
-/// `--force-relay turn`) before the first one is made. A process-wide
-/// setting rather than a parameter only because the driver (`room.rs`)
-/// creates the links; threading it through `Room::start` would remove it.
-static ICE_POLICY: OnceLock<RTCIceTransportPolicy> = OnceLock::new();
-
-/// Makes every connection use only TURN relay candidates
-/// (`RTCIceTransportPolicy::Relay`).
-pub fn force_turn_relay() {
-    let _ = ICE_POLICY.set(RTCIceTransportPolicy::Relay);
 }
 
 /// Whether `url` is one webrtc-rs 0.17 can gather candidates from: `stun:`
@@ -148,17 +136,23 @@ impl std::fmt::Debug for PeerLink {
 impl PeerLink {
     /// Creates the connection, wiring callbacks to `events`. The `offerer`
     /// creates both data channels; the answerer receives them in-band.
+    /// `relay_only` restricts ICE to TURN relay candidates (`--force-relay turn`).
     pub async fn new(
         api: &API,
         peer: PeerId,
         ice_servers: &[IceServer],
         low_watermark: usize,
         offerer: bool,
+        relay_only: bool,
         events: mpsc::Sender<PeerEvent>,
     ) -> Result<Self> {
         let config = RTCConfiguration {
             ice_servers: rtc_ice_servers(ice_servers),
-            ice_transport_policy: ICE_POLICY.get().copied().unwrap_or_default(),
+            ice_transport_policy: if relay_only {
+                RTCIceTransportPolicy::Relay
+            } else {
+                RTCIceTransportPolicy::All
+            },
             ..Default::default()
         };
         let pc = Arc::new(

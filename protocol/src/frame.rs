@@ -182,6 +182,10 @@ pub enum Frame {
         /// First byte wanted.
         offset: u64,
     },
+    /// The sender is typing (chat channel). Sent at most every few seconds
+    /// while typing; fire-and-forget, never acked or queued. Peers that show
+    /// no typing indicator ignore it.
+    Typing,
 }
 
 /// Why bytes could not be decoded into a [`Frame`].
@@ -283,7 +287,7 @@ impl Frame {
     /// The transfer a file frame belongs to; `None` for chat frames.
     pub fn transfer_id(&self) -> Option<TransferId> {
         match self {
-            Self::Chat(_) | Self::ChatAck { .. } => None,
+            Self::Chat(_) | Self::ChatAck { .. } | Self::Typing => None,
             Self::FileOffer(offer) => Some(offer.transfer),
             Self::FileAccept { transfer, .. }
             | Self::FileDecline { transfer, .. }
@@ -299,7 +303,7 @@ impl Frame {
     /// Whether this frame belongs on the chat channel (as opposed to the file
     /// channel).
     pub fn is_chat(&self) -> bool {
-        matches!(self, Self::Chat(_) | Self::ChatAck { .. })
+        matches!(self, Self::Chat(_) | Self::ChatAck { .. } | Self::Typing)
     }
 }
 
@@ -428,7 +432,9 @@ mod tests {
     fn chat_frames_are_told_apart_from_file_frames() {
         let frames = samples();
         assert!(frames[0].is_chat() && frames[1].is_chat());
-        assert!(frames[2..].iter().all(|f| !f.is_chat()));
+        let typing = frames.len() - 1;
+        assert!(frames[typing].is_chat());
+        assert!(frames[2..typing].iter().all(|f| !f.is_chat()));
     }
 
     proptest! {
@@ -438,7 +444,7 @@ mod tests {
         }
 
         #[test]
-        fn decoding_mutated_frames_never_panics(idx in 0usize..12, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+        fn decoding_mutated_frames_never_panics(idx in 0usize..13, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
             let mut bytes = samples()[idx].encode();
             for (pos, val) in flips {
                 let n = bytes.len();

@@ -29,14 +29,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Every signaling protocol version this build can speak, oldest first.
 pub const SUPPORTED_VERSIONS: &[u32] = &[1];
 
-/// Data-channel label of the chat channel (negotiated out of band, id
-/// [`CHAT_CHANNEL_ID`]). Chat has its own channel so that a message typed
-/// during a large transfer is never queued behind file chunks.
+/// Label of the chat data channel. The offerer creates it (and
+/// [`FILE_CHANNEL_LABEL`]) in-band; the answerer recognises both by label.
+/// Chat has its own channel so that a message typed during a large transfer
+/// is never queued behind file chunks.
 pub const CHAT_CHANNEL_LABEL: &str = "parlor-chat";
-/// SCTP stream id of the pre-negotiated chat channel.
-pub const CHAT_CHANNEL_ID: u16 = 0;
-/// Data-channel label of the file channel (negotiated out of band, id
-/// [`FILE_CHANNEL_ID`]).
+/// Label of the file data channel (offers, chunks, progress, verification).
 pub const FILE_CHANNEL_LABEL: &str = "parlor-file";
-/// SCTP stream id of the pre-negotiated file channel.
-pub const FILE_CHANNEL_ID: u16 = 1;

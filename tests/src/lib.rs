@@ -21,6 +21,15 @@ use tokio::sync::mpsc;
 /// Default bound on waiting for one event.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Held by each end-to-end test for its whole run: every test starts several
+/// peers or browsers, and on a two-core machine running them side by side
+/// only makes each slower and timing-sensitive. Unit tests elsewhere still
+/// run in parallel.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 /// The directory holding the workspace's binaries (same profile as this test).
 pub fn bin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();

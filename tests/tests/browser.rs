@@ -104,6 +104,7 @@ async fn save(page: &Page, name: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_pages_chat_and_send_a_50_mb_file() {
+    let _serial = parlor_tests::exclusive().await;
     if !browser::enabled("two_pages_chat_and_send_a_50_mb_file") {
         return;
     }
@@ -148,6 +149,7 @@ async fn two_pages_chat_and_send_a_50_mb_file() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_page_and_the_cli_chat_and_send_files_both_ways() {
+    let _serial = parlor_tests::exclusive().await;
     if !browser::enabled("a_page_and_the_cli_chat_and_send_files_both_ways") {
         return;
     }
@@ -224,6 +226,7 @@ async fn a_page_and_the_cli_chat_and_send_files_both_ways() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_page_joining_later_sees_the_peers_present() {
+    let _serial = parlor_tests::exclusive().await;
     if !browser::enabled("a_page_joining_later_sees_the_peers_present") {
         return;
     }
@@ -247,6 +250,7 @@ async fn a_page_joining_later_sees_the_peers_present() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reloading_the_page_keeps_the_chat_history() {
+    let _serial = parlor_tests::exclusive().await;
     if !browser::enabled("reloading_the_page_keeps_the_chat_history") {
         return;
     }

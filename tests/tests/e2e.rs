@@ -17,6 +17,7 @@ fn is_message(text: &'static str) -> impl Fn(&Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_peers_chat_both_ways() {
+    let _serial = parlor_tests::exclusive().await;
     let server = Server::start(&[]).await.unwrap();
     let mut alice = Peer::spawn("alice", &["chat", "--server", &server.base]).unwrap();
     let link = alice.invite().await.unwrap();
@@ -72,6 +73,7 @@ async fn two_peers_chat_both_ways() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_peers_all_see_a_message() {
+    let _serial = parlor_tests::exclusive().await;
     let server = Server::start(&[]).await.unwrap();
     let mut a = Peer::spawn("a", &["chat", "--server", &server.base]).unwrap();
     let link = a.invite().await.unwrap();
@@ -106,6 +108,7 @@ async fn three_peers_all_see_a_message() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_that_leaves_is_reported_to_the_others() {
+    let _serial = parlor_tests::exclusive().await;
     let server = Server::start(&[]).await.unwrap();
     let mut a = Peer::spawn("a", &["chat", "--server", &server.base]).unwrap();
     let link = a.invite().await.unwrap();
@@ -130,6 +133,7 @@ async fn a_peer_that_leaves_is_reported_to_the_others() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn send_and_receive_a_100_mb_file_with_matching_hash() {
+    let _serial = parlor_tests::exclusive().await;
     let server = Server::start(&[]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("big.bin");
@@ -182,6 +186,7 @@ async fn send_and_receive_a_100_mb_file_with_matching_hash() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn several_files_arrive_and_existing_files_are_not_overwritten() {
+    let _serial = parlor_tests::exclusive().await;
     let server = Server::start(&[]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("notes.txt");
@@ -231,6 +236,7 @@ async fn several_files_arrive_and_existing_files_are_not_overwritten() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_transfer_leaves_only_a_part_file() {
+    let _serial = parlor_tests::exclusive().await;
     let server = Server::start(&[]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("movie.bin");
@@ -295,6 +301,7 @@ async fn next_json(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_malformed_signaling_message_gets_an_error_and_the_connection_stays_usable() {
+    let _serial = parlor_tests::exclusive().await;
     let server = Server::start(&[]).await.unwrap();
     let mut ws = raw_client(&server).await;
     ws.send(Message::text("{not json")).await.unwrap();

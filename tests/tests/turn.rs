@@ -18,6 +18,7 @@ const FILE_BYTES: usize = 20 * 1024 * 1024;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forced_turn_peers_transfer_a_file_through_the_embedded_relay() {
+    let _serial = parlor_tests::exclusive().await;
     let server = Server::start(&["--turn-allow-private"]).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("relayed.bin");
@@ -72,6 +73,7 @@ async fn forced_turn_peers_transfer_a_file_through_the_embedded_relay() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forced_turn_peers_on_loopback_do_not_connect_without_the_allow_flag() {
+    let _serial = parlor_tests::exclusive().await;
     let server = Server::start(&[]).await.unwrap();
     let mut alice = Peer::spawn(
         "alice",
@@ -108,6 +110,7 @@ async fn forced_turn_peers_on_loopback_do_not_connect_without_the_allow_flag() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn force_relay_server_is_refused_clearly() {
+    let _serial = parlor_tests::exclusive().await;
     let server = Server::start(&[]).await.unwrap();
     let mut peer = Peer::spawn(
         "peer",

@@ -258,14 +258,22 @@ fn test() -> Result<()> {
         );
         false
     };
-    // The end-to-end tests start the real binaries: build them first, once.
-    run_checked(cargo().args(["build", "--workspace", "--bins"]))?;
-    run_checked(cargo().args(["test", "--workspace", "--exclude", "parlor-tests"]))?;
-    // One at a time: each end-to-end test runs several peers or browsers,
-    // and the machine has two cores.
+    // The end-to-end tests start the real binaries. Build them with exactly
+    // the command the test harness uses to check they are current, so that
+    // check is a no-op. (`cargo test` resolves features with dev-dependencies
+    // and so builds the dependency graph once more; one `cargo test` run
+    // keeps that to once.)
+    run_checked(cargo().args([
+        "build",
+        "-p",
+        "parlor-signaling",
+        "-p",
+        "parlor-cli",
+        "--bins",
+    ]))?;
     run_checked(
         cargo()
-            .args(["test", "-p", "parlor-tests", "--", "--test-threads=1"])
+            .args(["test", "--workspace"])
             .env("PARLOR_BROWSER_TESTS", if web_built { "1" } else { "0" }),
     )?;
     fuzz()
