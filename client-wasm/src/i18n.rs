@@ -77,6 +77,12 @@ pub struct Strings {
     pub sending: &'static str,
     pub sent: &'static str,
     pub delivered: &'static str,
+    /// After one name: "NAME is typing…".
+    pub typing_one: &'static str,
+    /// After several names: "A, B are typing…".
+    pub typing_many: &'static str,
+    /// Between the names of several typists.
+    pub name_sep: &'static str,
     pub files: &'static str,
     pub send_files: &'static str,
     pub send_folder: &'static str,
@@ -135,6 +141,9 @@ pub static EN: Strings = Strings {
     sending: "sending",
     sent: "sent",
     delivered: "delivered",
+    typing_one: "is typing…",
+    typing_many: "are typing…",
+    name_sep: ", ",
     files: "Files",
     send_files: "Send files…",
     send_folder: "Send a folder…",
@@ -193,6 +202,9 @@ pub static ZH: Strings = Strings {
     sending: "发送中",
     sent: "已发送",
     delivered: "已送达",
+    typing_one: "正在输入…",
+    typing_many: "正在输入…",
+    name_sep: "、",
     files: "文件",
     send_files: "发送文件…",
     send_folder: "发送文件夹…",

@@ -9,8 +9,10 @@
 //! - [`rtc`]: one `RTCPeerConnection` per remote peer with Parlor's two
 //!   pre-negotiated data channels; the JS closures live next to the
 //!   connection and are dropped with it.
-//! - [`storage`]: localStorage (display name, chat history) and received
+//! - [`storage`]: localStorage (display name, language) and received
 //!   files streamed into the origin-private file system.
+//! - [`history`]: each room's chat history in IndexedDB, behind a small
+//!   async API.
 //! - [`files`]: reading picked files in slices (hashing, chunks).
 //! - [`state`]: the view state the UI renders (a `use_reducer` store).
 //! - [`room`]: the driver: owns the `ChatSession`, the transfers and the
@@ -19,6 +21,8 @@
 
 #[cfg(target_arch = "wasm32")]
 pub mod files;
+#[cfg(target_arch = "wasm32")]
+pub mod history;
 #[cfg(target_arch = "wasm32")]
 pub mod i18n;
 #[cfg(target_arch = "wasm32")]

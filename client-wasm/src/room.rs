@@ -15,8 +15,8 @@ use std::rc::{Rc, Weak};
 
 use gloo::timers::callback::{Interval, Timeout};
 use parlor_core::{
-    ChatOutput, ChatSession, FileReceiver, FileSender, MessageStatus, Progress, ReceiverOutput,
-    SenderOutput, TransferConfig, TransferError,
+    ChatOutput, ChatSession, FileReceiver, FileSender, MessageStatus, Millis, Progress,
+    ReceiverOutput, SenderOutput, TransferConfig, TransferError,
 };
 use parlor_protocol::{
     CancelReason, ClientMessage, ErrorCode, FileOffer, Frame, IceServer, MessageId,
@@ -24,6 +24,7 @@ use parlor_protocol::{
 };
 use web_sys::File;
 
+use crate::history::History;
 use crate::rtc::{self, Channel, PeerEvent, PeerLink};
 use crate::signaling::{self, SignalEvent, Signaling};
 use crate::state::{
@@ -38,6 +39,13 @@ const FIRST_RECONNECT_SECS: u32 = 1;
 const MAX_RECONNECT_SECS: u32 = 30;
 /// How often connection paths and RTTs are refreshed from `getStats()`.
 const STATS_EVERY_MS: u32 = 2_000;
+/// Least time between two `Typing` frames while the user types: often enough
+/// that the other side's indicator ([`TYPING_SHOWN_MS`]) never lapses during
+/// steady typing, rare enough to cost nothing.
+const TYPING_EVERY_MS: Millis = 3_000;
+/// How long a peer's typing indicator stays after its last `Typing` frame:
+/// longer than [`TYPING_EVERY_MS`] plus a slow link's delay.
+const TYPING_SHOWN_MS: u32 = 5_000;
 
 /// An input to one outgoing transfer's sender, given the file channel's
 /// buffered amount.
@@ -84,7 +92,14 @@ pub struct Driver {
     outgoing: HashMap<TransferId, Outgoing>,
     incoming: HashMap<(PeerId, TransferId), Incoming>,
     config: TransferConfig,
-    history: crate::storage::History,
+    history: History,
+    /// When we last sent `Typing` frames (page clock); `None` after sending
+    /// a message, so the next keystroke announces typing at once.
+    typing_sent_at: Option<Millis>,
+    /// Per peer shown as typing: the timer that hides the indicator.
+    typing_timers: HashMap<PeerId, Timeout>,
+    /// The user has been told that history cannot be saved.
+    told_no_history: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -128,10 +143,8 @@ fn with(weak: &Weak<RefCell<Driver>>, f: impl FnOnce(&mut Driver) + 'static) {
 impl RoomHandle {
     /// Starts the driver for `room`: connects to the server and joins.
     pub fn start(room: RoomId, dispatch: impl Fn(Action) + 'static) -> Self {
-        let history = crate::storage::History::load(room.as_str());
-        for m in history.messages() {
-            dispatch(Action::Message(m.clone()));
-        }
+        let history = History::new(room.as_str());
+        let load = History::open(room.as_str().to_owned());
         let rc = Rc::new_cyclic(|weak| {
             RefCell::new(Driver {
                 weak: weak.clone(),
@@ -156,10 +169,18 @@ impl RoomHandle {
                 incoming: HashMap::new(),
                 config: TransferConfig::default(),
                 history,
+                typing_sent_at: None,
+                typing_timers: HashMap::new(),
+                told_no_history: false,
             })
         });
         {
             let mut d = rc.borrow_mut();
+            let weak = d.weak.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                let result = load.await;
+                with(&weak, move |d| d.history_opened(result));
+            });
             if rtc::supported() {
                 storage::clean_stale_files();
                 d.connect();
@@ -186,6 +207,11 @@ impl RoomHandle {
     /// Sends a chat message to everyone in the room.
     pub fn send_chat(&self, text: String) {
         self.run(move |d| d.send_chat(text));
+    }
+
+    /// The user is typing in the message box (tells the peers, throttled).
+    pub fn typing(&self) {
+        self.run(Driver::typing);
     }
 
     /// Offers `files` to peer `to`, or to every connected peer.
@@ -249,6 +275,7 @@ impl Driver {
         self.reconnect_timer = None;
         self.chat_timer = None;
         self.stats_timer = None;
+        self.typing_timers.clear();
         self.links.clear();
         for t in self.incoming.values() {
             if t.held.is_none()
@@ -632,6 +659,12 @@ impl Driver {
 
     fn on_peer_gone(&mut self, peer: &PeerId, why: &str, keep_listed: bool) {
         self.links.remove(peer);
+        if self.typing_timers.remove(peer).is_some() {
+            self.dispatch(Action::Typing {
+                id: peer.0.clone(),
+                typing: false,
+            });
+        }
         self.connected.remove(peer);
         self.chat.remove_peer(peer);
         self.flush_chat();
@@ -687,6 +720,10 @@ impl Driver {
                 ));
             }
         };
+        // Typing is fire-and-forget: the chat session neither knows nor acks it.
+        if matches!(frame, Frame::Typing) {
+            return self.on_typing(peer);
+        }
         if frame.is_chat() {
             if let Err(err) = self.chat.handle_frame(&peer, frame, now_ms()) {
                 crate::util::warn(&format!("chat frame from {peer} refused: {err}"));
@@ -721,6 +758,80 @@ impl Driver {
 
     // ---- chat --------------------------------------------------------------
 
+    /// The stored history is read (or IndexedDB is unavailable).
+    fn history_opened(
+        &mut self,
+        result: Result<(crate::history::HistoryDb, Vec<crate::history::Entry>), String>,
+    ) {
+        match self.history.opened(result) {
+            Ok(shown) => {
+                if !shown.is_empty() {
+                    self.dispatch(Action::History(shown));
+                }
+            }
+            Err(why) => {
+                crate::util::warn(&format!("chat history unavailable: {why}"));
+                if !std::mem::replace(&mut self.told_no_history, true) {
+                    self.error(
+                        "This browser does not let the page store the chat history \
+                         (IndexedDB is unavailable, e.g. in private mode): messages are \
+                         kept only until this page closes."
+                            .into(),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The user typed: send `Typing` to every peer whose chat channel is
+    /// open, at most once per [`TYPING_EVERY_MS`].
+    fn typing(&mut self) {
+        let now = now_ms();
+        if self
+            .typing_sent_at
+            .is_some_and(|at| now.saturating_sub(at) < TYPING_EVERY_MS)
+        {
+            return;
+        }
+        let frame = Frame::Typing.encode();
+        let mut sent = false;
+        for link in self.links.values() {
+            if link.is_open(Channel::Chat) {
+                sent |= link.send(Channel::Chat, &frame).is_ok();
+            }
+        }
+        // With nobody to tell, the next keystroke tries again.
+        if sent {
+            self.typing_sent_at = Some(now);
+        }
+    }
+
+    /// `peer` is typing: show it until [`TYPING_SHOWN_MS`] after the last
+    /// such frame, or until its next message is delivered.
+    fn on_typing(&mut self, peer: PeerId) {
+        if !self.names.contains_key(&peer) {
+            return;
+        }
+        let weak = self.weak.clone();
+        let id = peer.clone();
+        let timer = Timeout::new(TYPING_SHOWN_MS, move || {
+            with(&weak, move |d| {
+                if d.typing_timers.remove(&id).is_some() {
+                    d.dispatch(Action::Typing {
+                        id: id.0.clone(),
+                        typing: false,
+                    });
+                }
+            })
+        });
+        // Replacing the old timer cancels it.
+        self.typing_timers.insert(peer.clone(), timer);
+        self.dispatch(Action::Typing {
+            id: peer.0,
+            typing: true,
+        });
+    }
+
     fn send_chat(&mut self, text: String) {
         let text = text.trim().to_owned();
         if text.is_empty() {
@@ -740,7 +851,8 @@ impl Driver {
             self.dispatch(Action::MessageDropped(view.id));
             return self.error(format!("Message not sent: {e}"));
         }
-        self.history.push(view);
+        self.typing_sent_at = None;
+        self.history.record(view);
         self.flush_chat();
     }
 
@@ -756,6 +868,7 @@ impl Driver {
                     }
                 }
                 ChatOutput::Deliver { from, message } => {
+                    let from_id = from.clone();
                     let view = MessageView {
                         id: message.id.to_string(),
                         name: self.name_of(&from),
@@ -764,7 +877,9 @@ impl Driver {
                         text: message.text,
                         status: None,
                     };
-                    self.history.push(view.clone());
+                    // Showing the message also ends the sender's indicator.
+                    self.typing_timers.remove(&from_id);
+                    self.history.record(view.clone());
                     self.dispatch(Action::Message(view));
                 }
                 ChatOutput::Status { id, status } => {

@@ -213,6 +213,8 @@ pub struct RoomState {
     pub messages: Vec<MessageView>,
     /// Transfers, newest last.
     pub transfers: Vec<TransferView>,
+    /// Peers typing right now (ids, in the order they started).
+    pub typing: Vec<String>,
     /// Errors on show.
     pub notices: Vec<Notice>,
     next_notice: u32,
@@ -252,8 +254,19 @@ pub enum Action {
     PeerGone(String),
     /// Forget every peer (rejoining after a reconnect).
     ClearPeers,
-    /// A message to show (own or received).
+    /// A message to show (own or received). A received one ends its
+    /// sender's typing indicator.
     Message(MessageView),
+    /// Stored history loaded: shown before every message already shown,
+    /// skipping those already there.
+    History(Vec<MessageView>),
+    /// A peer started (`typing: true`) or stopped typing.
+    Typing {
+        /// Peer id.
+        id: String,
+        /// Typing now.
+        typing: bool,
+    },
     /// Own message status changed.
     MessageStatus {
         /// Hex id.
@@ -271,6 +284,11 @@ pub enum Action {
     ServerError(String),
     /// Hide an error.
     Dismiss(u32),
+}
+
+/// The same message: same id from the same sender.
+fn same_message(a: &MessageView, b: &MessageView) -> bool {
+    a.id == b.id && a.from == b.from
 }
 
 enum Kind {
@@ -318,11 +336,38 @@ impl Reducible for RoomState {
                     p.files_ready = ready;
                 }
             }
-            Action::PeerGone(id) => s.peers.retain(|p| p.id != id),
-            Action::ClearPeers => s.peers.clear(),
+            Action::PeerGone(id) => {
+                s.typing.retain(|t| *t != id);
+                s.peers.retain(|p| p.id != id);
+            }
+            Action::ClearPeers => {
+                s.typing.clear();
+                s.peers.clear();
+            }
             Action::Message(m) => {
-                if !s.messages.iter().any(|x| x.id == m.id && x.from == m.from) {
+                if let Some(from) = &m.from {
+                    s.typing.retain(|t| t != from);
+                }
+                if !s.messages.iter().any(|x| same_message(x, &m)) {
                     s.messages.push(m);
+                }
+            }
+            Action::History(loaded) => {
+                let mut older: Vec<MessageView> = Vec::with_capacity(loaded.len());
+                for m in loaded {
+                    let known = s.messages.iter().chain(&older).any(|x| same_message(x, &m));
+                    if !known {
+                        older.push(m);
+                    }
+                }
+                s.messages.splice(0..0, older);
+            }
+            Action::Typing { id, typing } => {
+                let known = s.typing.contains(&id);
+                if typing && !known {
+                    s.typing.push(id);
+                } else if !typing && known {
+                    s.typing.retain(|t| *t != id);
                 }
             }
             Action::MessageStatus { id, status } => {
@@ -418,6 +463,60 @@ mod tests {
         );
         assert_eq!(s.messages.len(), 1);
         assert_eq!(s.messages[0].status, Some(Status::Delivered));
+    }
+
+    fn theirs(id: &str, from: &str) -> MessageView {
+        MessageView {
+            from: Some(from.into()),
+            status: None,
+            ..own(id)
+        }
+    }
+
+    fn ids(s: &RoomState) -> Vec<&str> {
+        s.messages.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    #[test]
+    fn loaded_history_goes_before_what_is_shown_and_only_once() {
+        let s = reduce(
+            RoomState::default(),
+            vec![
+                Action::Message(theirs("live", "p1")),
+                Action::History(vec![
+                    own("old1"),
+                    theirs("old2", "p1"),
+                    own("old1"),
+                    theirs("live", "p1"),
+                ]),
+            ],
+        );
+        assert_eq!(ids(&s), ["old1", "old2", "live"]);
+    }
+
+    #[test]
+    fn typing_shows_until_stopped_or_a_message_from_that_peer() {
+        let typing = |id: &str, typing: bool| Action::Typing {
+            id: id.into(),
+            typing,
+        };
+        let s = reduce(
+            RoomState::default(),
+            vec![typing("a", true), typing("b", true), typing("a", true)],
+        );
+        assert_eq!(s.typing, ["a", "b"]);
+        let s = reduce(
+            s,
+            vec![
+                Action::Message(theirs("m1", "a")),
+                Action::Message(own("m2")),
+            ],
+        );
+        assert_eq!(s.typing, ["b"]);
+        let s = reduce(s, vec![typing("a", true), typing("b", false)]);
+        assert_eq!(s.typing, ["a"]);
+        let s = reduce(s, vec![Action::PeerGone("a".into())]);
+        assert!(s.typing.is_empty());
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Where things are kept in the browser: small settings in localStorage, and
-//! received files streamed into the origin-private file system (OPFS), so a
-//! multi-gigabyte file never sits in memory. Where OPFS is missing, received
-//! bytes are collected as Blob parts instead (bounded by the browser's memory).
+//! Where things are kept in the browser: small settings (display name,
+//! language) in localStorage, and received files streamed into the
+//! origin-private file system (OPFS), so a multi-gigabyte file never sits in
+//! memory. Where OPFS is missing, received bytes are collected as Blob parts
+//! instead (bounded by the browser's memory). Chat history lives in
+//! IndexedDB: see [`crate::history`].
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -372,106 +374,5 @@ async fn abort(target: &Target, name: &str) {
             let _ = JsFuture::from(dir.remove_entry(name)).await;
         }
         Target::Memory { parts } => parts.set_length(0),
-    }
-}
-
-/// Most messages kept per room in the chat history.
-const MAX_HISTORY: usize = 500;
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct StoredMessage {
-    id: String,
-    from: Option<String>,
-    name: String,
-    at: u64,
-    text: String,
-    status: Option<u8>,
-}
-
-/// A room's chat history in localStorage (`parlor.history.ROOM`), so a
-/// reload keeps the conversation. Bounded to [`MAX_HISTORY`] messages.
-#[derive(Debug)]
-pub struct History {
-    key: String,
-    messages: Vec<crate::state::MessageView>,
-}
-
-fn status_code(s: crate::state::Status) -> u8 {
-    match s {
-        crate::state::Status::Sending => 0,
-        crate::state::Status::Sent => 1,
-        crate::state::Status::Delivered => 2,
-    }
-}
-
-impl History {
-    /// Loads the history of `room` (empty when missing or unreadable).
-    pub fn load(room: &str) -> Self {
-        use crate::state::{MessageView, Status};
-        let key = format!("parlor.history.{room}");
-        let stored: Vec<StoredMessage> = load(&key)
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default();
-        let messages = stored
-            .into_iter()
-            .map(|m| MessageView {
-                id: m.id,
-                from: m.from,
-                name: m.name,
-                sent_at_ms: m.at,
-                text: m.text,
-                status: m.status.map(|s| match s {
-                    0 => Status::Sending,
-                    1 => Status::Sent,
-                    _ => Status::Delivered,
-                }),
-            })
-            .collect();
-        Self { key, messages }
-    }
-
-    /// The messages, oldest first.
-    pub fn messages(&self) -> &[crate::state::MessageView] {
-        &self.messages
-    }
-
-    /// Adds a message and saves.
-    pub fn push(&mut self, m: crate::state::MessageView) {
-        self.messages.push(m);
-        if self.messages.len() > MAX_HISTORY {
-            let extra = self.messages.len() - MAX_HISTORY;
-            self.messages.drain(..extra);
-        }
-        self.save();
-    }
-
-    /// Updates an own message's status and saves.
-    pub fn set_status(&mut self, id: &str, status: crate::state::Status) {
-        if let Some(m) = self
-            .messages
-            .iter_mut()
-            .find(|m| m.from.is_none() && m.id == id)
-        {
-            m.status = Some(status);
-            self.save();
-        }
-    }
-
-    fn save(&self) {
-        let stored: Vec<StoredMessage> = self
-            .messages
-            .iter()
-            .map(|m| StoredMessage {
-                id: m.id.clone(),
-                from: m.from.clone(),
-                name: m.name.clone(),
-                at: m.sent_at_ms,
-                text: m.text.clone(),
-                status: m.status.map(status_code),
-            })
-            .collect();
-        if let Ok(json) = serde_json::to_string(&stored) {
-            save(&self.key, &json);
-        }
     }
 }

@@ -276,6 +276,18 @@ fn test() -> Result<()> {
             .args(["test", "--workspace"])
             .env("PARLOR_BROWSER_TESTS", if web_built { "1" } else { "0" }),
     )?;
+    // The web client's browser-glue tests, in headless Chromium.
+    run_checked(
+        cargo()
+            .args([
+                "test",
+                "-p",
+                "parlor-client-wasm",
+                "--target",
+                "wasm32-unknown-unknown",
+            ])
+            .env("CHROMEDRIVER", "/usr/bin/chromedriver"),
+    )?;
     fuzz()
 }
 

@@ -13,8 +13,20 @@ use crate::util::clock_time;
 pub struct ChatProps {
     /// Messages, oldest first.
     pub messages: Vec<MessageView>,
+    /// Display names of the peers typing now.
+    pub typing: Vec<String>,
     /// The room driver (absent for the first render).
     pub handle: Option<RoomHandle>,
+}
+
+/// "NAME is typing…" (or several names).
+fn typing_text(t: &crate::i18n::Strings, names: &[String]) -> String {
+    let verb = if names.len() == 1 {
+        t.typing_one
+    } else {
+        t.typing_many
+    };
+    format!("{} {verb}", names.join(t.name_sep))
 }
 
 /// Messages and the box to write one.
@@ -46,6 +58,18 @@ pub fn chat(props: &ChatProps) -> Html {
             if let Some(h) = &handle {
                 h.send_chat(text);
                 el.set_value("");
+            }
+        })
+    };
+    let oninput = {
+        let input = input.clone();
+        let handle = props.handle.clone();
+        Callback::from(move |_: InputEvent| {
+            let has_text = input
+                .cast::<web_sys::HtmlTextAreaElement>()
+                .is_some_and(|el| !el.value().trim().is_empty());
+            if let (true, Some(h)) = (has_text, &handle) {
+                h.typing();
             }
         })
     };
@@ -95,9 +119,14 @@ pub fn chat(props: &ChatProps) -> Html {
         <section class="panel chat" aria-labelledby="chat-h">
             <h2 id="chat-h">{ t.chat }</h2>
             <ul class="messages" ref={list} aria-live="polite">{ for items }</ul>
+            <p class="typing-line" aria-live="polite">
+                if !props.typing.is_empty() {
+                    <span class="typing">{ typing_text(t, &props.typing) }</span>
+                }
+            </p>
             <form class="composer" {onsubmit}>
                 <textarea ref={input} aria-label="Message" rows="2" placeholder={t.message_placeholder}
-                    maxlength="16000" {onkeydown} />
+                    maxlength="16000" {oninput} {onkeydown} />
                 <button type="submit" class="primary" aria-label="Send">{ t.send }</button>
             </form>
         </section>

@@ -83,6 +83,16 @@ pub fn room_page(props: &RoomProps) -> Html {
         }
     });
 
+    // Named like the messages: the display name, else `#ID`.
+    let typing: Vec<String> = state
+        .typing
+        .iter()
+        .map(|id| match state.peers.iter().find(|p| p.id == *id) {
+            Some(p) if !p.name.is_empty() => p.name.clone(),
+            _ => format!("#{id}"),
+        })
+        .collect();
+
     html! {
         <main class="room" data-peer-id={state.me.clone()} ondrop={on_drop} ondragover={on_dragover}>
             <header class="top">
@@ -102,7 +112,7 @@ pub fn room_page(props: &RoomProps) -> Html {
                     <NameInput handle={(*handle).clone()} />
                     <Peers peers={state.peers.clone()} />
                 </aside>
-                <Chat messages={state.messages.clone()} handle={(*handle).clone()} />
+                <Chat messages={state.messages.clone()} typing={typing} handle={(*handle).clone()} />
                 <Transfers transfers={state.transfers.clone()} peers={state.peers.clone()} handle={(*handle).clone()} />
             </div>
         </main>
