@@ -363,6 +363,7 @@ mod tests {
                 transfer: t,
                 offset: 1024,
             },
+            Frame::Typing,
         ]
     }
 

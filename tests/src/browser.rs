@@ -56,6 +56,10 @@ impl std::fmt::Debug for Page {
 impl Page {
     /// Starts chromedriver and a headless Chromium.
     pub async fn open() -> Result<Self> {
+        // With the whole workspace built together rustls has two crypto
+        // backends enabled and will not guess; choose one (a no-op when one
+        // is already installed).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let port = free_port()?;
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
