@@ -34,13 +34,12 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
 pub fn bin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        // target/<profile>/deps/<test-binary>
+        // target/<profile>/deps/<test-binary>, or target/<profile>/<bin>
         let exe = std::env::current_exe().expect("test binary path");
-        let dir = exe
-            .parent()
-            .and_then(|p| p.parent())
-            .expect("target dir")
-            .to_owned();
+        let mut dir = exe.parent().expect("target dir").to_owned();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
         let release = dir.ends_with("release");
         // Make sure the binaries under test are current (a no-op when they are).
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

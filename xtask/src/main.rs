@@ -448,7 +448,37 @@ fn bench(args: &[String]) -> Result<()> {
         println!("  {name:<42} {m:7.1} MiB/s  ({:.2})", m / best);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    drop(server);
+    web_bench()
+}
+
+/// The web app's release bundle size (raw and gzip -9) and the time from
+/// opening an invite link to an open data channel, in headless Chromium.
+fn web_bench() -> Result<()> {
+    setup()?;
+    build_web()?;
+    println!("web bundle (dist/), bytes raw and gzip -9:");
+    for entry in std::fs::read_dir(project_root().join("dist"))? {
+        let path = entry?.path();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default();
+        if matches!(ext, "wasm" | "js" | "css" | "html") {
+            let raw = std::fs::metadata(&path)?.len();
+            let gz = Command::new("gzip")
+                .args(["-9", "-c"])
+                .arg(&path)
+                .output()?
+                .stdout
+                .len();
+            println!(
+                "  {:<48} {raw:>8} {gz:>8}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            );
+        }
+    }
+    run_checked(cargo().args(["run", "-q", "-p", "parlor-tests", "--bin", "open_latency"]))
 }
 
 /// One send/receive; returns seconds from the receiver's `connected` event
