@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
-use parlor_protocol::{CHAT_CHANNEL_LABEL, FILE_CHANNEL_LABEL, IceCandidate, IceServer, PeerId};
+use parlor_protocol::{IceCandidate, IceServer, PeerId};
 use tokio::sync::mpsc;
 use webrtc::api::API;
 use webrtc::api::APIBuilder;
@@ -23,14 +23,7 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
-/// Which of the two data channels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Channel {
-    /// Chat frames: small, latency-sensitive.
-    Chat,
-    /// File frames: bulk, flow-controlled.
-    File,
-}
+pub use parlor_protocol::Channel;
 
 /// Something that happened on a peer connection.
 #[derive(Debug)]
@@ -200,7 +193,7 @@ impl PeerLink {
         // treats the stream as a new remote channel, dropping the message.
         let channels = Arc::new(Mutex::new(Channels::default()));
         if offerer {
-            for kind in [Channel::Chat, Channel::File] {
+            for kind in Channel::ALL {
                 let init = RTCDataChannelInit {
                     ordered: Some(true),
                     ..Default::default()
@@ -373,22 +366,6 @@ const MAX_EARLY_CANDIDATES: usize = 256;
 struct Channels {
     chat: Option<Arc<RTCDataChannel>>,
     file: Option<Arc<RTCDataChannel>>,
-}
-
-impl Channel {
-    /// The data-channel label of this kind.
-    fn label(self) -> &'static str {
-        match self {
-            Channel::Chat => CHAT_CHANNEL_LABEL,
-            Channel::File => FILE_CHANNEL_LABEL,
-        }
-    }
-
-    fn from_label(label: &str) -> Option<Self> {
-        [Channel::Chat, Channel::File]
-            .into_iter()
-            .find(|kind| kind.label() == label)
-    }
 }
 
 /// Stores `dc` as the link's `kind` channel, then wires its callbacks to

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 
 use std::rc::Rc;
 
-use parlor_protocol::{CHAT_CHANNEL_LABEL, FILE_CHANNEL_LABEL, IceCandidate, IceServer};
+use parlor_protocol::{IceCandidate, IceServer};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast as _, JsValue};
 use wasm_bindgen_futures::JsFuture;
@@ -21,14 +21,7 @@ use web_sys::{
 
 use crate::util::{get, js_error};
 
-/// Which of the two data channels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Channel {
-    /// Chat frames and acks.
-    Chat,
-    /// File frames (offers, chunks, progress…).
-    File,
-}
+pub use parlor_protocol::Channel;
 
 /// Something that happened on a peer connection.
 #[derive(Debug)]
@@ -147,7 +140,7 @@ impl PeerLink {
         let channels = Rc::new(RefCell::new(Channels::default()));
         let low = low_watermark.min(u64::from(u32::MAX)) as u32;
         if offerer {
-            for kind in [Channel::Chat, Channel::File] {
+            for kind in Channel::ALL {
                 let init = RtcDataChannelInit::new();
                 init.set_ordered(true);
                 let dc = pc.create_data_channel_with_data_channel_dict(kind.label(), &init);
@@ -262,22 +255,6 @@ impl Drop for PeerLink {
             dc.close();
         }
         self.pc.close();
-    }
-}
-
-impl Channel {
-    /// The data-channel label of this kind.
-    fn label(self) -> &'static str {
-        match self {
-            Channel::Chat => CHAT_CHANNEL_LABEL,
-            Channel::File => FILE_CHANNEL_LABEL,
-        }
-    }
-
-    fn from_label(label: &str) -> Option<Self> {
-        [Channel::Chat, Channel::File]
-            .into_iter()
-            .find(|kind| kind.label() == label)
     }
 }
 

@@ -36,3 +36,44 @@ pub const SUPPORTED_VERSIONS: &[u32] = &[1];
 pub const CHAT_CHANNEL_LABEL: &str = "parlor-chat";
 /// Label of the file data channel (offers, chunks, progress, verification).
 pub const FILE_CHANNEL_LABEL: &str = "parlor-file";
+
+/// The two data channels of every peer-to-peer link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// Chat messages, acks and typing notices: small, latency-sensitive.
+    Chat,
+    /// File offers, chunks, progress and verification: bulk, flow-controlled.
+    File,
+}
+
+impl Channel {
+    /// Both channels, in the order the offerer creates them.
+    pub const ALL: [Channel; 2] = [Channel::Chat, Channel::File];
+
+    /// The data-channel label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Channel::Chat => CHAT_CHANNEL_LABEL,
+            Channel::File => FILE_CHANNEL_LABEL,
+        }
+    }
+
+    /// The channel with this label, if it is one of Parlor's.
+    pub fn from_label(label: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.label() == label)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_are_found_by_their_labels_only() {
+        for kind in Channel::ALL {
+            assert_eq!(Channel::from_label(kind.label()), Some(kind));
+        }
+        assert_ne!(Channel::Chat.label(), Channel::File.label());
+        assert_eq!(Channel::from_label("chat"), None);
+    }
+}
