@@ -5,6 +5,10 @@
 //!   `/ws` WebSocket (join a room, presence, SDP/ICE forwarding, errors).
 //! - [`frame`]: the compact binary frames peers exchange over WebRTC data
 //!   channels (chat, acks, file transfer).
+//! - [`relay`]: frames carried over the signaling WebSocket when no WebRTC
+//!   path works, sealed end to end.
+//! - [`seal`]: XChaCha20-Poly1305 sealing under keys derived from the room
+//!   key, which never reaches the server.
 //! - [`ids`]: room ids, room keys, peer ids and the invite link that carries
 //!   them.
 //!
@@ -13,10 +17,15 @@
 
 pub mod frame;
 pub mod ids;
+pub mod relay;
+pub mod seal;
 pub mod signaling;
 
-pub use frame::{CancelReason, ChatMessage, FileOffer, Frame, FrameError, MessageId, TransferId};
+pub use frame::{
+    CancelReason, ChatMessage, FileOffer, Frame, FrameError, MAX_FRAME_BYTES, MessageId, TransferId,
+};
 pub use ids::{InviteLink, InviteLinkError, PeerId, RoomId, RoomIdError, RoomKey};
+pub use relay::{RelayCipher, RelayError, RelayPayload};
 pub use signaling::{
     ClientMessage, ErrorCode, IceCandidate, IceServer, PeerInfo, ServerMessage, SignalingError,
 };

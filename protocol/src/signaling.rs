@@ -193,6 +193,9 @@ pub enum ErrorCode {
     RateLimited,
     /// A field is out of bounds (e.g. a display name too long).
     InvalidField,
+    /// A server-relay packet could not be relayed: the relay is off, or the
+    /// addressee is not reading (the packet was dropped).
+    RelayUnavailable,
     /// The server failed; not the client's fault.
     Internal,
     /// A code this build does not know (sent by a newer server).
@@ -214,6 +217,7 @@ impl ErrorCode {
             Self::UnknownPeer => "unknown_peer",
             Self::RateLimited => "rate_limited",
             Self::InvalidField => "invalid_field",
+            Self::RelayUnavailable => "relay_unavailable",
             Self::Internal => "internal",
             Self::Unknown => "unknown",
         }

@@ -88,6 +88,11 @@ pub const DEFAULT_TURN_TTL_SECS: u64 = 12 * 60 * 60;
 /// pair of peers cannot fill a small server's uplink.
 pub const DEFAULT_TURN_MAX_BANDWIDTH: u64 = 10 * 1024 * 1024;
 
+/// Default `--relay-max-bandwidth`: 10 MiB/s per room, the same as one TURN
+/// allocation, so falling back to the server relay keeps transfers at a
+/// usable speed without letting one room take the server's whole uplink.
+pub const DEFAULT_RELAY_MAX_BANDWIDTH: u64 = 10 * 1024 * 1024;
+
 /// `parlor-server`: introduces Parlor peers to each other (forwards WebRTC
 /// offers, answers and ICE candidates over a WebSocket) and serves the web app.
 /// It never sees chat messages or files: those go peer to peer.
@@ -219,6 +224,18 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub turn_max_bandwidth: u64,
 
+    /// Turn the WebSocket server relay off: peers that cannot connect
+    /// directly or through TURN then cannot talk at all.
+    #[arg(long, env = "PARLOR_NO_SERVER_RELAY")]
+    pub no_server_relay: bool,
+
+    /// Bytes per second the server relay carries for one room (all its
+    /// peers together); senders are slowed down, not dropped.
+    #[arg(long, value_name = "BYTES_PER_SEC", env = "PARLOR_RELAY_MAX_BANDWIDTH",
+          default_value_t = DEFAULT_RELAY_MAX_BANDWIDTH,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub relay_max_bandwidth: u64,
+
     /// Log filter, e.g. `info` or `parlor_signaling=debug` (logs go to stderr).
     #[arg(long, env = "PARLOR_LOG", default_value = DEFAULT_LOG)]
     pub log: String,
@@ -250,6 +267,8 @@ impl Default for Config {
             turn_ttl_secs: DEFAULT_TURN_TTL_SECS,
             turn_allow_private: false,
             turn_max_bandwidth: DEFAULT_TURN_MAX_BANDWIDTH,
+            no_server_relay: false,
+            relay_max_bandwidth: DEFAULT_RELAY_MAX_BANDWIDTH,
             log: DEFAULT_LOG.to_owned(),
         }
     }

@@ -1,11 +1,17 @@
-//! Per-connection rate limiting: a token bucket.
+//! Rate limiting: a token bucket per connection (signaling messages), per
+//! TURN allocation (bytes) and per room on the server relay (bytes).
 //!
 //! The bucket holds up to `burst` tokens and refills at `rate` tokens per
 //! second; each signaling message takes one (and each relayed byte of a TURN
 //! allocation, see [`crate::turn`]). Time is an argument, so the
 //! arithmetic is tested without a clock.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
+
+use parlor_protocol::RoomId;
+use parlor_protocol::relay::MAX_RELAY_MESSAGE_BYTES;
 
 /// A token bucket. Not shared: each connection owns one, so no locking.
 #[derive(Debug, Clone)]
@@ -69,11 +75,80 @@ impl TokenBucket {
 
     /// How long until the next token is available (zero if one is).
     pub fn wait_time(&self) -> Duration {
-        if self.tokens >= 1.0 {
+        self.wait_time_n(1)
+    }
+
+    /// How long until `n` tokens are available (zero if they are), as of
+    /// the last take.
+    pub fn wait_time_n(&self, n: u64) -> Duration {
+        let n = n as f64;
+        if self.tokens >= n {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+            Duration::from_secs_f64((n - self.tokens) / self.rate)
         }
+    }
+}
+
+/// One byte bucket per room for the server relay, shared by the room's
+/// sessions. The map holds weak references: a room's bucket lives as long
+/// as one of its sessions holds it, and dead entries are swept on insert.
+#[derive(Debug)]
+pub struct RoomRelayLimits {
+    bytes_per_sec: u64,
+    buckets: Mutex<HashMap<RoomId, Weak<Mutex<TokenBucket>>>>,
+}
+
+/// A room's relay byte bucket, as held by each of its sessions.
+pub type RelayBucket = Arc<Mutex<TokenBucket>>;
+
+impl RoomRelayLimits {
+    /// Buckets refilled at `bytes_per_sec`, holding a quarter second's worth
+    /// (but at least one full relay packet).
+    pub fn new(bytes_per_sec: u64) -> Self {
+        Self {
+            bytes_per_sec,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The bucket of `room`, created on first use.
+    pub fn bucket(&self, room: &RoomId) -> RelayBucket {
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(bucket) = buckets.get(room).and_then(Weak::upgrade) {
+            return bucket;
+        }
+        buckets.retain(|_, weak| weak.strong_count() > 0);
+        let burst = (self.bytes_per_sec / 4).max(MAX_RELAY_MESSAGE_BYTES as u64);
+        let bucket = Arc::new(Mutex::new(TokenBucket::per_second(
+            self.bytes_per_sec,
+            burst,
+            tokio::time::Instant::now().into_std(),
+        )));
+        buckets.insert(room.clone(), Arc::downgrade(&bucket));
+        bucket
+    }
+
+    /// Rooms with a live bucket (for tests).
+    pub fn rooms(&self) -> usize {
+        let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        buckets.values().filter(|w| w.strong_count() > 0).count()
+    }
+}
+
+/// Waits until `bucket` has `bytes` tokens and takes them: the relay slows a
+/// sender down to the room's rate instead of dropping its packets.
+pub async fn take_relay_bytes(bucket: &RelayBucket, bytes: u64) {
+    loop {
+        let wait = {
+            let mut b = bucket.lock().unwrap_or_else(PoisonError::into_inner);
+            // tokio's clock, so that paused-time tests see time pass.
+            if b.try_take_n(bytes, tokio::time::Instant::now().into_std()) {
+                return;
+            }
+            b.wait_time_n(bytes)
+        };
+        tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
     }
 }
 
@@ -115,6 +190,31 @@ mod tests {
         assert!(bucket.try_take_n(500, t0));
         // 1000 bytes/s: a 500-byte packet fits again after half a second.
         assert!(bucket.try_take_n(500, t0 + Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn rooms_share_one_relay_bucket_while_held() {
+        let limits = RoomRelayLimits::new(1000);
+        let room = RoomId::parse("AAAAAAAAAAAAAAAAAAAAAA").unwrap();
+        let a = limits.bucket(&room);
+        let b = limits.bucket(&room);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(limits.rooms(), 1);
+        drop((a, b));
+        assert_eq!(limits.rooms(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn relay_senders_wait_for_bytes() {
+        let limits = RoomRelayLimits::new(MAX_RELAY_MESSAGE_BYTES as u64);
+        let room = RoomId::parse("AAAAAAAAAAAAAAAAAAAAAA").unwrap();
+        let bucket = limits.bucket(&room);
+        let start = tokio::time::Instant::now();
+        let packet = MAX_RELAY_MESSAGE_BYTES as u64;
+        take_relay_bytes(&bucket, packet).await; // the burst
+        take_relay_bytes(&bucket, packet).await; // one second's refill
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(900), "{waited:?}");
     }
 
     #[test]

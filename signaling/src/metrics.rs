@@ -36,6 +36,8 @@ pub struct Metrics {
     connections_total: Counter,
     messages: Family<Labels, Counter>,
     errors: Family<Labels, Counter>,
+    relay_packets: Counter,
+    relay_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -54,6 +56,8 @@ impl Metrics {
         let connections_total = Counter::default();
         let messages = Family::<Labels, Counter>::default();
         let errors = Family::<Labels, Counter>::default();
+        let relay_packets = Counter::default();
+        let relay_bytes = Counter::default();
         registry.register(
             "parlor_connections",
             "Open signaling WebSockets",
@@ -81,6 +85,16 @@ impl Metrics {
             "Error replies sent to clients, by code",
             errors.clone(),
         );
+        registry.register(
+            "parlor_relay_packets",
+            "Packets forwarded by the WebSocket server relay",
+            relay_packets.clone(),
+        );
+        registry.register(
+            "parlor_relay_bytes",
+            "Bytes (sealed envelopes) forwarded by the WebSocket server relay",
+            relay_bytes.clone(),
+        );
         Self {
             registry,
             connections,
@@ -89,7 +103,15 @@ impl Metrics {
             connections_total,
             messages,
             errors,
+            relay_packets,
+            relay_bytes,
         }
+    }
+
+    /// Counts one packet of `bytes` forwarded by the server relay.
+    pub fn relayed(&self, bytes: usize) {
+        self.relay_packets.inc();
+        self.relay_bytes.inc_by(bytes as u64);
     }
 
     /// Counts an accepted WebSocket.

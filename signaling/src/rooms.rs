@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use parlor_protocol::{ErrorCode, IceServer, PeerId, PeerInfo, RoomId, ServerMessage};
 use tokio::sync::{Notify, mpsc};
 
@@ -28,6 +29,17 @@ use tokio::sync::{Notify, mpsc};
 /// fast as the socket takes it, so 64 queued messages only build up when the
 /// client stops reading; bounded, one peer costs at most 64 × 64 KiB.
 pub const OUTBOX_CAPACITY: usize = 64;
+
+/// Relay packets (each at most ~64 KiB) a peer's relay queue holds. Unlike
+/// signaling messages, relay packets are never dropped for a full queue:
+/// the sending session waits (up to [`RELAY_SEND_TIMEOUT`]), which stops it
+/// reading its own socket, so TCP pushes back on the sending peer. 32
+/// packets bound one peer's queued relay data to about 2 MiB.
+pub const RELAY_QUEUE_CAPACITY: usize = 32;
+
+/// How long a relay packet may wait for room in the addressee's queue before
+/// it is dropped (the peers' own acks and resume logic recover it).
+pub const RELAY_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a connection's writer task sends on its WebSocket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,10 +69,20 @@ pub enum DeliveryError {
     Gone,
 }
 
+/// The receiving halves of one peer's queues, drained by its writer task.
+#[derive(Debug)]
+pub struct OutboxReceivers {
+    /// Signaling messages, pings and the close frame.
+    pub control: mpsc::Receiver<Outbound>,
+    /// Relay packets (binary envelopes, already addressed from their sender).
+    pub relay: mpsc::Receiver<Bytes>,
+}
+
 /// The sending side of one peer's bounded outbox.
 #[derive(Clone)]
 pub struct PeerOutbox {
     tx: mpsc::Sender<Outbound>,
+    relay: mpsc::Sender<Bytes>,
     /// Signalled when a delivery finds the queue full; the session selects on
     /// it and disconnects.
     evict: Arc<Notify>,
@@ -77,15 +99,27 @@ impl fmt::Debug for PeerOutbox {
 impl PeerOutbox {
     /// A new outbox holding at most `capacity` messages, and the receiver its
     /// writer drains.
-    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+    pub fn channel(capacity: usize) -> (Self, OutboxReceivers) {
+        let (tx, control) = mpsc::channel(capacity.max(1));
+        let (relay_tx, relay) = mpsc::channel(RELAY_QUEUE_CAPACITY);
         (
             Self {
                 tx,
+                relay: relay_tx,
                 evict: Arc::new(Notify::new()),
             },
-            rx,
+            OutboxReceivers { control, relay },
         )
+    }
+
+    /// Queues a relay packet, waiting up to [`RELAY_SEND_TIMEOUT`] for room:
+    /// the wait is the relay's backpressure.
+    pub async fn relay(&self, packet: Bytes) -> Result<(), RelayDeliveryError> {
+        match self.relay.send_timeout(packet, RELAY_SEND_TIMEOUT).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(RelayDeliveryError::Congested),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(RelayDeliveryError::Gone),
+        }
     }
 
     /// Queues a signaling message without waiting. A full queue marks the peer
@@ -170,6 +204,21 @@ pub enum RouteError {
     UnknownPeer(PeerId),
 }
 
+/// Why a relay packet was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayDeliveryError {
+    /// The addressee is not in the sender's room.
+    #[error("peer {0} is not in this room")]
+    UnknownPeer(PeerId),
+    /// The addressee did not read its relay queue for
+    /// [`RELAY_SEND_TIMEOUT`]; the packet was dropped.
+    #[error("peer is not reading relayed data; packet dropped")]
+    Congested,
+    /// The addressee's connection is ending.
+    #[error("peer is leaving; packet dropped")]
+    Gone,
+}
+
 /// How many rooms and peers a backend holds (for metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RoomCounts {
@@ -205,6 +254,16 @@ pub trait RoomBackend: Send + Sync + fmt::Debug + 'static {
         to: &PeerId,
         msg: ServerMessage,
     ) -> Result<(), RouteError>;
+
+    /// Delivers a relay packet (a binary envelope already rewritten to name
+    /// the sender) to peer `to` if it is in `room`, waiting for room in its
+    /// relay queue (bounded by [`RELAY_SEND_TIMEOUT`]).
+    async fn relay_to(
+        &self,
+        room: &RoomId,
+        to: &PeerId,
+        packet: Bytes,
+    ) -> Result<(), RelayDeliveryError>;
 
     /// Rooms and peers held now (for metrics; cheap, never blocks for long).
     fn counts(&self) -> RoomCounts;
@@ -355,6 +414,25 @@ impl RoomBackend for MemoryRooms {
         Ok(())
     }
 
+    async fn relay_to(
+        &self,
+        room: &RoomId,
+        to: &PeerId,
+        packet: Bytes,
+    ) -> Result<(), RelayDeliveryError> {
+        // Clone the outbox and release the lock before waiting.
+        let outbox = {
+            let inner = self.lock();
+            inner
+                .rooms
+                .get(room)
+                .and_then(|members| members.iter().find(|m| &m.info.id == to))
+                .map(|m| m.outbox.clone())
+                .ok_or_else(|| RelayDeliveryError::UnknownPeer(to.clone()))?
+        };
+        outbox.relay(packet).await
+    }
+
     fn counts(&self) -> RoomCounts {
         let inner = self.lock();
         RoomCounts {
@@ -405,7 +483,7 @@ mod tests {
         RoomId::parse(&format!("{name:_<16}")).unwrap()
     }
 
-    fn newcomer(ids: &PeerIds) -> (Newcomer, mpsc::Receiver<Outbound>) {
+    fn newcomer(ids: &PeerIds) -> (Newcomer, OutboxReceivers) {
         let (outbox, rx) = PeerOutbox::channel(4);
         let info = PeerInfo {
             id: ids.next_id(),
@@ -422,8 +500,8 @@ mod tests {
         )
     }
 
-    fn next_message(rx: &mut mpsc::Receiver<Outbound>) -> ServerMessage {
-        match rx.try_recv().unwrap() {
+    fn next_message(rx: &mut OutboxReceivers) -> ServerMessage {
+        match rx.control.try_recv().unwrap() {
             Outbound::Message(msg) => msg,
             other => panic!("expected a message, got {other:?}"),
         }
@@ -524,6 +602,39 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), outbox.evicted())
             .await
             .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn relay_packets_wait_for_room_and_then_give_up() {
+        let rooms = MemoryRooms::new(4, 4);
+        let ids = PeerIds::new();
+        let (a, _a_rx) = newcomer(&ids);
+        let (b, mut b_rx) = newcomer(&ids);
+        let (a_id, b_id) = (a.info.id.clone(), b.info.id.clone());
+        let r = room("relay");
+        rooms.join(&r, a).await.unwrap();
+        rooms.join(&r, b).await.unwrap();
+        for i in 0..RELAY_QUEUE_CAPACITY {
+            let packet = Bytes::from(vec![i as u8; 10]);
+            rooms.relay_to(&r, &b_id, packet).await.unwrap();
+        }
+        // Full: the next send waits, then is dropped after the timeout (the
+        // paused clock jumps ahead), and nobody is evicted.
+        assert_eq!(
+            rooms.relay_to(&r, &b_id, Bytes::from_static(b"late")).await,
+            Err(RelayDeliveryError::Congested)
+        );
+        assert_eq!(b_rx.relay.recv().await.unwrap()[0], 0);
+        rooms
+            .relay_to(&r, &b_id, Bytes::from_static(b"fits"))
+            .await
+            .unwrap();
+        assert_eq!(
+            rooms
+                .relay_to(&room("other"), &a_id, Bytes::from_static(b"x"))
+                .await,
+            Err(RelayDeliveryError::UnknownPeer(a_id))
+        );
     }
 
     #[test]

@@ -22,20 +22,24 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use parlor_protocol::relay;
 use parlor_protocol::signaling::{MAX_NAME_BYTES, SignalingError};
 use parlor_protocol::{
     ClientMessage, ErrorCode, PeerId, PeerInfo, RoomId, SUPPORTED_VERSIONS, ServerMessage,
 };
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{Instrument, debug, info};
 use warp::ws::{Message, WebSocket};
 
-use crate::limit::TokenBucket;
-use crate::rooms::{DeliveryError, Newcomer, OUTBOX_CAPACITY, Outbound, PeerOutbox, RoomBackend};
+use crate::limit::{RelayBucket, TokenBucket, take_relay_bytes};
+use crate::rooms::{
+    DeliveryError, Newcomer, OUTBOX_CAPACITY, Outbound, OutboxReceivers, PeerOutbox,
+    RelayDeliveryError, RoomBackend,
+};
 use crate::state::{App, ConnectionGuard, shutdown_requested};
 
 /// WebSocket close codes the server uses (RFC 6455 §7.4.1).
@@ -98,6 +102,8 @@ struct Membership {
     backend: Arc<dyn RoomBackend>,
     room: RoomId,
     peer: PeerId,
+    /// The room's server-relay byte bucket.
+    relay_bucket: RelayBucket,
     active: bool,
 }
 
@@ -238,7 +244,12 @@ impl Session {
             };
             return ControlFlow::Break(End::Gone(reason));
         }
-        if !(frame.is_text() || frame.is_binary()) {
+        if frame.is_binary() {
+            // Relay packets are limited by the room's byte bucket, not the
+            // message rate: a file crosses the relay as ~64 KiB packets.
+            return self.relay(frame.into_bytes()).await;
+        }
+        if !frame.is_text() {
             return ControlFlow::Continue(());
         }
         if !self.bucket.try_take(std::time::Instant::now()) {
@@ -253,10 +264,7 @@ impl Session {
             return self.refuse(ErrorCode::RateLimited, message);
         }
         let Ok(text) = frame.to_str() else {
-            return self.refuse(
-                ErrorCode::Malformed,
-                "binary frames are not accepted; signaling messages are JSON text",
-            );
+            return self.refuse(ErrorCode::Malformed, "text frame is not UTF-8");
         };
         match ClientMessage::from_json(text) {
             Ok(msg) => self.on_message(msg).await,
@@ -376,8 +384,10 @@ impl Session {
         match backend.join(&room, newcomer).await {
             Ok(present) => {
                 info!(room = room_tag(&room), peers = present.len() + 1, "joined");
+                let relay_bucket = self.app.relay_limits().bucket(&room);
                 self.membership = Some(Membership {
                     backend,
+                    relay_bucket,
                     room,
                     peer: self.id.clone(),
                     active: true,
@@ -404,6 +414,51 @@ impl Session {
         match self.app.backend().send_to(&room, &to, msg).await {
             Ok(()) => ControlFlow::Continue(()),
             Err(err) => self.send_error(ErrorCode::UnknownPeer, err.to_string()),
+        }
+    }
+
+    /// Forwards one server-relay packet (a binary envelope, see
+    /// [`parlor_protocol::relay`]) to its addressee in the same room,
+    /// rewritten to name the sender. The sealed body is passed on unread.
+    /// Waiting for the room's byte bucket and for room in the addressee's
+    /// queue stops this session reading its socket: that is the relay's
+    /// backpressure on a fast sender.
+    async fn relay(&mut self, packet: Bytes) -> Step {
+        let Some(membership) = self.membership.as_ref() else {
+            return self.refuse(ErrorCode::NotJoined, "send hello before relaying");
+        };
+        if self.app.config().no_server_relay {
+            return self.refuse(
+                ErrorCode::RelayUnavailable,
+                "the server relay is turned off on this server",
+            );
+        }
+        let (to, body) = match relay::decode_envelope(&packet) {
+            Ok((to, body)) => (PeerId(to.to_owned()), body),
+            Err(err) => {
+                return self.refuse(ErrorCode::Malformed, format!("bad relay packet: {err}"));
+            }
+        };
+        if to == self.id {
+            return self.send_error(ErrorCode::UnknownPeer, "cannot relay to yourself");
+        }
+        let forwarded = Bytes::from(relay::encode_envelope(&self.id, body));
+        let (room, bucket) = (
+            membership.room.clone(),
+            Arc::clone(&membership.relay_bucket),
+        );
+        // Tiny packets cost as much as 1 KiB, which bounds the packet rate too.
+        take_relay_bytes(&bucket, forwarded.len().max(1024) as u64).await;
+        let len = forwarded.len();
+        match self.app.backend().relay_to(&room, &to, forwarded).await {
+            Ok(()) => {
+                self.app.metrics().relayed(len);
+                ControlFlow::Continue(())
+            }
+            Err(err @ RelayDeliveryError::UnknownPeer(_)) => {
+                self.send_error(ErrorCode::UnknownPeer, err.to_string())
+            }
+            Err(err) => self.send_error(ErrorCode::RelayUnavailable, err.to_string()),
         }
     }
 
@@ -496,8 +551,40 @@ impl Session {
 
 /// Drains the outbox onto the socket until a close item, the end of the
 /// queue, or a write error.
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Outbound>) {
-    while let Some(item) = rx.recv().await {
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, rx: OutboxReceivers) {
+    let OutboxReceivers {
+        control: mut rx,
+        mut relay,
+    } = rx;
+    let mut relay_open = true;
+    loop {
+        // Control messages first: a burst of relayed file data must not
+        // delay an offer or the close frame.
+        let item = tokio::select! {
+            biased;
+            item = rx.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
+            packet = relay.recv(), if relay_open => match packet {
+                Some(packet) => {
+                    let result = sink.feed(Message::binary(packet)).await;
+                    let result = match result {
+                        Ok(()) if relay.is_empty() && rx.is_empty() => sink.flush().await,
+                        other => other,
+                    };
+                    if let Err(err) = result {
+                        debug!(%err, "write failed");
+                        return;
+                    }
+                    continue;
+                }
+                None => {
+                    relay_open = false;
+                    continue;
+                }
+            },
+        };
         let result = match item {
             Outbound::Message(msg) => sink.feed(Message::text(msg.to_json())).await,
             Outbound::Ping => sink.feed(Message::ping(Vec::<u8>::new())).await,
@@ -511,7 +598,7 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, mut rx: mpsc::Recei
         // Flush once the queue is empty, not per message: a burst of
         // candidates goes out in few writes.
         let result = match result {
-            Ok(()) if rx.is_empty() => sink.flush().await,
+            Ok(()) if rx.is_empty() && relay.is_empty() => sink.flush().await,
             other => other,
         };
         if let Err(err) = result {

@@ -11,6 +11,7 @@ use parlor_protocol::{IceServer, PeerId};
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
+use crate::limit::RoomRelayLimits;
 use crate::metrics::Metrics;
 use crate::rooms::{MemoryRooms, PeerIds, RoomBackend};
 use crate::turn::TurnAdvert;
@@ -25,6 +26,7 @@ pub struct App {
     backend: Arc<dyn RoomBackend>,
     metrics: Metrics,
     peer_ids: PeerIds,
+    relay_limits: RoomRelayLimits,
     /// Open WebSockets. A watch channel rather than an atomic so that
     /// shutdown can wait for zero, and so that check-and-increment happens
     /// under one lock (`send_if_modified`).
@@ -66,6 +68,7 @@ impl App {
         config.validate()?;
         Ok(Arc::new(Self {
             ice_servers: config.ice_server_list(),
+            relay_limits: RoomRelayLimits::new(config.relay_max_bandwidth),
             turn,
             config,
             backend,
@@ -109,6 +112,11 @@ impl App {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The server relay's per-room byte buckets.
+    pub fn relay_limits(&self) -> &RoomRelayLimits {
+        &self.relay_limits
     }
 
     /// The peer id generator.

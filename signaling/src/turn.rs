@@ -429,11 +429,14 @@ impl TurnServer {
         self.tcp_addr
     }
 
+    /// `stun:PUBLIC:PORT` (the relay answers STUN binding requests, which
+    /// gives peers behind a NAT their server-reflexive candidates), then
     /// `turn:PUBLIC:PORT?transport=udp` and `...?transport=tcp`.
     pub fn urls(&self) -> Vec<String> {
         let udp = SocketAddr::new(self.public_ip, self.udp_addr.port());
         let tcp = SocketAddr::new(self.public_ip, self.tcp_addr.port());
         vec![
+            format!("stun:{udp}"),
             format!("turn:{udp}?transport=udp"),
             format!("turn:{tcp}?transport=tcp"),
         ]

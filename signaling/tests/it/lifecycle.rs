@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use parlor_protocol::{ClientMessage, PeerId, PeerInfo, RoomId, ServerMessage};
-use parlor_signaling::rooms::{JoinError, Newcomer, RoomCounts, RouteError};
+use parlor_signaling::rooms::{JoinError, Newcomer, RelayDeliveryError, RoomCounts, RouteError};
 use parlor_signaling::{App, MemoryRooms, RoomBackend, close_code};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
@@ -53,6 +53,14 @@ impl RoomBackend for PanickyRooms {
             panic!("test backend panics on purpose");
         }
         self.0.send_to(room, to, msg).await
+    }
+    async fn relay_to(
+        &self,
+        room: &RoomId,
+        to: &PeerId,
+        packet: bytes::Bytes,
+    ) -> Result<(), RelayDeliveryError> {
+        self.0.relay_to(room, to, packet).await
     }
     fn counts(&self) -> RoomCounts {
         self.0.counts()

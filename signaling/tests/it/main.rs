@@ -7,6 +7,7 @@
 mod http;
 mod lifecycle;
 mod limits;
+mod relay;
 mod signaling;
 mod support;
 mod turn;

@@ -201,25 +201,6 @@ async fn oversized_message_is_too_large_and_the_connection_stays_up() {
 }
 
 #[tokio::test]
-async fn binary_frames_are_refused() {
-    let server = TestServer::start(test_config()).await;
-    let (mut ada, _, _) = server.join(&new_room(), "ada").await;
-    use futures_util::SinkExt as _;
-    ada.ws
-        .send(tokio_tungstenite::tungstenite::Message::binary(vec![
-            1, 2, 3,
-        ]))
-        .await
-        .unwrap();
-    let message = ada.expect_error(ErrorCode::Malformed).await;
-    assert!(
-        message.contains("binary frames are not accepted"),
-        "{message}"
-    );
-    ada.ping_pong().await;
-}
-
-#[tokio::test]
 async fn messages_before_hello_are_not_joined_and_a_second_hello_is_refused() {
     let server = TestServer::start(test_config()).await;
     let mut ada = server.client().await;

@@ -140,6 +140,24 @@ impl Client {
             .unwrap();
     }
 
+    /// Sends one binary message (a server-relay envelope).
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        within("send", self.ws.send(Message::binary(bytes)))
+            .await
+            .unwrap();
+    }
+
+    /// The next binary message (WebSocket pings and pongs are skipped).
+    pub async fn recv_binary(&mut self) -> Vec<u8> {
+        loop {
+            match within("a binary message", self.ws.next()).await {
+                Some(Ok(Message::Binary(bytes))) => return bytes.to_vec(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a binary message, got {other:?}"),
+            }
+        }
+    }
+
     /// The next signaling message (WebSocket pings and pongs are skipped).
     pub async fn recv(&mut self) -> ServerMessage {
         loop {

@@ -301,21 +301,31 @@ async fn welcome_hands_out_credentials_the_relay_accepts() {
     let (ada_id, _, ice_servers) = ada.hello(&new_room(), "ada").await;
     assert_eq!(ice_servers.len(), 1, "{ice_servers:?}");
     let turn = &ice_servers[0];
-    assert_eq!(turn.urls.len(), 2, "{:?}", turn.urls);
+    assert_eq!(turn.urls.len(), 3, "{:?}", turn.urls);
+    // STUN on the relay's UDP port first, for server-reflexive candidates.
     assert!(
-        turn.urls[0].starts_with("turn:127.0.0.1:"),
+        turn.urls[0].starts_with("stun:127.0.0.1:"),
         "{:?}",
         turn.urls
     );
-    assert!(turn.urls[0].ends_with("?transport=udp"), "{:?}", turn.urls);
-    assert!(turn.urls[1].ends_with("?transport=tcp"), "{:?}", turn.urls);
+    assert!(
+        turn.urls[1].starts_with("turn:127.0.0.1:"),
+        "{:?}",
+        turn.urls
+    );
+    assert!(turn.urls[1].ends_with("?transport=udp"), "{:?}", turn.urls);
+    assert!(turn.urls[2].ends_with("?transport=tcp"), "{:?}", turn.urls);
     let username = turn.username.clone().unwrap();
     let (expiry, id) = username.split_once(':').unwrap();
     assert_eq!(id, ada_id.0);
     let ttl = expiry.parse::<u64>().unwrap() - now();
     assert!((12 * 3600 - 60..=12 * 3600).contains(&ttl), "ttl {ttl}");
 
-    let port: u16 = turn.urls[0]
+    assert_eq!(
+        turn.urls[0].trim_start_matches("stun:"),
+        turn.urls[1][5..].trim_end_matches("?transport=udp")
+    );
+    let port: u16 = turn.urls[1]
         .trim_start_matches("turn:127.0.0.1:")
         .trim_end_matches("?transport=udp")
         .parse()
