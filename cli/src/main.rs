@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use parlor_protocol::{InviteLink, RoomId, RoomKey};
 
 use crate::report::{Event, Reporter};
-use crate::room::{Mode, Room};
+use crate::room::{Mode, PathPolicy, Room};
 
 /// Chat and send files directly between peers (browsers or CLIs) over WebRTC.
 #[derive(Debug, Parser)]
@@ -41,9 +41,12 @@ struct Cli {
         default_value = "error,parlor=warn"
     )]
     log: String,
-    /// Send everything through a relay: `turn` uses only the server's TURN
-    /// relay (hides your address from peers; tests the relay). `server` is
-    /// reserved for relaying through parlor-server itself.
+    /// Send everything through a relay: `turn` uses only TURN relay
+    /// candidates (hides your address from peers); `server` carries every
+    /// frame over the signaling WebSocket, sealed with the room key (for
+    /// networks where only the server's HTTP port is reachable). Without
+    /// it, a peer falls back to the server relay by itself when WebRTC
+    /// cannot connect.
     #[arg(long, global = true, value_enum, value_name = "RELAY")]
     force_relay: Option<ForceRelay>,
     #[command(subcommand)]
@@ -55,7 +58,7 @@ struct Cli {
 enum ForceRelay {
     /// Only TURN relay candidates (ICE transport policy `relay`).
     Turn,
-    /// Relaying through parlor-server (not implemented yet).
+    /// Only the parlor-server relay over its WebSocket.
     Server,
 }
 
@@ -119,15 +122,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
-    match cli.force_relay {
-        Some(ForceRelay::Server) => {
-            anyhow::bail!(
-                "--force-relay server: server relay is not implemented yet (use --force-relay turn)"
-            )
-        }
-        Some(ForceRelay::Turn) | None => {}
-    }
-    let relay_only = cli.force_relay == Some(ForceRelay::Turn);
+    let policy = match cli.force_relay {
+        None => PathPolicy::Any,
+        Some(ForceRelay::Turn) => PathPolicy::TurnOnly,
+        Some(ForceRelay::Server) => PathPolicy::ServerOnly,
+    };
     let mut config = parlor_core::TransferConfig::default();
     let (mode, link, created) = match cli.command {
         Command::Send {
@@ -183,7 +182,7 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
     };
     let (signaling, joined) =
         signal::Signaling::join(&link.websocket_url(), &link.room, &cli.name).await?;
-    if relay_only && !rtc::has_usable_turn(&joined.ice_servers) {
+    if policy == PathPolicy::TurnOnly && !rtc::has_usable_turn(&joined.ice_servers) {
         anyhow::bail!(
             "--force-relay turn: the server offers no TURN relay this peer can use \
              (a turn: URL over UDP with credentials)"
@@ -204,7 +203,8 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
     let room = Room::start(
         mode,
         config,
-        relay_only,
+        policy,
+        &link.key,
         std::mem::replace(report, Reporter::new(json)),
         signaling,
         joined,

@@ -5,16 +5,17 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use parlor_core::{
     ChatOutput, ChatSession, FileReceiver, FileSender, MessageStatus, Millis, ReceiverOutput,
     SenderOutput, TransferConfig,
 };
 use parlor_protocol::{
-    CancelReason, ClientMessage, FileOffer, Frame, IceServer, MessageId, PeerId, ServerMessage,
-    TransferId,
+    CancelReason, ClientMessage, FileOffer, Frame, IceServer, MessageId, PeerId, RelayCipher,
+    RelayPayload, RoomKey, ServerMessage, TransferId,
 };
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines, Stdin};
 use tokio::sync::mpsc;
@@ -24,7 +25,7 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use crate::files::{self, Outgoing, PartFile};
 use crate::report::{Event, Reporter, hex};
 use crate::rtc::{self, Channel, PeerEvent, PeerLink};
-use crate::signal::{Joined, Signaling};
+use crate::signal::{Incoming, Joined, RelayBuffer, Signaling};
 
 /// WebRTC events buffered before the data-channel readers wait for the driver.
 const EVENT_QUEUE: usize = 1024;
@@ -35,6 +36,20 @@ const CHAT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// at once), but a browser stays in the room; and a sender offers its next
 /// file within a round trip of the previous one being verified.
 const RECEIVE_IDLE_EXIT: Duration = Duration::from_secs(3);
+/// A WebRTC link that is not connected this long after it was created (or
+/// after an ICE restart) falls back to the server relay.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Which paths this peer may use (`--force-relay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathPolicy {
+    /// Direct, then TURN (ICE picks), then the server relay.
+    Any,
+    /// Only TURN relay candidates, then the server relay.
+    TurnOnly,
+    /// Only the server relay: no WebRTC at all.
+    ServerOnly,
+}
 
 /// What this run of the CLI is for.
 #[derive(Debug)]
@@ -86,8 +101,19 @@ pub struct Room {
     events_rx: mpsc::Receiver<PeerEvent>,
     start: Instant,
     config: TransferConfig,
-    /// Only TURN relay candidates (`--force-relay turn`).
-    relay_only: bool,
+    policy: PathPolicy,
+    /// Our peer id (server-relay packets are bound to it).
+    me: PeerId,
+    /// Seals and opens server-relay packets with the room key.
+    relay_cipher: RelayCipher,
+    relay_buffer: Arc<RelayBuffer>,
+    /// Peers reached through the server relay instead of WebRTC.
+    relayed: HashSet<PeerId>,
+    /// WebRTC links that must connect by then, or fall to the server relay.
+    connect_deadlines: HashMap<PeerId, tokio::time::Instant>,
+    /// WebRTC links that were connected once (a failure then tries an ICE
+    /// restart before the server relay).
+    was_connected: HashSet<PeerId>,
     stdin: Option<Lines<BufReader<Stdin>>>,
     flush_deadline: Option<tokio::time::Instant>,
     idle_deadline: Option<tokio::time::Instant>,
@@ -99,12 +125,15 @@ impl Room {
     pub async fn start(
         mode: Mode,
         config: TransferConfig,
-        relay_only: bool,
+        policy: PathPolicy,
+        key: &RoomKey,
         report: Reporter,
         signaling: Signaling,
         joined: Joined,
     ) -> Result<Self> {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let relay_buffer = signaling.relay_buffer();
+        relay_buffer.set_low_watermark(config.low_watermark);
         let stdin = matches!(mode, Mode::Chat).then(|| BufReader::new(tokio::io::stdin()).lines());
         let mut room = Self {
             mode,
@@ -123,7 +152,13 @@ impl Room {
             events_rx,
             start: Instant::now(),
             config,
-            relay_only,
+            policy,
+            me: joined.peer_id,
+            relay_cipher: RelayCipher::new(key, rand::random()),
+            relay_buffer,
+            relayed: HashSet::new(),
+            connect_deadlines: HashMap::new(),
+            was_connected: HashSet::new(),
             stdin,
             flush_deadline: None,
             idle_deadline: None,
@@ -133,8 +168,12 @@ impl Room {
         for peer in joined.peers {
             room.names.insert(peer.id.clone(), peer.name);
             room.chat.add_peer(peer.id.clone());
+            if policy == PathPolicy::ServerOnly {
+                room.fall_to_relay(&peer.id, "--force-relay server").await;
+                continue;
+            }
             let link = room.link_for(&peer.id, true).await?;
-            let sdp = link.create_offer().await?;
+            let sdp = link.create_offer(false).await?;
             room.signal(ClientMessage::Offer { to: peer.id, sdp }).await;
         }
         Ok(room)
@@ -162,11 +201,16 @@ impl Room {
                 .chat
                 .poll_timeout()
                 .map(|t| tokio::time::Instant::from_std(self.start + Duration::from_millis(t)));
+            let connect_timer = self.connect_deadlines.values().min().copied();
+            let relay_buffer = Arc::clone(&self.relay_buffer);
             tokio::select! {
                 msg = self.signaling.recv(), if self.signaling_up => match msg {
-                    Some(msg) => self.on_signal(msg).await,
+                    Some(Incoming::Message(msg)) => self.on_signal(msg).await,
+                    Some(Incoming::Relay(packet)) => self.on_relay_packet(&packet).await,
                     None => self.on_signaling_lost(),
                 },
+                () = relay_buffer.drained() => self.on_relay_drained().await,
+                () = sleep_until(connect_timer) => self.on_connect_timeout().await,
                 Some(event) = self.events_rx.recv() => self.on_peer_event(event).await,
                 line = next_line(&mut self.stdin) => self.on_stdin(line).await,
                 () = sleep_until(chat_timer) => {
@@ -219,11 +263,13 @@ impl Room {
                 &self.ice_servers,
                 self.config.low_watermark as usize,
                 offerer,
-                self.relay_only,
+                self.policy == PathPolicy::TurnOnly,
                 self.events_tx.clone(),
             )
             .await?;
             self.links.insert(peer.clone(), link);
+            self.connect_deadlines
+                .insert(peer.clone(), tokio::time::Instant::now() + CONNECT_TIMEOUT);
         }
         self.links
             .get_mut(peer)
@@ -245,6 +291,11 @@ impl Room {
             }
             ServerMessage::Offer { from, sdp } => {
                 self.chat.add_peer(from.clone());
+                if self.policy == PathPolicy::ServerOnly || self.relayed.contains(&from) {
+                    // We talk through the server relay; our Switch tells them.
+                    self.fall_to_relay(&from, "--force-relay server").await;
+                    return;
+                }
                 let answer = match self.link_for(&from, false).await {
                     Ok(link) => link.accept_offer(sdp).await,
                     Err(e) => Err(e),
@@ -281,6 +332,11 @@ impl Room {
     }
 
     async fn on_peer_event(&mut self, event: PeerEvent) {
+        // Once a peer is on the server relay, its old connection's events
+        // are stale, except for data it still delivered.
+        if self.relayed.contains(event.peer()) && !matches!(event, PeerEvent::Message { .. }) {
+            return;
+        }
         match event {
             PeerEvent::LocalCandidate { peer, candidate } => {
                 if self.signaling_up {
@@ -333,6 +389,8 @@ impl Room {
             }
             PeerEvent::State { peer, state } => match state {
                 RTCPeerConnectionState::Connected => {
+                    self.connect_deadlines.remove(&peer);
+                    self.was_connected.insert(peer.clone());
                     if self.connected.insert(peer.clone())
                         && let Some(link) = self.links.get(&peer)
                     {
@@ -343,9 +401,15 @@ impl Room {
                         });
                     }
                 }
-                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
-                    if self.links.contains_key(&peer) =>
-                {
+                RTCPeerConnectionState::Failed if self.links.contains_key(&peer) => {
+                    self.report.emit(Event::Disconnected {
+                        peer_id: &peer.0,
+                        state: &state.to_string(),
+                    });
+                    self.connected.remove(&peer);
+                    self.on_link_failed(&peer).await;
+                }
+                RTCPeerConnectionState::Closed if self.links.contains_key(&peer) => {
                     self.report.emit(Event::Disconnected {
                         peer_id: &peer.0,
                         state: &state.to_string(),
@@ -354,6 +418,162 @@ impl Room {
                 }
                 _ => {}
             },
+        }
+    }
+
+    /// Sends an encoded frame to `peer` on whichever path it is on.
+    async fn transmit(&mut self, peer: &PeerId, channel: Channel, frame: Vec<u8>) -> Result<()> {
+        if self.relayed.contains(peer) {
+            let payload = RelayPayload::Frame { channel, frame };
+            let envelope = self.relay_cipher.seal(&self.me, peer, &payload);
+            return self.signaling.send_relay(envelope).await;
+        }
+        match self.links.get(peer) {
+            Some(link) => link.send(channel, frame).await,
+            None => bail!("no connection to {peer}"),
+        }
+    }
+
+    /// Bytes sent to `peer`'s file path but not yet gone: the relay's queue
+    /// towards the server, or the data channel's buffered amount.
+    async fn file_buffered(&self, peer: &PeerId) -> u64 {
+        if self.relayed.contains(peer) {
+            return self.relay_buffer.queued();
+        }
+        match self.links.get(peer) {
+            Some(link) => link.buffered_amount(Channel::File).await,
+            None => 0,
+        }
+    }
+
+    /// Moves `peer` to the server relay (once): closes its WebRTC link,
+    /// tells it with a Switch packet, and brings chat and files up on the
+    /// relay. Unacknowledged chat messages are re-sent; a transfer in flight
+    /// resumes from what the receiver confirms.
+    async fn fall_to_relay(&mut self, peer: &PeerId, why: &str) {
+        if self.relayed.contains(peer) {
+            return;
+        }
+        if !self.signaling_up {
+            self.on_peer_gone(peer, "connection lost").await;
+            return;
+        }
+        tracing::info!(%peer, why, "switching to the server relay");
+        self.relayed.insert(peer.clone());
+        self.connect_deadlines.remove(peer);
+        if let Some(link) = self.links.remove(peer) {
+            link.close().await;
+        }
+        self.chat.link_down(peer);
+        let switch = self
+            .relay_cipher
+            .seal(&self.me, peer, &RelayPayload::Switch);
+        if self.signaling.send_relay(switch).await.is_err() {
+            self.on_signaling_lost();
+            return;
+        }
+        self.connected.insert(peer.clone());
+        self.report.emit(Event::Connected {
+            peer_id: &peer.0,
+            path: "server-relay",
+        });
+        let now = self.now();
+        self.chat.link_up(peer, now);
+        self.flush_chat().await;
+        if let Mode::Send { target, .. } = &mut self.mode
+            && target.is_none()
+        {
+            *target = Some(peer.clone());
+        }
+        self.on_relay_drained().await;
+    }
+
+    /// A relay packet from the server: open it; the first one from a peer
+    /// moves it to the relay too.
+    async fn on_relay_packet(&mut self, packet: &[u8]) {
+        let (from, payload) = match self.relay_cipher.open(&self.me, packet) {
+            Ok(opened) => opened,
+            Err(err) => {
+                tracing::warn!(%err, "dropped a server-relay packet");
+                self.report.emit(Event::Error {
+                    message: format!("dropped a server-relay packet: {err}"),
+                });
+                return;
+            }
+        };
+        if !self.names.contains_key(&from) && !self.relayed.contains(&from) {
+            tracing::debug!(%from, "relay packet from a peer not in the room");
+            return;
+        }
+        self.chat.add_peer(from.clone());
+        self.fall_to_relay(&from, "the peer switched to the server relay")
+            .await;
+        if let RelayPayload::Frame { channel, frame } = payload {
+            self.on_frame(from, channel, &frame).await;
+        }
+    }
+
+    /// The relay's send queue drained: let transfers on it go on.
+    async fn on_relay_drained(&mut self) {
+        let ids: Vec<TransferId> = self
+            .outgoing
+            .iter()
+            .filter(|(_, t)| self.relayed.contains(&t.peer))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.drive_outgoing(id, |t, amount| t.sender.buffered_amount(amount))
+                .await;
+        }
+    }
+
+    /// Links past their connect deadline fall to the server relay.
+    async fn on_connect_timeout(&mut self) {
+        let now = tokio::time::Instant::now();
+        let late: Vec<PeerId> = self
+            .connect_deadlines
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        for peer in late {
+            self.fall_to_relay(&peer, "WebRTC did not connect in time")
+                .await;
+        }
+    }
+
+    /// ICE failed: a link that worked before gets one ICE restart (made by
+    /// the side that made the first offer; the other waits for it) with a
+    /// fresh deadline; otherwise, or once that deadline passes, the server
+    /// relay takes over.
+    async fn on_link_failed(&mut self, peer: &PeerId) {
+        if !self.signaling_up {
+            self.on_peer_gone(peer, "connection lost").await;
+            return;
+        }
+        if !self.was_connected.remove(peer) {
+            self.fall_to_relay(peer, "ICE failed").await;
+            return;
+        }
+        self.connect_deadlines
+            .insert(peer.clone(), tokio::time::Instant::now() + CONNECT_TIMEOUT);
+        let offer = match self.links.get(peer) {
+            Some(link) if link.is_offerer() => link.create_offer(true).await,
+            _ => return,
+        };
+        match offer {
+            Ok(sdp) => {
+                tracing::info!(%peer, "ICE failed; restarting ICE");
+                self.signal(ClientMessage::Offer {
+                    to: peer.clone(),
+                    sdp,
+                })
+                .await;
+            }
+            Err(err) => {
+                tracing::info!(%peer, %err, "ICE restart impossible");
+                self.fall_to_relay(peer, "ICE restart failed").await;
+            }
         }
     }
 
@@ -445,10 +665,8 @@ impl Room {
 
     async fn send_receiver_frames(&mut self, peer: &PeerId, receiver: &mut FileReceiver) {
         while let Some(out) = receiver.poll_output() {
-            if let ReceiverOutput::Send(frame) = out
-                && let Some(link) = self.links.get(peer)
-            {
-                let _ = link.send(Channel::File, frame.encode()).await;
+            if let ReceiverOutput::Send(frame) = out {
+                let _ = self.transmit(peer, Channel::File, frame.encode()).await;
             }
         }
     }
@@ -515,24 +733,18 @@ impl Room {
         let Some(mut t) = self.outgoing.remove(&id) else {
             return;
         };
-        let buffered = match self.links.get(&t.peer) {
-            Some(link) => link.buffered_amount(Channel::File).await,
-            None => 0,
-        };
+        let buffered = self.file_buffered(&t.peer).await;
         input(&mut t, buffered);
         let mut finished = None;
         while let Some(out) = t.sender.poll_output() {
             match out {
                 SenderOutput::Send(frame) => {
-                    let Some(link) = self.links.get(&t.peer) else {
-                        continue;
-                    };
-                    if let Err(err) = link.send(Channel::File, frame.encode()).await {
+                    if let Err(err) = self.transmit(&t.peer, Channel::File, frame.encode()).await {
                         tracing::debug!(%err, "file channel send failed");
                         t.sender.cancel();
                         continue;
                     }
-                    let amount = link.buffered_amount(Channel::File).await;
+                    let amount = self.file_buffered(&t.peer).await;
                     t.sender.buffered_amount(amount);
                 }
                 SenderOutput::Read { offset, len } => {
@@ -595,9 +807,7 @@ impl Room {
         while let Some(out) = t.receiver.poll_output() {
             match out {
                 ReceiverOutput::Send(frame) => {
-                    if let Some(link) = self.links.get(peer) {
-                        let _ = link.send(Channel::File, frame.encode()).await;
-                    }
+                    let _ = self.transmit(peer, Channel::File, frame.encode()).await;
                 }
                 ReceiverOutput::Write { offset, data } => {
                     if let Err(err) = write_at(&t.part.file, &data, offset) {
@@ -632,9 +842,7 @@ impl Room {
                                     err.to_string().chars().take(200).collect(),
                                 ),
                             };
-                            if let Some(link) = self.links.get(peer) {
-                                let _ = link.send(Channel::File, cancel.encode()).await;
-                            }
+                            let _ = self.transmit(peer, Channel::File, cancel.encode()).await;
                             self.fail_receive(format!("cannot save {}: {err:#}", offer.name));
                             break;
                         }
@@ -668,6 +876,9 @@ impl Room {
         if let Some(link) = self.links.remove(peer) {
             link.close().await;
         }
+        self.relayed.remove(peer);
+        self.connect_deadlines.remove(peer);
+        self.was_connected.remove(peer);
         if self.names.remove(peer).is_some() || self.connected.remove(peer) {
             self.report.emit(Event::PeerLeft {
                 peer_id: &peer.0,
@@ -788,7 +999,11 @@ impl Room {
 
     fn check_chat_flushed(&mut self) {
         if self.flush_deadline.is_some()
-            && self.links.keys().all(|p| self.chat.unacked(p).is_empty())
+            && self
+                .links
+                .keys()
+                .chain(&self.relayed)
+                .all(|p| self.chat.unacked(p).is_empty())
         {
             self.exit = Some(Ok(()));
         }
@@ -798,9 +1013,7 @@ impl Room {
         while let Some(out) = self.chat.poll_output() {
             match out {
                 ChatOutput::Send { to, frame } => {
-                    if let Some(link) = self.links.get(&to)
-                        && let Err(err) = link.send(Channel::Chat, frame.encode()).await
-                    {
+                    if let Err(err) = self.transmit(&to, Channel::Chat, frame.encode()).await {
                         tracing::debug!(%to, %err, "chat send failed; will retry");
                     }
                 }

@@ -19,6 +19,7 @@ use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
 use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
@@ -50,6 +51,20 @@ pub enum PeerEvent {
         peer: PeerId,
         state: RTCPeerConnectionState,
     },
+}
+
+impl PeerEvent {
+    /// The remote peer the event is about.
+    pub fn peer(&self) -> &PeerId {
+        match self {
+            Self::LocalCandidate { peer, .. }
+            | Self::Open { peer, .. }
+            | Self::Closed { peer, .. }
+            | Self::Message { peer, .. }
+            | Self::BufferedLow { peer }
+            | Self::State { peer, .. } => peer,
+        }
+    }
 }
 
 /// Whether `url` is one webrtc-rs 0.17 can gather candidates from: `stun:`
@@ -103,6 +118,14 @@ fn rtc_ice_servers(servers: &[IceServer]) -> Vec<RTCIceServer> {
 /// Builds the webrtc-rs API object shared by every connection.
 pub fn build_api() -> API {
     let mut settings = SettingEngine::default();
+    // A link silent for 4 s is `disconnected`, for 8 s `failed` (webrtc-rs
+    // defaults: 5 s and 25 s); the driver then restarts ICE or falls back to
+    // the server relay, so a dead path is replaced within seconds.
+    settings.set_ice_timeouts(
+        Some(std::time::Duration::from_secs(4)),
+        Some(std::time::Duration::from_secs(8)),
+        Some(std::time::Duration::from_secs(1)),
+    );
     // Loopback candidates let two peers on one machine connect even without
     // another interface; they only ever pair with a loopback candidate.
     settings.set_include_loopback_candidate(true);
@@ -112,6 +135,7 @@ pub fn build_api() -> API {
 /// One WebRTC connection to one remote peer.
 pub struct PeerLink {
     peer: PeerId,
+    offerer: bool,
     pc: Arc<RTCPeerConnection>,
     channels: Arc<Mutex<Channels>>,
     remote_description_set: bool,
@@ -219,6 +243,7 @@ impl PeerLink {
 
         Ok(Self {
             peer,
+            offerer,
             pc,
             channels,
             remote_description_set: false,
@@ -226,9 +251,23 @@ impl PeerLink {
         })
     }
 
-    /// Makes an offer and sets it as the local description.
-    pub async fn create_offer(&self) -> Result<String> {
-        let offer = self.pc.create_offer(None).await.context("creating offer")?;
+    /// Whether this side made the offer (and so makes ICE-restart offers).
+    pub fn is_offerer(&self) -> bool {
+        self.offerer
+    }
+
+    /// Makes an offer and sets it as the local description; `ice_restart`
+    /// asks for fresh ICE credentials and candidates on a live connection.
+    pub async fn create_offer(&self, ice_restart: bool) -> Result<String> {
+        let options = RTCOfferOptions {
+            ice_restart,
+            ..Default::default()
+        };
+        let offer = self
+            .pc
+            .create_offer(Some(options))
+            .await
+            .context("creating offer")?;
         let sdp = offer.sdp.clone();
         self.pc
             .set_local_description(offer)

@@ -1,10 +1,16 @@
 //! The signaling connection: a WebSocket to `parlor-server`, JSON messages in
-//! and out. A writer task owns the sink so sending never blocks the driver.
+//! and out, plus binary server-relay packets (see [`parlor_protocol::relay`]).
+//! A writer task owns the sink so sending never blocks the driver; it counts
+//! the relay bytes not yet written, which is the relay's "buffered amount"
+//! for file flow control.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, Result, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
 use parlor_protocol::{ClientMessage, PROTOCOL_VERSION, PeerInfo, RoomId, ServerMessage};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Messages buffered towards the server before `send` waits.
@@ -21,11 +27,70 @@ pub struct Joined {
     pub ice_servers: Vec<parlor_protocol::IceServer>,
 }
 
+/// Something from the server.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A signaling message.
+    Message(ServerMessage),
+    /// A server-relay envelope (still sealed).
+    Relay(Vec<u8>),
+}
+
+enum Outgoing {
+    Message(ClientMessage),
+    Relay(Vec<u8>),
+}
+
+/// Relay bytes queued towards the server, and a signal for when they drain.
+#[derive(Debug)]
+pub struct RelayBuffer {
+    queued: AtomicU64,
+    low_watermark: AtomicU64,
+    drained: Notify,
+}
+
+impl RelayBuffer {
+    /// Relay bytes handed to [`Signaling::send_relay`] but not yet written
+    /// to the socket.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Sets the level at or below which [`Self::drained`] fires.
+    pub fn set_low_watermark(&self, bytes: u64) {
+        self.low_watermark.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Resolves once the queue has drained to the low watermark (after being
+    /// above it).
+    pub async fn drained(&self) {
+        self.drained.notified().await;
+    }
+
+    fn written(&self, bytes: u64) {
+        let before = self.queued.fetch_sub(bytes, Ordering::Relaxed);
+        let low = self.low_watermark.load(Ordering::Relaxed);
+        if before > low && before - bytes <= low {
+            self.drained.notify_one();
+        }
+    }
+}
+
 /// A joined signaling connection.
 #[derive(Debug)]
 pub struct Signaling {
-    outgoing: mpsc::Sender<ClientMessage>,
-    incoming: mpsc::Receiver<ServerMessage>,
+    outgoing: mpsc::Sender<Outgoing>,
+    incoming: mpsc::Receiver<Incoming>,
+    relay: Arc<RelayBuffer>,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Message(msg) => f.debug_tuple("Message").field(msg).finish(),
+            Self::Relay(bytes) => write!(f, "Relay({} bytes)", bytes.len()),
+        }
+    }
 }
 
 impl Signaling {
@@ -75,11 +140,26 @@ impl Signaling {
             }
         };
 
-        let (out_tx, mut out_rx) = mpsc::channel::<ClientMessage>(OUTGOING_QUEUE);
-        let (in_tx, in_rx) = mpsc::channel::<ServerMessage>(OUTGOING_QUEUE);
+        let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(OUTGOING_QUEUE);
+        let (in_tx, in_rx) = mpsc::channel::<Incoming>(OUTGOING_QUEUE);
+        let relay = Arc::new(RelayBuffer {
+            queued: AtomicU64::new(0),
+            low_watermark: AtomicU64::new(0),
+            drained: Notify::new(),
+        });
+        let buffer = Arc::clone(&relay);
         tokio::spawn(async move {
-            while let Some(msg) = out_rx.recv().await {
-                if sink.send(Message::text(msg.to_json())).await.is_err() {
+            while let Some(out) = out_rx.recv().await {
+                let sent = match out {
+                    Outgoing::Message(msg) => sink.send(Message::text(msg.to_json())).await,
+                    Outgoing::Relay(bytes) => {
+                        let len = bytes.len() as u64;
+                        let sent = sink.send(Message::binary(bytes)).await;
+                        buffer.written(len);
+                        sent
+                    }
+                };
+                if sent.is_err() {
                     break;
                 }
             }
@@ -90,12 +170,19 @@ impl Signaling {
                 match msg {
                     Ok(Message::Text(text)) => match ServerMessage::from_json(&text) {
                         Ok(msg) => {
-                            if in_tx.send(msg).await.is_err() {
+                            if in_tx.send(Incoming::Message(msg)).await.is_err() {
                                 break;
                             }
                         }
                         Err(err) => tracing::warn!(%err, "unreadable message from server"),
                     },
+                    // Awaiting here stops reading the socket while the driver
+                    // is busy: TCP pushes back on the relaying server.
+                    Ok(Message::Binary(bytes)) => {
+                        if in_tx.send(Incoming::Relay(bytes.to_vec())).await.is_err() {
+                            break;
+                        }
+                    }
                     Ok(Message::Close(frame)) => {
                         tracing::info!(reason = ?frame.map(|f| f.reason.to_string()), "server closed signaling");
                         break;
@@ -112,6 +199,7 @@ impl Signaling {
             Self {
                 outgoing: out_tx,
                 incoming: in_rx,
+                relay,
             },
             joined,
         ))
@@ -120,13 +208,30 @@ impl Signaling {
     /// Queues a message for the server. Fails only when the connection is gone.
     pub async fn send(&self, msg: ClientMessage) -> Result<()> {
         self.outgoing
-            .send(msg)
+            .send(Outgoing::Message(msg))
             .await
             .map_err(|_| anyhow::anyhow!("signaling connection closed"))
     }
 
-    /// The next message from the server; `None` once the connection is gone.
-    pub async fn recv(&mut self) -> Option<ServerMessage> {
+    /// Queues a server-relay envelope. Fails only when the connection is gone.
+    pub async fn send_relay(&self, envelope: Vec<u8>) -> Result<()> {
+        let len = envelope.len() as u64;
+        self.relay.queued.fetch_add(len, Ordering::Relaxed);
+        if self.outgoing.send(Outgoing::Relay(envelope)).await.is_err() {
+            self.relay.queued.fetch_sub(len, Ordering::Relaxed);
+            anyhow::bail!("signaling connection closed");
+        }
+        Ok(())
+    }
+
+    /// The relay's send buffer.
+    pub fn relay_buffer(&self) -> Arc<RelayBuffer> {
+        Arc::clone(&self.relay)
+    }
+
+    /// The next message or relay packet from the server; `None` once the
+    /// connection is gone.
+    pub async fn recv(&mut self) -> Option<Incoming> {
         self.incoming.recv().await
     }
 }
