@@ -6,6 +6,7 @@
 //! its handle drops, so a failing test never leaves processes behind.
 
 pub mod browser;
+pub mod netns;
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -76,8 +77,16 @@ impl Server {
     /// relay gets free ports too (`--turn-port 0`), so servers run side by
     /// side.
     pub async fn start(args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(bin_dir().join("parlor-server"))
-            .args(["--listen", "127.0.0.1:0", "--turn-port", "0"])
+        let mut all = vec!["--listen", "127.0.0.1:0", "--turn-port", "0"];
+        all.extend_from_slice(args);
+        Self::start_wrapped(&[], &all).await
+    }
+
+    /// Starts `WRAPPER... parlor-server ARGS...` with exactly `args` (no
+    /// default listen address or ports), e.g. with the wrapper
+    /// `ip netns exec NS` to run it inside a network namespace.
+    pub async fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Result<Self> {
+        let mut child = wrapped_command(wrapper, "parlor-server")
             .args(args)
             .env("PARLOR_LOG", "warn")
             .stdout(Stdio::piped())
@@ -126,7 +135,13 @@ pub struct Peer {
 impl Peer {
     /// Starts `parlor --json ARGS...`.
     pub fn spawn(label: &str, args: &[&str]) -> Result<Self> {
-        let mut child = Command::new(bin_dir().join("parlor"))
+        Self::spawn_wrapped(&[], label, args)
+    }
+
+    /// Starts `WRAPPER... parlor --json ARGS...`, e.g. with the wrapper
+    /// `ip netns exec NS` to run it inside a network namespace.
+    pub fn spawn_wrapped(wrapper: &[&str], label: &str, args: &[&str]) -> Result<Self> {
+        let mut child = wrapped_command(wrapper, "parlor")
             .arg("--json")
             .args(["--name", label])
             .args(args)
@@ -285,6 +300,19 @@ impl Peer {
     /// Kills the process.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+/// `WRAPPER... BIN` for the workspace binary `bin` (just `BIN` without a wrapper).
+fn wrapped_command(wrapper: &[&str], bin: &str) -> Command {
+    let bin = bin_dir().join(bin);
+    match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(rest).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
     }
 }
 
