@@ -7,6 +7,7 @@
 //!   channels (chat, acks, file transfer).
 //! - [`relay`]: frames carried over the signaling WebSocket when no WebRTC
 //!   path works, sealed end to end.
+//! - [`sealed`]: SDP and ICE candidates sealed end to end inside signaling.
 //! - [`seal`]: XChaCha20-Poly1305 sealing under keys derived from the room
 //!   key, which never reaches the server.
 //! - [`ids`]: room ids, room keys, peer ids and the invite link that carries
@@ -19,6 +20,7 @@ pub mod frame;
 pub mod ids;
 pub mod relay;
 pub mod seal;
+pub mod sealed;
 pub mod signaling;
 
 pub use frame::{
@@ -26,6 +28,7 @@ pub use frame::{
 };
 pub use ids::{InviteLink, InviteLinkError, PeerId, RoomId, RoomIdError, RoomKey};
 pub use relay::{RelayCipher, RelayError, RelayPayload};
+pub use sealed::{PeerSignal, SealedSignalError, SignalCipher};
 pub use signaling::{
     ClientMessage, ErrorCode, IceCandidate, IceServer, PeerInfo, ServerMessage, SignalingError,
 };

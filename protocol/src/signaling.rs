@@ -56,6 +56,16 @@ pub enum ClientMessage {
         /// The candidate, opaque to the server.
         candidate: IceCandidate,
     },
+    /// An offer, answer or candidate for peer `to`, sealed with the room key
+    /// (see [`crate::sealed`]): the server forwards it unread and cannot
+    /// alter it unnoticed. Current clients send only this; the unsealed
+    /// `offer`/`answer`/`candidate` remain for older clients.
+    Signal {
+        /// The addressee, a peer of the same room.
+        to: PeerId,
+        /// base64url of the sealed [`crate::sealed::PeerSignal`].
+        sealed: String,
+    },
     /// Application-level keep-alive; the server answers [`ServerMessage::Pong`].
     Ping,
     /// Answer to a server [`ServerMessage::Ping`].
@@ -109,6 +119,13 @@ pub enum ServerMessage {
         from: PeerId,
         /// The candidate.
         candidate: IceCandidate,
+    },
+    /// A sealed offer, answer or candidate from peer `from`.
+    Signal {
+        /// The sender.
+        from: PeerId,
+        /// base64url of the sealed [`crate::sealed::PeerSignal`].
+        sealed: String,
     },
     /// Something the client sent was refused. The connection stays open unless
     /// the server also closes it (then the close frame carries the reason).

@@ -88,6 +88,14 @@ pub const DEFAULT_TURN_TTL_SECS: u64 = 12 * 60 * 60;
 /// pair of peers cannot fill a small server's uplink.
 pub const DEFAULT_TURN_MAX_BANDWIDTH: u64 = 10 * 1024 * 1024;
 
+/// WebSockets one address may hold open: generous, because a whole office
+/// or campus can share one address behind NAT.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
+
+/// New WebSockets per second per address (bursts of three times as many):
+/// a person opens one per tab; reconnect back-off is far slower.
+pub const DEFAULT_IP_CONNECT_RATE: u32 = 10;
+
 /// Default `--relay-max-bandwidth`: 10 MiB/s per room, the same as one TURN
 /// allocation, so falling back to the server relay keeps transfers at a
 /// usable speed without letting one room take the server's whole uplink.
@@ -122,6 +130,30 @@ pub struct Config {
     #[arg(long, env = "PARLOR_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
+
+    /// WebSockets one IP address may have open at once.
+    #[arg(long, env = "PARLOR_MAX_CONNECTIONS_PER_IP", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections_per_ip: usize,
+
+    /// New WebSockets per second one IP address may open (sustained; bursts
+    /// of three times as many).
+    #[arg(long, env = "PARLOR_IP_CONNECT_RATE", default_value_t = DEFAULT_IP_CONNECT_RATE,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub ip_connect_rate: u32,
+
+    /// A web origin (e.g. `https://chat.example.org`) allowed to open the
+    /// signaling WebSocket besides the server's own (repeatable; in the
+    /// environment, comma-separated). Browsers always send `Origin`, so
+    /// another site cannot use this server from its pages; clients without
+    /// an `Origin` (the CLI) are not affected.
+    #[arg(
+        long = "allowed-origin",
+        value_name = "ORIGIN",
+        env = "PARLOR_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
 
     /// Signaling messages per second a connection may send (sustained).
     #[arg(long, env = "PARLOR_RATE_PER_SEC", default_value_t = DEFAULT_RATE_PER_SEC,
@@ -251,6 +283,9 @@ impl Default for Config {
             max_peers_per_room: DEFAULT_MAX_PEERS_PER_ROOM,
             max_rooms: DEFAULT_MAX_ROOMS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            ip_connect_rate: DEFAULT_IP_CONNECT_RATE,
+            allowed_origins: Vec::new(),
             rate_per_sec: DEFAULT_RATE_PER_SEC,
             rate_burst: DEFAULT_RATE_BURST,
             max_strikes: DEFAULT_MAX_STRIKES,

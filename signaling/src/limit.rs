@@ -7,6 +7,7 @@
 //! arithmetic is tested without a clock.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -87,6 +88,105 @@ impl TokenBucket {
         } else {
             Duration::from_secs_f64((n - self.tokens) / self.rate)
         }
+    }
+}
+
+/// Why a new WebSocket from one IP address was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IpRefusal {
+    /// The address has `--max-connections-per-ip` WebSockets open.
+    #[error("too many connections from your address (at most {0} at once)")]
+    TooManyOpen(usize),
+    /// The address opens connections faster than `--ip-connect-rate`.
+    #[error("connecting too fast from your address; retry in {0} ms")]
+    TooFast(u128),
+}
+
+#[derive(Debug)]
+struct IpEntry {
+    open: usize,
+    bucket: TokenBucket,
+}
+
+/// Per-IP limits on WebSockets: how many may be open at once and how fast
+/// new ones may be opened (a token bucket per address). Entries of
+/// addresses with nothing open are swept once their bucket would be full
+/// again, so memory stays bounded by the addresses seen recently.
+#[derive(Debug)]
+pub struct IpLimits {
+    max_open: usize,
+    rate_per_sec: u32,
+    burst: u32,
+    entries: Mutex<HashMap<IpAddr, IpEntry>>,
+}
+
+/// Counts one WebSocket of an address as open until dropped.
+#[derive(Debug)]
+pub struct IpGuard {
+    limits: Arc<IpLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        let mut entries = self.limits.lock();
+        if let Some(entry) = entries.get_mut(&self.ip) {
+            entry.open = entry.open.saturating_sub(1);
+        }
+    }
+}
+
+/// Addresses tracked before a sweep of idle ones.
+const IP_SWEEP_THRESHOLD: usize = 4096;
+
+impl IpLimits {
+    /// At most `max_open` WebSockets per address, opened at `rate_per_sec`
+    /// with bursts of `burst`.
+    pub fn new(max_open: usize, rate_per_sec: u32, burst: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max_open: max_open.max(1),
+            rate_per_sec,
+            burst,
+            entries: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, IpEntry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Admits a new WebSocket from `ip`, or says why not.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<IpGuard, IpRefusal> {
+        let mut entries = self.lock();
+        if entries.len() >= IP_SWEEP_THRESHOLD && !entries.contains_key(&ip) {
+            let refill = Duration::from_secs_f64(
+                f64::from(self.burst.max(1)) / f64::from(self.rate_per_sec.max(1)),
+            );
+            entries
+                .retain(|_, e| e.open > 0 || now.saturating_duration_since(e.bucket.last) < refill);
+        }
+        let entry = entries.entry(ip).or_insert_with(|| IpEntry {
+            open: 0,
+            bucket: TokenBucket::new(self.rate_per_sec, self.burst, now),
+        });
+        if entry.open >= self.max_open {
+            return Err(IpRefusal::TooManyOpen(self.max_open));
+        }
+        if !entry.bucket.try_take(now) {
+            return Err(IpRefusal::TooFast(
+                entry.bucket.wait_time().as_millis().max(1),
+            ));
+        }
+        entry.open += 1;
+        Ok(IpGuard {
+            limits: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Addresses tracked now (for tests).
+    pub fn tracked(&self) -> usize {
+        self.lock().len()
     }
 }
 
@@ -215,6 +315,37 @@ mod tests {
         take_relay_bytes(&bucket, packet).await; // one second's refill
         let waited = start.elapsed();
         assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    }
+
+    #[test]
+    fn addresses_are_limited_in_open_connections_and_rate() {
+        let t0 = Instant::now();
+        let limits = IpLimits::new(2, 1, 3);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let a = limits.admit(ip, t0).unwrap();
+        let _b = limits.admit(ip, t0).unwrap();
+        assert_eq!(limits.admit(ip, t0).unwrap_err(), IpRefusal::TooManyOpen(2));
+        let _c = limits.admit(other, t0).unwrap();
+        drop(a);
+        let _d = limits.admit(ip, t0).unwrap(); // the third token of the burst
+        drop(_d);
+        assert!(matches!(limits.admit(ip, t0), Err(IpRefusal::TooFast(_))));
+        assert!(limits.admit(ip, t0 + Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn idle_addresses_are_swept() {
+        let t0 = Instant::now();
+        let limits = IpLimits::new(4, 10, 10);
+        for i in 0..IP_SWEEP_THRESHOLD as u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            drop(limits.admit(ip, t0).unwrap());
+        }
+        assert_eq!(limits.tracked(), IP_SWEEP_THRESHOLD);
+        let later = t0 + Duration::from_secs(5);
+        let _g = limits.admit("192.0.2.9".parse().unwrap(), later).unwrap();
+        assert_eq!(limits.tracked(), 1);
     }
 
     #[test]

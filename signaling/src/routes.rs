@@ -10,12 +10,14 @@
 //! | anything else | `404` |
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use warp::http::StatusCode;
 use warp::ws::Ws;
 use warp::{Filter, Rejection, Reply};
 
+use crate::limit::IpRefusal;
 use crate::session::{self, TRANSPORT_MAX_MESSAGE_BYTES};
 use crate::state::App;
 use crate::{metrics, web};
@@ -25,6 +27,9 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
     let ws = warp::path("ws")
         .and(warp::path::end())
         .and(warp::ws())
+        .and(warp::addr::remote())
+        .and(warp::header::optional::<String>("origin"))
+        .and(warp::header::optional::<String>("host"))
         .and(with_app(Arc::clone(&app)))
         .and_then(websocket);
     let healthz = warp::path("healthz")
@@ -37,7 +42,11 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .and(with_app(Arc::clone(&app)))
         .map(metrics);
     let web = web::routes(app.config().web_dir.clone());
-    ws.or(healthz).or(metrics).or(web).recover(recover)
+    ws.or(healthz)
+        .or(metrics)
+        .or(web)
+        .recover(recover)
+        .with(warp::reply::with::headers(web::security_headers()))
 }
 
 fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = Infallible> + Clone {
@@ -57,11 +66,67 @@ pub enum Unavailable {
 
 impl warp::reject::Reject for Unavailable {}
 
+/// Why a WebSocket upgrade was refused for this client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// A browser page from another site tried to connect.
+    #[error("origin {0} may not use this server (see --allowed-origin)")]
+    Origin(String),
+    /// The client's address is over its limits.
+    #[error(transparent)]
+    Address(#[from] IpRefusal),
+}
+
+impl warp::reject::Reject for Refused {}
+
+/// Whether a WebSocket with this `Origin` may connect: no `Origin` (not a
+/// browser), the server's own origin (same host and port as `Host`), or one
+/// of `--allowed-origin`.
+pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else {
+        return true;
+    };
+    let origin = origin.trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+}
+
 /// `GET /ws`: counts the connection (or refuses it with 503) and upgrades.
-async fn websocket(ws: Ws, app: Arc<App>) -> Result<impl Reply, Rejection> {
+async fn websocket(
+    ws: Ws,
+    remote: Option<SocketAddr>,
+    origin: Option<String>,
+    host: Option<String>,
+    app: Arc<App>,
+) -> Result<impl Reply, Rejection> {
     if app.is_shutting_down() {
         return Err(warp::reject::custom(Unavailable::ShuttingDown));
     }
+    if !origin_allowed(
+        origin.as_deref(),
+        host.as_deref(),
+        &app.config().allowed_origins,
+    ) {
+        let origin = origin.unwrap_or_default();
+        tracing::info!(%origin, "WebSocket from a foreign origin refused");
+        return Err(warp::reject::custom(Refused::Origin(origin)));
+    }
+    let ip = remote.map_or(IpAddr::from([0, 0, 0, 0]), |r| r.ip());
+    let ip_guard = match app.ip_limits().admit(ip, std::time::Instant::now()) {
+        Ok(guard) => guard,
+        Err(refusal) => {
+            tracing::info!(%ip, %refusal, "WebSocket refused");
+            return Err(warp::reject::custom(Refused::from(refusal)));
+        }
+    };
     let Some(conn) = app.try_connect() else {
         tracing::warn!(
             max = app.config().max_connections,
@@ -72,7 +137,10 @@ async fn websocket(ws: Ws, app: Arc<App>) -> Result<impl Reply, Rejection> {
     Ok(ws
         .max_message_size(TRANSPORT_MAX_MESSAGE_BYTES)
         .max_frame_size(TRANSPORT_MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| session::serve(socket, app, conn)))
+        .on_upgrade(move |socket| async move {
+            session::serve(socket, app, conn).await;
+            drop(ip_guard);
+        }))
 }
 
 /// `GET /metrics`.
@@ -86,6 +154,12 @@ pub async fn recover(rejection: Rejection) -> Result<impl Reply, Infallible> {
         (StatusCode::NOT_FOUND, "not found".to_owned())
     } else if let Some(unavailable) = rejection.find::<Unavailable>() {
         (StatusCode::SERVICE_UNAVAILABLE, unavailable.to_string())
+    } else if let Some(refused) = rejection.find::<Refused>() {
+        let status = match refused {
+            Refused::Origin(_) => StatusCode::FORBIDDEN,
+            Refused::Address(_) => StatusCode::TOO_MANY_REQUESTS,
+        };
+        (status, refused.to_string())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         (
             StatusCode::METHOD_NOT_ALLOWED,

@@ -329,6 +329,17 @@ impl Session {
                 )
                 .await
             }
+            ClientMessage::Signal { to, sealed } => {
+                debug!(kind, %to, sealed_bytes = sealed.len(), "forwarding");
+                self.forward(
+                    to,
+                    ServerMessage::Signal {
+                        from: self.id.clone(),
+                        sealed,
+                    },
+                )
+                .await
+            }
             ClientMessage::Ping => self.push(Outbound::Message(ServerMessage::Pong)),
             ClientMessage::Pong => ControlFlow::Continue(()),
             // A message type added to the protocol after this server was built.
@@ -614,6 +625,7 @@ fn message_type(msg: &ClientMessage) -> &'static str {
     match msg {
         ClientMessage::Hello { .. } => "hello",
         ClientMessage::Offer { .. } => "offer",
+        ClientMessage::Signal { .. } => "signal",
         ClientMessage::Answer { .. } => "answer",
         ClientMessage::Candidate { .. } => "candidate",
         ClientMessage::Ping => "ping",

@@ -11,7 +11,7 @@ use parlor_protocol::{IceServer, PeerId};
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
-use crate::limit::RoomRelayLimits;
+use crate::limit::{IpLimits, RoomRelayLimits};
 use crate::metrics::Metrics;
 use crate::rooms::{MemoryRooms, PeerIds, RoomBackend};
 use crate::turn::TurnAdvert;
@@ -27,6 +27,7 @@ pub struct App {
     metrics: Metrics,
     peer_ids: PeerIds,
     relay_limits: RoomRelayLimits,
+    ip_limits: Arc<IpLimits>,
     /// Open WebSockets. A watch channel rather than an atomic so that
     /// shutdown can wait for zero, and so that check-and-increment happens
     /// under one lock (`send_if_modified`).
@@ -69,6 +70,11 @@ impl App {
         Ok(Arc::new(Self {
             ice_servers: config.ice_server_list(),
             relay_limits: RoomRelayLimits::new(config.relay_max_bandwidth),
+            ip_limits: IpLimits::new(
+                config.max_connections_per_ip,
+                config.ip_connect_rate,
+                config.ip_connect_rate.saturating_mul(3),
+            ),
             turn,
             config,
             backend,
@@ -117,6 +123,11 @@ impl App {
     /// The server relay's per-room byte buckets.
     pub fn relay_limits(&self) -> &RoomRelayLimits {
         &self.relay_limits
+    }
+
+    /// The per-address WebSocket limits.
+    pub fn ip_limits(&self) -> &Arc<IpLimits> {
+        &self.ip_limits
     }
 
     /// The peer id generator.

@@ -128,3 +128,19 @@ async fn a_built_app_is_served_with_index_html_for_room_links() {
     assert_eq!(http_get(server.addr, "/missing.js").await.0, 404);
     assert_eq!(http_get(server.addr, "/healthz").await.2, "ok");
 }
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers() {
+    let server = TestServer::start(test_config()).await;
+    for path in ["/healthz", "/", "/nope"] {
+        let (_, headers, _) = http_get(server.addr, path).await;
+        let headers = headers.to_ascii_lowercase();
+        for expected in [
+            "x-content-type-options: nosniff",
+            "referrer-policy: no-referrer",
+            "x-frame-options: deny",
+        ] {
+            assert!(headers.contains(expected), "{path}: {headers}");
+        }
+    }
+}

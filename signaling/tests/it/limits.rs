@@ -272,3 +272,86 @@ async fn websockets_beyond_max_connections_get_503() {
     }
     ada.hello(&new_room(), "ada").await;
 }
+
+#[tokio::test]
+async fn one_address_is_held_to_its_connection_limits() {
+    let server = TestServer::start(Config {
+        max_connections_per_ip: 2,
+        ..test_config()
+    })
+    .await;
+    let _a = server.client().await;
+    let b = server.client().await;
+    let status = |result: Result<_, tokio_tungstenite::tungstenite::Error>| match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Ok(_) => 101,
+        Err(other) => panic!("{other}"),
+    };
+    assert_eq!(
+        status(tokio_tungstenite::connect_async(server.ws_url()).await),
+        429
+    );
+    drop(b);
+    // The slot frees once the session has ended.
+    let mut admitted = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if status(tokio_tungstenite::connect_async(server.ws_url()).await) == 101 {
+            admitted = true;
+            break;
+        }
+    }
+    assert!(admitted, "a closed connection must free its address's slot");
+
+    let fast = TestServer::start(Config {
+        ip_connect_rate: 1, // bursts of 3
+        ..test_config()
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(status(
+            tokio_tungstenite::connect_async(fast.ws_url()).await,
+        ));
+    }
+    assert_eq!(statuses, [101, 101, 101, 429, 429]);
+}
+
+#[tokio::test]
+async fn pages_of_other_sites_cannot_open_the_websocket() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let server = TestServer::start(Config {
+        allowed_origins: vec!["https://chat.example.org".into()],
+        ..test_config()
+    })
+    .await;
+    let connect = |origin: Option<String>| {
+        let mut request = server.ws_url().into_client_request().unwrap();
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().unwrap());
+        }
+        async move {
+            match tokio_tungstenite::connect_async(request).await {
+                Ok(_) => 101,
+                Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                    let status = response.status().as_u16();
+                    let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or(&[]))
+                        .into_owned();
+                    if status == 403 {
+                        assert!(body.contains("may not use this server"), "{body}");
+                    }
+                    status
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    };
+    let own = format!("http://{}", server.addr);
+    assert_eq!(connect(None).await, 101, "no Origin: a native client");
+    assert_eq!(connect(Some(own)).await, 101, "the server's own pages");
+    assert_eq!(connect(Some("https://chat.example.org".into())).await, 101);
+    assert_eq!(connect(Some("https://evil.example".into())).await, 403);
+    assert_eq!(connect(Some("null".into())).await, 403);
+}
