@@ -13,9 +13,10 @@ use parlor_core::{
     ChatOutput, ChatSession, FileReceiver, FileSender, MessageStatus, Millis, ReceiverOutput,
     SenderOutput, TransferConfig,
 };
+use parlor_protocol::sealed::sdp_fingerprint;
 use parlor_protocol::{
-    CancelReason, ClientMessage, FileOffer, Frame, IceServer, MessageId, PeerId, RelayCipher,
-    RelayPayload, RoomKey, ServerMessage, TransferId,
+    CancelReason, ClientMessage, FileOffer, Frame, IceCandidate, IceServer, MessageId, PeerId,
+    PeerSignal, RelayCipher, RelayPayload, RoomKey, ServerMessage, SignalCipher, TransferId,
 };
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines, Stdin};
 use tokio::sync::mpsc;
@@ -106,9 +107,18 @@ pub struct Room {
     me: PeerId,
     /// Seals and opens server-relay packets with the room key.
     relay_cipher: RelayCipher,
+    /// Seals and opens offers, answers and candidates with the room key.
+    signal_cipher: SignalCipher,
+    /// The DTLS fingerprint each peer's sealed SDP announced.
+    remote_fingerprints: HashMap<PeerId, (String, Vec<u8>)>,
+    /// Peers whose signaling was tampered with: never connected to.
+    refused: HashSet<PeerId>,
     relay_buffer: Arc<RelayBuffer>,
     /// Peers reached through the server relay instead of WebRTC.
     relayed: HashSet<PeerId>,
+    /// Relayed peers that answered with an authenticated packet: the relay
+    /// link is up (the peer holds the room key and switched too).
+    relay_up: HashSet<PeerId>,
     /// WebRTC links that must connect by then, or fall to the server relay.
     connect_deadlines: HashMap<PeerId, tokio::time::Instant>,
     /// WebRTC links that were connected once (a failure then tries an ICE
@@ -155,8 +165,12 @@ impl Room {
             policy,
             me: joined.peer_id,
             relay_cipher: RelayCipher::new(key, rand::random()),
+            signal_cipher: SignalCipher::new(key, rand::random()),
+            remote_fingerprints: HashMap::new(),
+            refused: HashSet::new(),
             relay_buffer,
             relayed: HashSet::new(),
+            relay_up: HashSet::new(),
             connect_deadlines: HashMap::new(),
             was_connected: HashSet::new(),
             stdin,
@@ -174,7 +188,7 @@ impl Room {
             }
             let link = room.link_for(&peer.id, true).await?;
             let sdp = link.create_offer(false).await?;
-            room.signal(ClientMessage::Offer { to: peer.id, sdp }).await;
+            room.send_signal(&peer.id, PeerSignal::Offer { sdp }).await;
         }
         Ok(room)
     }
@@ -238,6 +252,16 @@ impl Room {
         }
     }
 
+    /// Sends an offer, answer or candidate to `to`, sealed with the room key.
+    async fn send_signal(&mut self, to: &PeerId, signal: PeerSignal) {
+        let sealed = self.signal_cipher.seal(&self.me, to, &signal);
+        self.signal(ClientMessage::Signal {
+            to: to.clone(),
+            sealed,
+        })
+        .await;
+    }
+
     fn on_signaling_lost(&mut self) {
         if !self.signaling_up {
             return;
@@ -289,37 +313,31 @@ impl Room {
             ServerMessage::PeerLeft { peer_id } => {
                 self.on_peer_gone(&peer_id, "left the room").await
             }
-            ServerMessage::Offer { from, sdp } => {
-                self.chat.add_peer(from.clone());
-                if self.policy == PathPolicy::ServerOnly || self.relayed.contains(&from) {
-                    // We talk through the server relay; our Switch tells them.
-                    self.fall_to_relay(&from, "--force-relay server").await;
+            ServerMessage::Signal { from, sealed } => {
+                if self.refused.contains(&from) {
                     return;
                 }
-                let answer = match self.link_for(&from, false).await {
-                    Ok(link) => link.accept_offer(sdp).await,
-                    Err(e) => Err(e),
-                };
-                match answer {
-                    Ok(sdp) => self.signal(ClientMessage::Answer { to: from, sdp }).await,
-                    Err(err) => self.report.emit(Event::Error {
-                        message: format!("offer from {from}: {err:#}"),
-                    }),
+                match self.signal_cipher.open(&self.me, &from, &sealed) {
+                    Ok(PeerSignal::Offer { sdp }) => self.on_offer_sdp(from, sdp).await,
+                    Ok(PeerSignal::Answer { sdp }) => self.on_answer_sdp(from, sdp).await,
+                    Ok(PeerSignal::Candidate { candidate }) => {
+                        self.on_remote_candidate(from, candidate).await;
+                    }
+                    Err(err) => self.refuse_peer(&from, &err.to_string()).await,
                 }
             }
-            ServerMessage::Answer { from, sdp } => {
-                if let Some(link) = self.links.get_mut(&from)
-                    && let Err(err) = link.accept_answer(sdp).await
-                {
-                    self.report.emit(Event::Error {
-                        message: format!("answer from {from}: {err:#}"),
-                    });
-                }
-            }
-            ServerMessage::Candidate { from, candidate } => {
-                if let Some(link) = self.links.get_mut(&from) {
-                    link.add_candidate(candidate).await;
-                }
+            ServerMessage::Offer { from, .. }
+            | ServerMessage::Answer { from, .. }
+            | ServerMessage::Candidate { from, .. } => {
+                // The server (or an old client) sent SDP in the clear; the
+                // room key cannot vouch for it.
+                tracing::warn!(%from, "unsealed signaling refused");
+                self.report.emit(Event::Error {
+                    message: format!(
+                        "refused unsealed signaling from {from}: this peer only accepts offers, \
+                         answers and candidates sealed with the invite key"
+                    ),
+                });
             }
             ServerMessage::Error { code, message } => {
                 self.report.emit(Event::Error {
@@ -331,6 +349,67 @@ impl Room {
         }
     }
 
+    /// A sealed offer: answer it (or, on the server relay, say so instead).
+    async fn on_offer_sdp(&mut self, from: PeerId, sdp: String) {
+        self.chat.add_peer(from.clone());
+        if self.policy == PathPolicy::ServerOnly || self.relayed.contains(&from) {
+            // We talk through the server relay; our Switch tells them.
+            self.fall_to_relay(&from, "--force-relay server").await;
+            return;
+        }
+        if let Some(fingerprint) = sdp_fingerprint(&sdp) {
+            self.remote_fingerprints.insert(from.clone(), fingerprint);
+        }
+        let answer = match self.link_for(&from, false).await {
+            Ok(link) => link.accept_offer(sdp).await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(sdp) => self.send_signal(&from, PeerSignal::Answer { sdp }).await,
+            Err(err) => self.report.emit(Event::Error {
+                message: format!("offer from {from}: {err:#}"),
+            }),
+        }
+    }
+
+    async fn on_answer_sdp(&mut self, from: PeerId, sdp: String) {
+        if let Some(fingerprint) = sdp_fingerprint(&sdp) {
+            self.remote_fingerprints.insert(from.clone(), fingerprint);
+        }
+        if let Some(link) = self.links.get_mut(&from)
+            && let Err(err) = link.accept_answer(sdp).await
+        {
+            self.report.emit(Event::Error {
+                message: format!("answer from {from}: {err:#}"),
+            });
+        }
+    }
+
+    async fn on_remote_candidate(&mut self, from: PeerId, candidate: IceCandidate) {
+        if let Some(link) = self.links.get_mut(&from) {
+            link.add_candidate(candidate).await;
+        }
+    }
+
+    /// Signaling from `peer` was tampered with (or the DTLS certificate is
+    /// not the one its sealed SDP announced): warn, and never connect to it,
+    /// neither directly nor through any relay.
+    async fn refuse_peer(&mut self, peer: &PeerId, why: &str) {
+        tracing::warn!(%peer, why, "refusing peer");
+        self.report.emit(Event::Error {
+            message: format!("security warning: {why}"),
+        });
+        self.refused.insert(peer.clone());
+        self.connect_deadlines.remove(peer);
+        if let Some(link) = self.links.remove(peer) {
+            link.close().await;
+        }
+        self.relayed.remove(peer);
+        self.relay_up.remove(peer);
+        self.connected.remove(peer);
+        self.chat.link_down(peer);
+    }
+
     async fn on_peer_event(&mut self, event: PeerEvent) {
         // Once a peer is on the server relay, its old connection's events
         // are stale, except for data it still delivered.
@@ -340,11 +419,8 @@ impl Room {
         match event {
             PeerEvent::LocalCandidate { peer, candidate } => {
                 if self.signaling_up {
-                    self.signal(ClientMessage::Candidate {
-                        to: peer,
-                        candidate,
-                    })
-                    .await;
+                    self.send_signal(&peer, PeerSignal::Candidate { candidate })
+                        .await;
                 }
             }
             PeerEvent::Open {
@@ -389,6 +465,10 @@ impl Room {
             }
             PeerEvent::State { peer, state } => match state {
                 RTCPeerConnectionState::Connected => {
+                    if let Err(why) = self.check_fingerprint(&peer).await {
+                        self.refuse_peer(&peer, &why).await;
+                        return;
+                    }
                     self.connect_deadlines.remove(&peer);
                     self.was_connected.insert(peer.clone());
                     if self.connected.insert(peer.clone())
@@ -421,6 +501,31 @@ impl Room {
         }
     }
 
+    /// Checks that the DTLS certificate `peer` presented is the one whose
+    /// fingerprint its sealed SDP announced. (webrtc-rs checks this against
+    /// the remote description too; checking here ties the connection to the
+    /// sealed, authenticated SDP explicitly.)
+    async fn check_fingerprint(&self, peer: &PeerId) -> Result<(), String> {
+        let Some((algorithm, expected)) = self.remote_fingerprints.get(peer) else {
+            return Err(format!(
+                "{peer}'s sealed SDP announced no DTLS fingerprint: refusing the connection"
+            ));
+        };
+        let Some(link) = self.links.get(peer) else {
+            return Ok(());
+        };
+        match link.remote_certificate_fingerprint(algorithm).await {
+            Some(actual) if &actual == expected => Ok(()),
+            Some(_) => Err(format!(
+                "the DTLS certificate of {peer} is not the one its sealed SDP announced: \
+                 someone is in the middle; refusing the connection"
+            )),
+            None => Err(format!(
+                "cannot check {peer}'s DTLS certificate ({algorithm}): refusing the connection"
+            )),
+        }
+    }
+
     /// Sends an encoded frame to `peer` on whichever path it is on.
     async fn transmit(&mut self, peer: &PeerId, channel: Channel, frame: Vec<u8>) -> Result<()> {
         if self.relayed.contains(peer) {
@@ -446,10 +551,9 @@ impl Room {
         }
     }
 
-    /// Moves `peer` to the server relay (once): closes its WebRTC link,
-    /// tells it with a Switch packet, and brings chat and files up on the
-    /// relay. Unacknowledged chat messages are re-sent; a transfer in flight
-    /// resumes from what the receiver confirms.
+    /// Moves `peer` to the server relay (once): closes its WebRTC link and
+    /// tells it with a Switch packet. The link counts as up once an
+    /// authenticated packet comes back ([`Self::relay_confirmed`]).
     async fn fall_to_relay(&mut self, peer: &PeerId, why: &str) {
         if self.relayed.contains(peer) {
             return;
@@ -470,6 +574,14 @@ impl Room {
             .seal(&self.me, peer, &RelayPayload::Switch);
         if self.signaling.send_relay(switch).await.is_err() {
             self.on_signaling_lost();
+        }
+    }
+
+    /// The first authenticated packet from a relayed peer: chat and files
+    /// come up on the relay. Unacknowledged chat messages are re-sent; a
+    /// transfer in flight resumes from what the receiver confirms.
+    async fn relay_confirmed(&mut self, peer: &PeerId) {
+        if !self.relay_up.insert(peer.clone()) {
             return;
         }
         self.connected.insert(peer.clone());
@@ -501,6 +613,9 @@ impl Room {
                 return;
             }
         };
+        if self.refused.contains(&from) {
+            return;
+        }
         if !self.names.contains_key(&from) && !self.relayed.contains(&from) {
             tracing::debug!(%from, "relay packet from a peer not in the room");
             return;
@@ -508,6 +623,7 @@ impl Room {
         self.chat.add_peer(from.clone());
         self.fall_to_relay(&from, "the peer switched to the server relay")
             .await;
+        self.relay_confirmed(&from).await;
         if let RelayPayload::Frame { channel, frame } = payload {
             self.on_frame(from, channel, &frame).await;
         }
@@ -518,7 +634,7 @@ impl Room {
         let ids: Vec<TransferId> = self
             .outgoing
             .iter()
-            .filter(|(_, t)| self.relayed.contains(&t.peer))
+            .filter(|(_, t)| self.relay_up.contains(&t.peer))
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -564,11 +680,7 @@ impl Room {
         match offer {
             Ok(sdp) => {
                 tracing::info!(%peer, "ICE failed; restarting ICE");
-                self.signal(ClientMessage::Offer {
-                    to: peer.clone(),
-                    sdp,
-                })
-                .await;
+                self.send_signal(peer, PeerSignal::Offer { sdp }).await;
             }
             Err(err) => {
                 tracing::info!(%peer, %err, "ICE restart impossible");
@@ -877,8 +989,10 @@ impl Room {
             link.close().await;
         }
         self.relayed.remove(peer);
+        self.relay_up.remove(peer);
         self.connect_deadlines.remove(peer);
         self.was_connected.remove(peer);
+        self.remote_fingerprints.remove(peer);
         if self.names.remove(peer).is_some() || self.connected.remove(peer) {
             self.report.emit(Event::PeerLeft {
                 peer_id: &peer.0,

@@ -388,6 +388,18 @@ impl PeerLink {
         }
     }
 
+    /// The fingerprint, with `algorithm` (as in SDP, e.g. `sha-256`), of the
+    /// DTLS certificate the remote end presented; `None` before the
+    /// handshake or for an algorithm other than SHA-256.
+    pub async fn remote_certificate_fingerprint(&self, algorithm: &str) -> Option<Vec<u8>> {
+        use sha2::Digest as _;
+        if algorithm != "sha-256" {
+            return None;
+        }
+        let der = self.pc.sctp().transport().get_remote_certificate().await;
+        (!der.is_empty()).then(|| sha2::Sha256::digest(&der).to_vec())
+    }
+
     /// Closes the connection.
     pub async fn close(&self) {
         if let Err(err) = self.pc.close().await {

@@ -1,20 +1,21 @@
 //! The Parlor web page: a Yew/WASM peer on the browser's `RTCPeerConnection`.
 //!
-//! Module map. Everything but [`state`] is browser glue compiled for `wasm32`
-//! alone; on the host the crate is just the view-state reducer, which is
-//! plain Rust and unit-tested there (`cargo test -p parlor-client-wasm`).
+//! Module map. Everything but [`state`] and [`params`] is browser glue compiled for `wasm32`
+//! alone; on the host the crate is just the view-state reducer and the URL
+//! parameters, which are plain Rust and unit-tested there (`cargo test -p parlor-client-wasm`).
 //!
 //! - [`util`]: small browser helpers (clock, randomness, hex, JS errors).
 //! - [`signaling`]: the `/ws` WebSocket to `parlor-server`.
 //! - [`rtc`]: one `RTCPeerConnection` per remote peer with Parlor's two
-//!   pre-negotiated data channels; the JS closures live next to the
-//!   connection and are dropped with it.
+//!   in-band data channels; the JS closures live next to the connection and
+//!   are dropped with it.
 //! - [`storage`]: localStorage (display name, language) and received
 //!   files streamed into the origin-private file system.
 //! - [`history`]: each room's chat history in IndexedDB, behind a small
 //!   async API.
 //! - [`files`]: reading picked files in slices (hashing, chunks).
 //! - [`state`]: the view state the UI renders (a `use_reducer` store).
+//! - [`params`]: what the page URL asks for (`?relay=turn|server`).
 //! - [`room`]: the driver: owns the `ChatSession`, the transfers and the
 //!   links, feeds `parlor-core` with events and carries out its outputs.
 //! - [`ui`]: Yew function components; they render state and send intents.
@@ -25,6 +26,7 @@ pub mod files;
 pub mod history;
 #[cfg(target_arch = "wasm32")]
 pub mod i18n;
+pub mod params;
 #[cfg(target_arch = "wasm32")]
 pub mod room;
 #[cfg(target_arch = "wasm32")]

@@ -3,7 +3,19 @@
 //! [`ChatSession`] and every [`FileSender`] / [`FileReceiver`], and it behaves
 //! on the wire exactly like the CLI's `room.rs`: the newcomer offers to the
 //! peers in `welcome`, chat frames go on the chat channel and the rest on the
-//! file channel, sending is paced by `bufferedamountlow`.
+//! file channel, sending is paced by `bufferedamountlow`. Offers, answers
+//! and candidates travel sealed with the room key
+//! ([`parlor_protocol::sealed`]); unsealed ones are refused.
+//!
+//! Each peer is reached one of two ways: an `RTCPeerConnection` (direct or
+//! through TURN), or the **server relay** ([`parlor_protocol::relay`]):
+//! frames sealed with the room key, sent as binary messages on the signaling
+//! socket. A link falls to the relay when its connection is not `connected`
+//! within [`CONNECT_TIMEOUT_MS`] of being created, or when it fails (after
+//! one ICE restart if it had been connected); with `?relay=server` every
+//! link is on the relay from the start. Going to the relay closes the
+//! connection and sends `Switch` once; any relay packet from a peer puts our
+//! side of that link on the relay too.
 //!
 //! JS callbacks reach the driver through a `Weak` reference (so dropping the
 //! page's handle frees everything) and never re-enter it: if the driver is
@@ -16,22 +28,24 @@ use std::rc::{Rc, Weak};
 use gloo::timers::callback::{Interval, Timeout};
 use parlor_core::{
     ChatOutput, ChatSession, FileReceiver, FileSender, MessageStatus, Millis, Progress,
-    ReceiverOutput, SenderOutput, TransferConfig, TransferError,
+    ReceiverOutput, SenderOutput, SenderState, TransferConfig, TransferError,
 };
 use parlor_protocol::{
     CancelReason, ClientMessage, ErrorCode, FileOffer, Frame, IceServer, MessageId,
-    PROTOCOL_VERSION, PeerId, RoomId, ServerMessage, TransferId,
+    PROTOCOL_VERSION, PeerId, PeerSignal, RelayCipher, RelayPayload, RoomId, RoomKey,
+    ServerMessage, SignalCipher, TransferId,
 };
 use web_sys::File;
 
 use crate::history::History;
+use crate::params::RelayMode;
 use crate::rtc::{self, Channel, PeerEvent, PeerLink};
 use crate::signaling::{self, SignalEvent, Signaling};
 use crate::state::{
     Action, Direction, LinkState, MessageView, ServerStatus, Status, TransferState, TransferView,
 };
 use crate::storage::{self, IncomingFile, SinkEvent};
-use crate::util::{hex, now_ms, random_bytes, wall_ms};
+use crate::util::{crypto_random_bytes, hex, now_ms, random_bytes, wall_ms};
 
 /// First reconnect delay; doubled per failed attempt up to [`MAX_RECONNECT_SECS`].
 const FIRST_RECONNECT_SECS: u32 = 1;
@@ -46,6 +60,16 @@ const TYPING_EVERY_MS: Millis = 3_000;
 /// How long a peer's typing indicator stays after its last `Typing` frame:
 /// longer than [`TYPING_EVERY_MS`] plus a slow link's delay.
 const TYPING_SHOWN_MS: u32 = 5_000;
+/// How long a peer connection may take to become `connected` (after it is
+/// created, or after an ICE restart) before the link falls to the server
+/// relay.
+pub const CONNECT_TIMEOUT_MS: u32 = 8_000;
+/// How often the signaling socket's `bufferedAmount` is polled while a
+/// transfer on the server relay waits for it to drain (a WebSocket has no
+/// buffered-amount-low event).
+const RELAY_DRAIN_POLL_MS: u32 = 20;
+/// Least time between two notices about unreadable relay packets.
+const RELAY_WARNING_EVERY_MS: Millis = 10_000;
 
 /// An input to one outgoing transfer's sender, given the file channel's
 /// buffered amount.
@@ -86,6 +110,28 @@ pub struct Driver {
     links: HashMap<PeerId, PeerLink>,
     link_states: HashMap<PeerId, LinkState>,
     connected: HashSet<PeerId>,
+    /// How this page must reach peers (`?relay=`).
+    relay_mode: RelayMode,
+    /// Seals and opens server-relay packets; `None` without a room key
+    /// (or without `crypto.getRandomValues`): then the relay is unusable.
+    cipher: Option<RelayCipher>,
+    /// Peers whose link is on the server relay (no `RTCPeerConnection`).
+    relayed: HashSet<PeerId>,
+    /// Relayed peers that answered with an authenticated packet: only then
+    /// is the relay link up (the peer holds the key and switched too).
+    relay_up: HashSet<PeerId>,
+    /// Polls the socket's `bufferedAmount` while a relayed transfer waits
+    /// for it to drain.
+    relay_drain: Option<Interval>,
+    /// When the last notice about a bad relay packet was shown.
+    relay_warned_at: Option<Millis>,
+    /// Seals and opens offers, answers and candidates with the room key;
+    /// `None` without a key (then no WebRTC connection can be set up).
+    signal_cipher: Option<SignalCipher>,
+    /// Peers whose signaling did not open with the room key: never talked to.
+    refused: HashSet<PeerId>,
+    /// Peers already told off for unsealed signaling (one notice each).
+    told_unsealed: HashSet<PeerId>,
     chat: ChatSession,
     chat_timer: Option<Timeout>,
     stats_timer: Option<Interval>,
@@ -142,8 +188,22 @@ fn with(weak: &Weak<RefCell<Driver>>, f: impl FnOnce(&mut Driver) + 'static) {
 
 impl RoomHandle {
     /// Starts the driver for `room`: connects to the server and joins.
-    pub fn start(room: RoomId, dispatch: impl Fn(Action) + 'static) -> Self {
+    /// `key` (the invite link's `#KEY`) seals server-relay packets;
+    /// `relay_mode` comes from the page's `?relay=`.
+    pub fn start(
+        room: RoomId,
+        key: Option<RoomKey>,
+        relay_mode: RelayMode,
+        dispatch: impl Fn(Action) + 'static,
+    ) -> Self {
         let history = History::new(room.as_str());
+        // Nonce prefixes must be unpredictable: only the Crypto API will do.
+        let cipher = key
+            .as_ref()
+            .and_then(|k| crypto_random_bytes().map(|p| RelayCipher::new(k, p)));
+        let signal_cipher = key
+            .as_ref()
+            .and_then(|k| crypto_random_bytes().map(|p| SignalCipher::new(k, p)));
         let load = History::open(room.as_str().to_owned());
         let rc = Rc::new_cyclic(|weak| {
             RefCell::new(Driver {
@@ -162,6 +222,15 @@ impl RoomHandle {
                 links: HashMap::new(),
                 link_states: HashMap::new(),
                 connected: HashSet::new(),
+                relay_mode,
+                cipher,
+                relayed: HashSet::new(),
+                relay_up: HashSet::new(),
+                relay_drain: None,
+                relay_warned_at: None,
+                signal_cipher,
+                refused: HashSet::new(),
+                told_unsealed: HashSet::new(),
                 chat: ChatSession::new(),
                 chat_timer: None,
                 stats_timer: None,
@@ -181,7 +250,21 @@ impl RoomHandle {
                 let result = load.await;
                 with(&weak, move |d| d.history_opened(result));
             });
-            if rtc::supported() {
+            if !rtc::supported() && d.cipher.is_some() {
+                // No WebRTC here: the server relay still reaches everyone.
+                crate::util::warn(
+                    "no WebRTC in this browser: every peer goes through the server relay",
+                );
+                d.relay_mode = RelayMode::Server;
+            }
+            if d.relay_mode == RelayMode::Server && d.cipher.is_none() {
+                d.error(
+                    "?relay=server needs the whole invite link, including its key (the part \
+                     after #), to seal what goes through the server."
+                        .into(),
+                );
+            }
+            if rtc::supported() || d.relay_mode == RelayMode::Server {
                 storage::clean_stale_files();
                 d.connect();
                 let weak = d.weak.clone();
@@ -277,6 +360,9 @@ impl Driver {
         self.stats_timer = None;
         self.typing_timers.clear();
         self.links.clear();
+        self.relayed.clear();
+        self.relay_up.clear();
+        self.relay_drain = None;
         for t in self.incoming.values() {
             if t.held.is_none()
                 && let Some(s) = &t.sink
@@ -343,6 +429,7 @@ impl Driver {
                 self.signal(hello);
             }
             SignalEvent::Message(msg) => self.on_server(msg),
+            SignalEvent::Relay(bytes) => self.on_relay_packet(&bytes),
             SignalEvent::Unreadable(why) => {
                 crate::util::warn(&format!("unreadable server message: {why}"))
             }
@@ -351,6 +438,7 @@ impl Driver {
                 if self.fatal {
                     return;
                 }
+                self.relay_lost();
                 if self.ever_joined && self.attempt == 0 {
                     self.server_error(format!(
                         "Lost the connection to the Parlor server{}. Open connections keep working; reconnecting…",
@@ -381,7 +469,11 @@ impl Driver {
                 if self.me.is_some() {
                     // Rejoined under a new id: the others saw us leave and
                     // dropped their connections, so start over with everyone.
-                    let old: Vec<PeerId> = self.links.keys().cloned().collect();
+                    let old: HashSet<PeerId> = (self.names.keys())
+                        .chain(self.links.keys())
+                        .chain(self.relayed.iter())
+                        .cloned()
+                        .collect();
                     for p in old {
                         self.on_peer_gone(&p, "was disconnected while we reconnected", false);
                     }
@@ -396,37 +488,34 @@ impl Driver {
                 // Newcomers make the offers; peers already present wait.
                 for peer in peers {
                     self.add_peer(&peer.id, peer.name);
-                    self.offer_to(peer.id);
+                    if self.relay_mode == RelayMode::Server {
+                        self.go_relay(&peer.id);
+                    } else {
+                        self.offer_to(peer.id);
+                    }
                 }
             }
-            ServerMessage::PeerJoined { peer } => self.add_peer(&peer.id, peer.name),
+            ServerMessage::PeerJoined { peer } => {
+                self.add_peer(&peer.id, peer.name);
+                if self.relay_mode == RelayMode::Server {
+                    self.go_relay(&peer.id);
+                }
+            }
             ServerMessage::PeerLeft { peer_id } => {
                 self.on_peer_gone(&peer_id, "left the room", false)
             }
-            ServerMessage::Offer { from, sdp } => self.on_offer_sdp(from, sdp),
-            ServerMessage::Answer { from, sdp } => {
-                let Some(link) = self.links.get(&from) else {
-                    return;
-                };
-                let pc = link.pc();
-                let weak = self.weak.clone();
-                wasm_bindgen_futures::spawn_local(async move {
-                    let result = rtc::accept_answer(pc.clone(), sdp).await;
-                    with(&weak, move |d| match result {
-                        Ok(()) => {
-                            if let Some(link) = d.links.get_mut(&from)
-                                && *link.pc() == *pc
-                            {
-                                link.remote_description_ready();
-                            }
-                        }
-                        Err(e) => d.error(format!("Could not connect to {}: {e}", d.label(&from))),
-                    });
-                });
-            }
-            ServerMessage::Candidate { from, candidate } => {
-                if let Some(link) = self.links.get_mut(&from) {
-                    link.add_candidate(candidate);
+            ServerMessage::Signal { from, sealed } => self.on_sealed_signal(from, &sealed),
+            ServerMessage::Offer { from, .. }
+            | ServerMessage::Answer { from, .. }
+            | ServerMessage::Candidate { from, .. } => {
+                // SDP in the clear: the room key cannot vouch for it.
+                crate::util::warn(&format!("unsealed signaling from {from} refused"));
+                if self.told_unsealed.insert(from.clone()) {
+                    self.error(format!(
+                        "Refused a connection offer from {} that was not sealed with the \
+                         invite key (an outdated app, or the server tampering).",
+                        self.label(&from)
+                    ));
                 }
             }
             ServerMessage::Error { code, message } => {
@@ -439,6 +528,15 @@ impl Driver {
                     }
                     ErrorCode::UnsupportedVersion => {
                         "This page is out of date for the server; reload it.".to_owned()
+                    }
+                    // A dropped relay packet: chat re-sends and transfers
+                    // resume by themselves; only the first one is worth a word.
+                    ErrorCode::RelayUnavailable => {
+                        crate::util::warn(&format!("server relay: {message}"));
+                        if !self.relay_warning_due() {
+                            return;
+                        }
+                        format!("The server could not relay a message: {message}")
                     }
                     _ => format!("Server error: {message} ({})", code.as_str()),
                 };
@@ -457,6 +555,68 @@ impl Driver {
         }
     }
 
+    /// Seals an offer, answer or candidate for `to` with the room key and
+    /// sends it through the server.
+    fn send_signal(&mut self, to: PeerId, signal: PeerSignal) {
+        let (Some(me), Some(cipher)) = (&self.me, &mut self.signal_cipher) else {
+            return crate::util::warn("cannot seal signaling without the room key");
+        };
+        let sealed = cipher.seal(me, &to, &signal);
+        self.signal(ClientMessage::Signal { to, sealed });
+    }
+
+    /// A sealed offer, answer or candidate from `from`.
+    fn on_sealed_signal(&mut self, from: PeerId, sealed: &str) {
+        if self.refused.contains(&from) {
+            return;
+        }
+        let (Some(me), Some(cipher)) = (&self.me, &self.signal_cipher) else {
+            return crate::util::warn("sealed signaling ignored: no room key");
+        };
+        match cipher.open(me, &from, sealed) {
+            Ok(PeerSignal::Offer { sdp }) => self.on_offer_sdp(from, sdp),
+            Ok(PeerSignal::Answer { sdp }) => self.on_answer_sdp(from, sdp),
+            Ok(PeerSignal::Candidate { candidate }) => {
+                if let Some(link) = self.links.get_mut(&from) {
+                    link.add_candidate(candidate);
+                }
+            }
+            Err(e) => self.refuse_peer(&from, &e.to_string()),
+        }
+    }
+
+    /// Signaling from `peer` did not open with the room key (altered or
+    /// redirected on the way): warn, and never talk to it, neither through
+    /// WebRTC nor through the relay. (A browser checks the DTLS certificate
+    /// against the fingerprint of the sealed SDP by itself.)
+    fn refuse_peer(&mut self, peer: &PeerId, why: &str) {
+        crate::util::warn(&format!("refusing {peer}: {why}"));
+        self.error(format!("Security warning: {why}"));
+        self.refused.insert(peer.clone());
+        self.on_peer_gone(peer, "was refused", true);
+    }
+
+    fn on_answer_sdp(&mut self, from: PeerId, sdp: String) {
+        let Some(link) = self.links.get(&from) else {
+            return;
+        };
+        let pc = link.pc();
+        let weak = self.weak.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let result = rtc::accept_answer(pc.clone(), sdp).await;
+            with(&weak, move |d| match result {
+                Ok(()) => {
+                    if let Some(link) = d.links.get_mut(&from)
+                        && *link.pc() == *pc
+                    {
+                        link.remote_description_ready();
+                    }
+                }
+                Err(e) => d.error(format!("Could not connect to {}: {e}", d.label(&from))),
+            });
+        });
+    }
+
     fn label(&self, peer: &PeerId) -> String {
         let name = self.name_of(peer);
         if name.is_empty() {
@@ -468,17 +628,19 @@ impl Driver {
 
     fn add_peer(&mut self, peer: &PeerId, name: String) {
         self.chat.add_peer(peer.clone());
-        self.names.insert(peer.clone(), name.clone());
-        self.link_states.insert(peer.clone(), LinkState::Connecting);
+        let known = self.names.insert(peer.clone(), name.clone()).is_some();
         self.dispatch(Action::PeerUpsert {
             id: peer.0.clone(),
             name,
         });
-        self.dispatch(Action::PeerLink {
-            id: peer.0.clone(),
-            state: LinkState::Connecting,
-            rtt_ms: None,
-        });
+        if !known {
+            self.link_states.insert(peer.clone(), LinkState::Connecting);
+            self.dispatch(Action::PeerLink {
+                id: peer.0.clone(),
+                state: LinkState::Connecting,
+                rtt_ms: None,
+            });
+        }
     }
 
     /// Creates the connection to `peer`; the `offerer` creates the data
@@ -490,9 +652,93 @@ impl Driver {
             let id = id.clone();
             with(&weak, move |d| d.on_peer_event(id, ev));
         });
-        let link = PeerLink::new(&self.ice_servers, self.config.low_watermark, offerer, sink)?;
+        let mut link = PeerLink::new(
+            &self.ice_servers,
+            self.relay_mode == RelayMode::Turn,
+            self.config.low_watermark,
+            offerer,
+            sink,
+        )?;
+        link.watchdog = Some(self.watchdog(peer, &link));
         self.links.insert(peer.clone(), link);
         Ok(())
+    }
+
+    /// A timer that lets the link fall back if `link` is not connected in
+    /// [`CONNECT_TIMEOUT_MS`].
+    fn watchdog(&self, peer: &PeerId, link: &PeerLink) -> Timeout {
+        let (weak, peer, pc) = (self.weak.clone(), peer.clone(), link.pc());
+        Timeout::new(CONNECT_TIMEOUT_MS, move || {
+            with(&weak, move |d| d.watchdog_fired(peer, pc))
+        })
+    }
+
+    fn watchdog_fired(&mut self, peer: PeerId, pc: web_sys::RtcPeerConnection) {
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        if *link.pc() != *pc {
+            return;
+        }
+        link.watchdog = None;
+        if self.connected.contains(&peer) {
+            return;
+        }
+        crate::util::warn(&format!(
+            "no WebRTC connection to {peer} after {CONNECT_TIMEOUT_MS} ms"
+        ));
+        self.fall_back(&peer);
+    }
+
+    /// The WebRTC connection to `peer` failed for good: the server relay,
+    /// unless the server connection is down (we rejoin under a new id and
+    /// start over anyway).
+    fn fall_back(&mut self, peer: &PeerId) {
+        if !self.signaling.as_ref().is_some_and(Signaling::is_open) {
+            self.error(format!("The connection to {} failed.", self.label(peer)));
+            return self.on_peer_gone(peer, "could not be reached", true);
+        }
+        self.go_relay(peer);
+    }
+
+    /// The connection to `peer` became `failed`: one ICE restart if it had
+    /// been connected (the original offerer re-offers; both sides give it
+    /// [`CONNECT_TIMEOUT_MS`]), else fall back at once.
+    fn on_link_failed(&mut self, peer: &PeerId) {
+        self.connected.remove(peer);
+        let Some(link) = self.links.get(peer) else {
+            return;
+        };
+        if !link.was_connected || link.restarting {
+            return self.fall_back(peer);
+        }
+        let watchdog = self.watchdog(peer, link);
+        let Some(link) = self.links.get_mut(peer) else {
+            return;
+        };
+        link.restarting = true;
+        link.watchdog = Some(watchdog);
+        let (offerer, pc) = (link.offerer(), link.pc());
+        self.set_link_state(peer, LinkState::Connecting, None);
+        if !offerer {
+            return; // the offerer re-offers
+        }
+        let (weak, peer) = (self.weak.clone(), peer.clone());
+        wasm_bindgen_futures::spawn_local(async move {
+            let result = rtc::create_offer(pc.clone(), true).await;
+            with(&weak, move |d| match result {
+                Ok(sdp) if d.links.get(&peer).is_some_and(|l| *l.pc() == *pc) => {
+                    d.send_signal(peer, PeerSignal::Offer { sdp })
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    crate::util::warn(&format!("ICE restart offer to {peer} failed: {e}"));
+                    if d.links.get(&peer).is_some_and(|l| *l.pc() == *pc) {
+                        d.fall_back(&peer);
+                    }
+                }
+            });
+        });
     }
 
     fn offer_to(&mut self, peer: PeerId) {
@@ -504,9 +750,9 @@ impl Driver {
         };
         let weak = self.weak.clone();
         wasm_bindgen_futures::spawn_local(async move {
-            let result = rtc::create_offer(pc).await;
+            let result = rtc::create_offer(pc, false).await;
             with(&weak, move |d| match result {
-                Ok(sdp) => d.signal(ClientMessage::Offer { to: peer, sdp }),
+                Ok(sdp) => d.send_signal(peer, PeerSignal::Offer { sdp }),
                 Err(e) => d.error(format!("Could not connect to {}: {e}", d.label(&peer))),
             });
         });
@@ -516,7 +762,45 @@ impl Driver {
         if !self.names.contains_key(&from) {
             self.add_peer(&from, String::new());
         }
+        if self.relay_mode == RelayMode::Server {
+            // Never a peer connection: answer the offer with the relay.
+            return self.go_relay(&from);
+        }
+        if self.relayed.contains(&from) {
+            return crate::util::warn(&format!(
+                "ignoring an offer from {from}: that link is on the server relay"
+            ));
+        }
         self.chat.add_peer(from.clone());
+        // An ICE restart of a connection that worked: same connection, new
+        // ICE credentials.
+        if let Some(link) = self.links.get_mut(&from)
+            && !link.offerer()
+            && link.was_connected
+        {
+            link.renegotiating();
+            let pc = link.pc();
+            let weak = self.weak.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                let result = rtc::accept_offer(pc.clone(), sdp).await;
+                with(&weak, move |d| {
+                    let Some(link) = d.links.get_mut(&from).filter(|l| *l.pc() == *pc) else {
+                        return;
+                    };
+                    match result {
+                        Ok(answer) => {
+                            link.remote_description_ready();
+                            d.send_signal(from, PeerSignal::Answer { sdp: answer });
+                        }
+                        Err(e) => {
+                            crate::util::warn(&format!("ICE restart from {from} failed: {e}"));
+                            d.fall_back(&from);
+                        }
+                    }
+                });
+            });
+            return;
+        }
         // A fresh offer replaces any earlier connection with that peer.
         if self.links.remove(&from).is_some() {
             self.chat.link_down(&from);
@@ -536,10 +820,7 @@ impl Driver {
                         && *link.pc() == *pc
                     {
                         link.remote_description_ready();
-                        d.signal(ClientMessage::Answer {
-                            to: from,
-                            sdp: answer,
-                        });
+                        d.send_signal(from, PeerSignal::Answer { sdp: answer });
                     }
                 }
                 Err(e) => d.error(format!("Could not connect to {}: {e}", d.label(&from))),
@@ -563,10 +844,9 @@ impl Driver {
             return;
         }
         match ev {
-            PeerEvent::LocalCandidate(candidate) => self.signal(ClientMessage::Candidate {
-                to: peer,
-                candidate,
-            }),
+            PeerEvent::LocalCandidate(candidate) => {
+                self.send_signal(peer, PeerSignal::Candidate { candidate })
+            }
             PeerEvent::Open(Channel::Chat) => {
                 self.chat.link_up(&peer, now_ms());
                 self.flush_chat();
@@ -609,14 +889,16 @@ impl Driver {
             }
             PeerEvent::State(state) => match state.as_str() {
                 "connected" => {
+                    if let Some(link) = self.links.get_mut(&peer) {
+                        link.was_connected = true;
+                        link.restarting = false;
+                        link.watchdog = None;
+                    }
                     self.connected.insert(peer.clone());
                     self.refresh_path(peer);
                 }
                 "disconnected" => self.set_link_state(&peer, LinkState::Connecting, None),
-                "failed" => {
-                    self.error(format!("The connection to {} failed.", self.label(&peer)));
-                    self.on_peer_gone(&peer, "could not be reached", true);
-                }
+                "failed" => self.on_link_failed(&peer),
                 _ => {}
             },
         }
@@ -643,7 +925,7 @@ impl Driver {
                 let (state, rtt) = match info {
                     Some(i) => (
                         if i.relayed {
-                            LinkState::Relayed
+                            LinkState::Turn
                         } else {
                             LinkState::Direct
                         },
@@ -659,6 +941,8 @@ impl Driver {
 
     fn on_peer_gone(&mut self, peer: &PeerId, why: &str, keep_listed: bool) {
         self.links.remove(peer);
+        self.relayed.remove(peer);
+        self.relay_up.remove(peer);
         if self.typing_timers.remove(peer).is_some() {
             self.dispatch(Action::Typing {
                 id: peer.0.clone(),
@@ -756,6 +1040,252 @@ impl Driver {
         }
     }
 
+    // ---- links: a peer connection or the server relay ---------------------
+
+    /// Every peer with a link: a peer connection or the server relay.
+    fn reachable(&self) -> Vec<PeerId> {
+        (self.links.keys())
+            .chain(self.relayed.iter())
+            .cloned()
+            .collect()
+    }
+
+    /// Whether `peer` has a link (open or still opening).
+    fn has_link(&self, peer: &PeerId) -> bool {
+        self.relayed.contains(peer) || self.links.contains_key(peer)
+    }
+
+    /// Whether frames can go to `peer` on `channel` now.
+    fn link_open(&self, peer: &PeerId, channel: Channel) -> bool {
+        if self.relayed.contains(peer) {
+            return self.relay_up.contains(peer)
+                && self.signaling.as_ref().is_some_and(Signaling::is_open);
+        }
+        self.links.get(peer).is_some_and(|l| l.is_open(channel))
+    }
+
+    /// The file channel's buffered amount; on the relay, the socket's.
+    fn link_buffered(&self, peer: &PeerId) -> u64 {
+        if self.relayed.contains(peer) {
+            return self.relay_buffered();
+        }
+        self.links
+            .get(peer)
+            .map_or(0, |l| l.buffered_amount(Channel::File))
+    }
+
+    fn relay_buffered(&self) -> u64 {
+        self.signaling
+            .as_ref()
+            .map_or(0, Signaling::buffered_amount)
+    }
+
+    /// Sends an encoded frame to `peer` on `channel`, whichever way the
+    /// link goes.
+    fn link_send(&mut self, peer: &PeerId, channel: Channel, frame: Vec<u8>) -> Result<(), String> {
+        if self.relayed.contains(peer) {
+            return self.relay_send(peer, &RelayPayload::Frame { channel, frame });
+        }
+        match self.links.get(peer) {
+            Some(link) => link.send(channel, &frame),
+            None => Err("the peer is gone".into()),
+        }
+    }
+
+    /// Seals `payload` for `to` and sends it as one binary message.
+    fn relay_send(&mut self, to: &PeerId, payload: &RelayPayload) -> Result<(), String> {
+        let (Some(me), Some(cipher), Some(signaling)) =
+            (&self.me, &mut self.cipher, &self.signaling)
+        else {
+            return Err("the server relay is not available".into());
+        };
+        signaling.send_binary(&cipher.seal(me, to, payload))
+    }
+
+    /// Puts the link to `peer` on the server relay (once): closes its peer
+    /// connection and tells the peer with `Switch`. The link is up once an
+    /// authenticated packet comes back ([`Self::relay_confirmed`]).
+    fn go_relay(&mut self, peer: &PeerId) {
+        if self.relayed.contains(peer) || self.refused.contains(peer) {
+            return;
+        }
+        if self.cipher.is_none() {
+            self.error(format!(
+                "Cannot reach {} through the server relay: this page's link has no key \
+                 (the part after #).",
+                self.label(peer)
+            ));
+            return self.on_peer_gone(peer, "could not be reached", true);
+        }
+        // Dropping the link closes the connection and detaches its handlers.
+        if self.links.remove(peer).is_some() {
+            self.chat.link_down(peer);
+        }
+        self.connected.remove(peer);
+        self.relayed.insert(peer.clone());
+        if let Err(e) = self.relay_send(peer, &RelayPayload::Switch) {
+            crate::util::warn(&format!("server relay: Switch to {peer} not sent: {e}"));
+        }
+        crate::util::warn(&format!("switching to the server relay for {peer}"));
+        self.set_link_state(peer, LinkState::Connecting, None);
+    }
+
+    /// The first authenticated packet from a relayed peer: chat and
+    /// transfers carry on over the relay.
+    fn relay_confirmed(&mut self, peer: &PeerId) {
+        if !self.relayed.contains(peer) || !self.relay_up.insert(peer.clone()) {
+            return;
+        }
+        self.set_link_state(peer, LinkState::ServerRelay, None);
+        self.dispatch(Action::PeerFiles {
+            id: peer.0.clone(),
+            ready: true,
+        });
+        // The whole outbox again: what was on the old channel may be lost.
+        self.chat.link_up(peer, now_ms());
+        self.flush_chat();
+        self.resume_outgoing(peer);
+    }
+
+    /// Transfers to `peer` continue on a new link: offers not yet answered
+    /// go out again (a repeated offer is harmless to the receiver, a lost
+    /// one would hang), the others carry on (the receiver asks to resume
+    /// from any gap).
+    fn resume_outgoing(&mut self, peer: &PeerId) {
+        let ids: Vec<TransferId> = self
+            .outgoing
+            .iter()
+            .filter(|(_, t)| &t.peer == peer && t.sender.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let offer = self
+                .outgoing
+                .get(&id)
+                .and_then(|t| t.sender.as_ref())
+                .filter(|s| s.state() == SenderState::Offered)
+                .map(|s| Frame::FileOffer(s.offer().clone()));
+            if let Some(offer) = offer {
+                let _ = self.link_send(peer, Channel::File, offer.encode());
+            }
+            self.drive_outgoing(id, |s, amount| s.buffered_amount(amount));
+        }
+    }
+
+    /// A binary message on the signaling socket: a relay packet from a peer.
+    fn on_relay_packet(&mut self, bytes: &[u8]) {
+        let (Some(me), Some(cipher)) = (&self.me, &self.cipher) else {
+            return crate::util::warn("server relay: packet ignored (not joined, or no room key)");
+        };
+        let (from, payload) = match cipher.open(me, bytes) {
+            Ok(opened) => opened,
+            Err(e) => {
+                crate::util::warn(&format!("server relay: packet refused: {e}"));
+                if self.relay_warning_due() {
+                    self.error(format!(
+                        "A message through the server relay could not be opened ({e}). \
+                         Is everyone using the same invite link?"
+                    ));
+                }
+                return;
+            }
+        };
+        if self.me.as_ref() == Some(&from) || self.refused.contains(&from) {
+            return;
+        }
+        if !self.names.contains_key(&from) && !self.relayed.contains(&from) {
+            return crate::util::warn(&format!(
+                "server relay: packet from {from}, who is not in the room, ignored"
+            ));
+        }
+        // Any packet means the peer talks to us through the relay now.
+        self.go_relay(&from);
+        if !self.relayed.contains(&from) {
+            return;
+        }
+        self.relay_confirmed(&from);
+        match payload {
+            RelayPayload::Switch => {}
+            RelayPayload::Frame { channel, frame } => self.on_frame(from, channel, &frame),
+        }
+    }
+
+    /// Whether to show a notice about the relay now (at most one per
+    /// [`RELAY_WARNING_EVERY_MS`]).
+    fn relay_warning_due(&mut self) -> bool {
+        let now = now_ms();
+        let due = self
+            .relay_warned_at
+            .is_none_or(|at| now.saturating_sub(at) >= RELAY_WARNING_EVERY_MS);
+        if due {
+            self.relay_warned_at = Some(now);
+        }
+        due
+    }
+
+    /// The signaling socket closed: relayed links are down until we rejoin
+    /// (under a new id, when everything starts over).
+    fn relay_lost(&mut self) {
+        self.relay_drain = None;
+        let peers: Vec<PeerId> = self.relayed.iter().cloned().collect();
+        self.relay_up.clear();
+        for peer in peers {
+            self.chat.link_down(&peer);
+            self.set_link_state(&peer, LinkState::Connecting, None);
+            self.dispatch(Action::PeerFiles {
+                id: peer.0.clone(),
+                ready: false,
+            });
+            self.fail_transfers_with(&peer, "the connection to the server closed");
+        }
+    }
+
+    /// Relayed transfers that may be waiting for the socket to drain.
+    fn relay_senders(&self) -> Vec<TransferId> {
+        self.outgoing
+            .iter()
+            .filter(|(_, t)| {
+                self.relayed.contains(&t.peer)
+                    && t.sender
+                        .as_ref()
+                        .is_some_and(|s| s.state() == SenderState::Sending)
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Starts polling the socket's buffered amount if a relayed transfer may
+    /// be held back by it (it has no buffered-amount-low event).
+    fn watch_relay_drain(&mut self) {
+        if self.relay_drain.is_some()
+            || self.relay_buffered() <= self.config.low_watermark
+            || self.relay_senders().is_empty()
+        {
+            return;
+        }
+        let weak = self.weak.clone();
+        self.relay_drain = Some(Interval::new(RELAY_DRAIN_POLL_MS, move || {
+            with(&weak, Driver::relay_drain_tick)
+        }));
+    }
+
+    /// The poll: once the socket is at or under the low watermark, tell the
+    /// relayed senders (like `bufferedamountlow`) and stop polling.
+    fn relay_drain_tick(&mut self) {
+        let ids = self.relay_senders();
+        if ids.is_empty() {
+            self.relay_drain = None;
+            return;
+        }
+        if self.relay_buffered() > self.config.low_watermark {
+            return;
+        }
+        self.relay_drain = None;
+        for id in ids {
+            self.drive_outgoing(id, |s, amount| s.buffered_amount(amount));
+        }
+    }
+
     // ---- chat --------------------------------------------------------------
 
     /// The stored history is read (or IndexedDB is unavailable).
@@ -795,9 +1325,9 @@ impl Driver {
         }
         let frame = Frame::Typing.encode();
         let mut sent = false;
-        for link in self.links.values() {
-            if link.is_open(Channel::Chat) {
-                sent |= link.send(Channel::Chat, &frame).is_ok();
+        for peer in self.reachable() {
+            if self.link_open(&peer, Channel::Chat) {
+                sent |= self.link_send(&peer, Channel::Chat, frame.clone()).is_ok();
             }
         }
         // With nobody to tell, the next keystroke tries again.
@@ -860,8 +1390,8 @@ impl Driver {
         while let Some(out) = self.chat.poll_output() {
             match out {
                 ChatOutput::Send { to, frame } => {
-                    if let Some(link) = self.links.get(&to)
-                        && let Err(e) = link.send(Channel::Chat, &frame.encode())
+                    if self.has_link(&to)
+                        && let Err(e) = self.link_send(&to, Channel::Chat, frame.encode())
                     {
                         // The session re-sends when the channel comes back.
                         crate::util::warn(&format!("chat send to {to} failed: {e}"));
@@ -922,12 +1452,9 @@ impl Driver {
         // channel is still opening go out when it opens.
         let targets: Vec<PeerId> = match to {
             Some(p) => vec![p],
-            None => self.links.keys().cloned().collect(),
+            None => self.reachable(),
         };
-        let targets: Vec<PeerId> = targets
-            .into_iter()
-            .filter(|p| self.links.contains_key(p))
-            .collect();
+        let targets: Vec<PeerId> = targets.into_iter().filter(|p| self.has_link(p)).collect();
         if targets.is_empty() {
             return self.error(
                 "Nobody is connected to receive files yet. Share the invite link first.".into(),
@@ -1002,11 +1529,7 @@ impl Driver {
                     t.sender = Some(FileSender::new(offer, self.config.clone(), now_ms()));
                     let (peer, view) = (t.peer.clone(), t.view.clone());
                     self.dispatch(Action::Transfer(view));
-                    let ready = self
-                        .links
-                        .get(&peer)
-                        .is_some_and(|l| l.is_open(Channel::File));
-                    if ready {
+                    if self.link_open(&peer, Channel::File) {
                         self.drive_outgoing(id, |_, _| {});
                     }
                 }
@@ -1041,26 +1564,27 @@ impl Driver {
             self.outgoing.insert(id, t);
             return;
         };
-        let link = self.links.get(&t.peer);
-        input(sender, link.map_or(0, |l| l.buffered_amount(Channel::File)));
+        let peer = t.peer.clone();
+        let linked = self.has_link(&peer);
+        input(sender, self.link_buffered(&peer));
         let mut changed = false;
         let mut finished = None;
         while let Some(out) = sender.poll_output() {
             match out {
-                SenderOutput::Send(frame) => match link
-                    .map(|l| (l, l.send(Channel::File, &frame.encode())))
-                {
-                    Some((l, Ok(()))) => sender.buffered_amount(l.buffered_amount(Channel::File)),
-                    Some((_, Err(e))) => {
-                        t.send_error.get_or_insert(e);
-                        sender.cancel();
+                SenderOutput::Send(_) if !linked => {
+                    t.send_error
+                        .get_or_insert_with(|| "the peer is gone".into());
+                    sender.cancel();
+                }
+                SenderOutput::Send(frame) => {
+                    match self.link_send(&peer, Channel::File, frame.encode()) {
+                        Ok(()) => sender.buffered_amount(self.link_buffered(&peer)),
+                        Err(e) => {
+                            t.send_error.get_or_insert(e);
+                            sender.cancel();
+                        }
                     }
-                    None => {
-                        t.send_error
-                            .get_or_insert_with(|| "the peer is gone".into());
-                        sender.cancel();
-                    }
-                },
+                }
                 SenderOutput::Read { offset, len } => {
                     let file = t.file.clone();
                     let weak = self.weak.clone();
@@ -1087,6 +1611,9 @@ impl Driver {
                     self.dispatch(Action::Transfer(t.view.clone()));
                 }
                 self.outgoing.insert(id, t);
+                if self.relayed.contains(&peer) {
+                    self.watch_relay_drain();
+                }
             }
             Some(result) => {
                 match result {
@@ -1202,14 +1729,13 @@ impl Driver {
         input(&mut t);
         let mut changed = false;
         let mut ended = false;
-        let link = self.links.get(&key.0);
         while let Some(out) = t.receiver.poll_output() {
             match out {
                 ReceiverOutput::Send(frame) => match &mut t.held {
                     Some(held) => held.push(frame),
                     None => {
-                        if let Some(l) = link {
-                            let _ = l.send(Channel::File, &frame.encode());
+                        if self.has_link(&key.0) {
+                            let _ = self.link_send(&key.0, Channel::File, frame.encode());
                         }
                     }
                 },
@@ -1270,9 +1796,9 @@ impl Driver {
                 t.view.url = Some(url);
                 t.view.note = None;
                 t.view.eta_ms = None;
-                if let Some(link) = self.links.get(&key.0) {
+                if self.has_link(&key.0) {
                     for frame in t.held.take().unwrap_or_default() {
-                        let _ = link.send(Channel::File, &frame.encode());
+                        let _ = self.link_send(&key.0, Channel::File, frame.encode());
                     }
                 }
                 self.dispatch(Action::Transfer(t.view));
@@ -1286,8 +1812,8 @@ impl Driver {
                     transfer: key.1,
                     reason: CancelReason::StorageFailed(why.chars().take(200).collect()),
                 };
-                if let Some(link) = self.links.get(&key.0) {
-                    let _ = link.send(Channel::File, &cancel.encode());
+                if self.has_link(&key.0) {
+                    let _ = self.link_send(&key.0, Channel::File, cancel.encode());
                 }
                 t.view.state = TransferState::Failed;
                 t.view.error = Some(format!("could not store the file: {why}"));

@@ -9,14 +9,16 @@ use std::cell::RefCell;
 
 use std::rc::Rc;
 
+use gloo::timers::callback::Timeout;
 use parlor_protocol::{IceCandidate, IceServer};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast as _, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
     MessageEvent, RtcConfiguration, RtcDataChannel, RtcDataChannelEvent, RtcDataChannelInit,
-    RtcDataChannelState, RtcDataChannelType, RtcIceCandidateInit, RtcIceServer, RtcPeerConnection,
-    RtcPeerConnectionIceEvent, RtcSdpType, RtcSessionDescriptionInit,
+    RtcDataChannelState, RtcDataChannelType, RtcIceCandidateInit, RtcIceServer,
+    RtcIceTransportPolicy, RtcOfferOptions, RtcPeerConnection, RtcPeerConnectionIceEvent,
+    RtcSdpType, RtcSessionDescriptionInit,
 };
 
 use crate::util::{get, js_error};
@@ -58,9 +60,17 @@ struct Channels {
 /// A connection to one remote peer.
 pub struct PeerLink {
     pc: RtcPeerConnection,
+    offerer: bool,
     channels: Rc<RefCell<Channels>>,
     remote_description_set: bool,
     early_candidates: Vec<RtcIceCandidateInit>,
+    /// The driver's bookkeeping, which lives and dies with this connection:
+    /// `connectionState` has been `connected` at least once.
+    pub was_connected: bool,
+    /// An ICE restart is under way (after `failed`).
+    pub restarting: bool,
+    /// Fires when the connection did not come up (or back) in time.
+    pub watchdog: Option<Timeout>,
     _handlers: Vec<Handler>,
 }
 
@@ -75,7 +85,7 @@ pub fn supported() -> bool {
     crate::util::has_global("RTCPeerConnection")
 }
 
-fn ice_config(ice_servers: &[IceServer]) -> RtcConfiguration {
+fn ice_config(ice_servers: &[IceServer], relay_only: bool) -> RtcConfiguration {
     let servers = js_sys::Array::new();
     for s in ice_servers {
         let server = RtcIceServer::new();
@@ -91,19 +101,24 @@ fn ice_config(ice_servers: &[IceServer]) -> RtcConfiguration {
     }
     let config = RtcConfiguration::new();
     config.set_ice_servers(&servers);
+    if relay_only {
+        config.set_ice_transport_policy(RtcIceTransportPolicy::Relay);
+    }
     config
 }
 
 impl PeerLink {
     /// Creates the connection; events go to `sink`. The `offerer` creates
-    /// both data channels, the answerer waits for them.
+    /// both data channels, the answerer waits for them. `relay_only` limits
+    /// ICE to TURN relay candidates (transport policy `relay`).
     pub fn new(
         ice_servers: &[IceServer],
+        relay_only: bool,
         low_watermark: u64,
         offerer: bool,
         sink: Rc<dyn Fn(PeerEvent)>,
     ) -> Result<Self, String> {
-        let pc = RtcPeerConnection::new_with_configuration(&ice_config(ice_servers))
+        let pc = RtcPeerConnection::new_with_configuration(&ice_config(ice_servers, relay_only))
             .map_err(|e| js_error(&e))?;
         let mut handlers = Vec::new();
 
@@ -162,9 +177,13 @@ impl PeerLink {
 
         Ok(Self {
             pc,
+            offerer,
             channels,
             remote_description_set: false,
             early_candidates: Vec::new(),
+            was_connected: false,
+            restarting: false,
+            watchdog: None,
             _handlers: handlers,
         })
     }
@@ -172,6 +191,18 @@ impl PeerLink {
     /// The connection, for the async negotiation helpers below.
     pub fn pc(&self) -> RtcPeerConnection {
         self.pc.clone()
+    }
+
+    /// Whether this side made the original offer (and so makes ICE
+    /// restart offers).
+    pub fn offerer(&self) -> bool {
+        self.offerer
+    }
+
+    /// A new remote description is coming (an ICE restart offer): hold
+    /// remote candidates until [`Self::remote_description_ready`] again.
+    pub fn renegotiating(&mut self) {
+        self.remote_description_set = false;
     }
 
     /// Sends an encoded frame on `channel`.
@@ -243,6 +274,7 @@ impl PeerLink {
 
 impl Drop for PeerLink {
     fn drop(&mut self) {
+        self.watchdog = None;
         self.pc.set_onicecandidate(None);
         self.pc.set_onconnectionstatechange(None);
         self.pc.set_ondatachannel(None);
@@ -329,9 +361,17 @@ async fn description(
     Ok(sdp)
 }
 
-/// Makes an offer and sets it as the local description.
-pub async fn create_offer(pc: RtcPeerConnection) -> Result<String, String> {
-    description(&pc, pc.create_offer(), RtcSdpType::Offer).await
+/// Makes an offer (with fresh ICE credentials when `ice_restart`) and sets
+/// it as the local description.
+pub async fn create_offer(pc: RtcPeerConnection, ice_restart: bool) -> Result<String, String> {
+    let promise = if ice_restart {
+        let options = RtcOfferOptions::new();
+        options.set_ice_restart(true);
+        pc.create_offer_with_rtc_offer_options(&options)
+    } else {
+        pc.create_offer()
+    };
+    description(&pc, promise, RtcSdpType::Offer).await
 }
 
 /// Applies a remote offer and returns the answer (set as local description).

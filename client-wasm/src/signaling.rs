@@ -1,11 +1,13 @@
 //! The signaling connection: a WebSocket to `parlor-server`'s `/ws`, JSON
-//! messages in and out. The closures the socket calls are stored in the
-//! [`Signaling`] value and detached and dropped with it (no `forget()`).
+//! messages in and out as text, and server-relay packets
+//! ([`parlor_protocol::relay`]) as binary messages. The closures the socket
+//! calls are stored in the [`Signaling`] value and detached and dropped with
+//! it (no `forget()`).
 
 use parlor_protocol::{ClientMessage, ServerMessage};
 use wasm_bindgen::JsCast as _;
 use wasm_bindgen::closure::Closure;
-use web_sys::{CloseEvent, Event, MessageEvent, WebSocket};
+use web_sys::{BinaryType, CloseEvent, Event, MessageEvent, WebSocket};
 
 /// Something that happened on the signaling socket.
 #[derive(Debug)]
@@ -14,6 +16,8 @@ pub enum SignalEvent {
     Open,
     /// A message from the server.
     Message(ServerMessage),
+    /// A binary message: a server-relay envelope from another peer.
+    Relay(Vec<u8>),
     /// The server sent something this build cannot read.
     Unreadable(String),
     /// The socket closed (or never opened).
@@ -52,13 +56,20 @@ impl Signaling {
     /// Opens the socket; every event goes to `sink`.
     pub fn connect(url: &str, sink: impl Fn(SignalEvent) + 'static) -> Result<Self, String> {
         let ws = WebSocket::new(url).map_err(|e| crate::util::js_error(&e))?;
+        ws.set_binary_type(BinaryType::Arraybuffer);
         let sink = std::rc::Rc::new(sink);
         let s = sink.clone();
         let on_open = Closure::<dyn FnMut(Event)>::new(move |_| s(SignalEvent::Open));
         let s = sink.clone();
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
-            let Some(text) = e.data().as_string() else {
-                return s(SignalEvent::Unreadable("binary message".into()));
+            let data = e.data();
+            if let Some(buf) = data.dyn_ref::<js_sys::ArrayBuffer>() {
+                return s(SignalEvent::Relay(js_sys::Uint8Array::new(buf).to_vec()));
+            }
+            let Some(text) = data.as_string() else {
+                return s(SignalEvent::Unreadable(
+                    "a message neither text nor binary".into(),
+                ));
             };
             match ServerMessage::from_json(&text) {
                 Ok(msg) => s(SignalEvent::Message(msg)),
@@ -86,6 +97,27 @@ impl Signaling {
     /// Sends a message; `false` when the socket is not open.
     pub fn send(&self, msg: &ClientMessage) -> bool {
         self.ws.ready_state() == WebSocket::OPEN && self.ws.send_with_str(&msg.to_json()).is_ok()
+    }
+
+    /// Whether the socket is open.
+    pub fn is_open(&self) -> bool {
+        self.ws.ready_state() == WebSocket::OPEN
+    }
+
+    /// Sends a server-relay envelope as one binary message.
+    pub fn send_binary(&self, bytes: &[u8]) -> Result<(), String> {
+        if self.ws.ready_state() != WebSocket::OPEN {
+            return Err("the connection to the server is down".into());
+        }
+        self.ws
+            .send_with_u8_array(bytes)
+            .map_err(|e| crate::util::js_error(&e))
+    }
+
+    /// Bytes queued on the socket and not yet sent (the relay's flow
+    /// control; the socket has no low-water event, so the driver polls it).
+    pub fn buffered_amount(&self) -> u64 {
+        u64::from(self.ws.buffered_amount())
     }
 }
 

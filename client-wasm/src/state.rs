@@ -34,7 +34,10 @@ pub enum LinkState {
     /// Connected without a relay.
     Direct,
     /// Connected through a TURN relay.
-    Relayed,
+    Turn,
+    /// Talking through the server relay (frames over the signaling
+    /// WebSocket, sealed with the room key).
+    ServerRelay,
     /// The connection failed.
     Failed,
 }
@@ -45,7 +48,8 @@ impl LinkState {
         match self {
             Self::Connecting => "connecting",
             Self::Direct => "direct",
-            Self::Relayed => "relayed",
+            Self::Turn => "turn",
+            Self::ServerRelay => "server-relay",
             Self::Failed => "failed",
         }
     }
@@ -592,7 +596,7 @@ mod tests {
                 up("b"),
                 Action::PeerLink {
                     id: "a".into(),
-                    state: LinkState::Relayed,
+                    state: LinkState::Turn,
                     rtt_ms: Some(7),
                 },
                 Action::PeerGone("b".into()),
@@ -601,7 +605,24 @@ mod tests {
         assert_eq!(s.peers.len(), 1);
         assert_eq!(
             (s.peers[0].state, s.peers[0].rtt_ms),
-            (LinkState::Relayed, Some(7))
+            (LinkState::Turn, Some(7))
+        );
+    }
+
+    #[test]
+    fn link_states_have_their_data_state_names() {
+        let names: Vec<_> = [
+            LinkState::Connecting,
+            LinkState::Direct,
+            LinkState::Turn,
+            LinkState::ServerRelay,
+            LinkState::Failed,
+        ]
+        .map(LinkState::as_str)
+        .into();
+        assert_eq!(
+            names,
+            ["connecting", "direct", "turn", "server-relay", "failed"]
         );
     }
 }

@@ -32,6 +32,15 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
+/// `N` bytes from `crypto.getRandomValues`, or `None` without the Crypto
+/// API (for secrets and nonces, where `Math.random` will not do).
+pub fn crypto_random_bytes<const N: usize>() -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    let crypto = web_sys::window()?.crypto().ok()?;
+    crypto.get_random_values_with_u8_array(&mut out).ok()?;
+    Some(out)
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

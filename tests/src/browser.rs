@@ -204,14 +204,51 @@ impl Page {
         Ok(v.as_str().unwrap_or_default().to_owned())
     }
 
-    /// Waits until `n` remote peers show a connected state (direct or relayed).
+    /// Waits until `n` remote peers show a connected state (direct, TURN
+    /// relay or server relay).
     pub async fn wait_peers_connected(&self, n: usize) -> Result<()> {
         let script = format!(
-            "document.querySelectorAll('li[data-peer-id][data-state=direct], li[data-peer-id][data-state=relayed]').length >= {n}"
+            "document.querySelectorAll('li[data-peer-id][data-state=direct], li[data-peer-id][data-state=turn], li[data-peer-id][data-state=server-relay]').length >= {n}"
         );
         self.wait_js(&format!("{n} connected peer(s)"), &script, PAGE_TIMEOUT)
             .await
             .map(|_| ())
+    }
+
+    /// Waits until `n` remote peers show `data-state` = `state` (`direct`,
+    /// `turn`, `server-relay`, ...).
+    pub async fn wait_peers_in_state(&self, n: usize, state: &str) -> Result<()> {
+        let script = format!(
+            "document.querySelectorAll('li[data-peer-id][data-state={}]').length >= {n}",
+            json!(state)
+        );
+        self.wait_js(&format!("{n} peer(s) {state}"), &script, PAGE_TIMEOUT)
+            .await
+            .map(|_| ())
+    }
+
+    /// The `data-state` of every listed remote peer, in order.
+    pub async fn peer_states(&self) -> Result<Vec<String>> {
+        let v = self
+            .client
+            .execute(
+                "return [...document.querySelectorAll('li[data-peer-id]')].map(e => e.dataset.state);",
+                vec![],
+            )
+            .await?;
+        Ok(serde_json::from_value(v)?)
+    }
+
+    /// The visible label of every listed remote peer's state, in order.
+    pub async fn peer_state_labels(&self) -> Result<Vec<String>> {
+        let v = self
+            .client
+            .execute(
+                "return [...document.querySelectorAll('li[data-peer-id] .peer-state')].map(e => e.textContent);",
+                vec![],
+            )
+            .await?;
+        Ok(serde_json::from_value(v)?)
     }
 
     /// Offers local files through the "Send files" picker.

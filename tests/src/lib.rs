@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod netns;
+pub mod tamper;
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use parlor_protocol::{RoomId, RoomKey};
 use parlor_tests::browser::{self, PAGE_TIMEOUT, Page};
 use parlor_tests::{Peer, Server, hash_file, random_file};
 use serde_json::json;
@@ -13,14 +14,40 @@ use serde_json::json;
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(180);
 
 async fn server() -> Server {
+    server_with(&[]).await
+}
+
+/// A server for the built web app, with extra flags.
+async fn server_with(args: &[&str]) -> Server {
     let dir = browser::web_dir();
     assert!(
         dir.join("index.html").exists(),
         "build the web app first (cargo xtask test does)"
     );
-    Server::start(&["--web-dir", dir.to_str().unwrap()])
-        .await
-        .unwrap()
+    let mut all = vec!["--web-dir", dir.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Server::start(&all).await.unwrap()
+}
+
+/// A new room's invite link on `server`: `BASE/r/ROOM#KEY`.
+fn new_room_link(server: &Server) -> String {
+    use rand::RngCore as _;
+    let mut rng = rand::thread_rng();
+    let (mut room, mut key) = ([0u8; 16], [0u8; 32]);
+    rng.fill_bytes(&mut room);
+    rng.fill_bytes(&mut key);
+    format!(
+        "{}/r/{}#{}",
+        server.base,
+        RoomId::from_random(room),
+        RoomKey::from_random(key)
+    )
+}
+
+/// `link` with the page option `?relay=MODE` (before the `#KEY` fragment).
+fn with_relay(link: &str, mode: &str) -> String {
+    let (page, key) = link.split_once('#').unwrap();
+    format!("{page}?relay={mode}#{key}")
 }
 
 /// Opens `/`, starts a room, and returns the page and its invite link.
@@ -158,6 +185,10 @@ async fn a_page_and_the_cli_chat_and_send_files_both_ways() {
     let mut cli = Peer::spawn("cli", &["chat", &link]).unwrap();
     cli.wait_connected(1).await.unwrap();
     page.wait_peers_connected(1).await.unwrap();
+    // Sealed signaling works both ways: WebRTC, not the server relay.
+    let connected = cli.wait_event("connected").await.unwrap();
+    assert_eq!(connected["path"], "direct", "{connected}");
+    page.wait_peers_in_state(1, "direct").await.unwrap();
 
     page.say("hello cli, this is the page").await.unwrap();
     cli.wait_for("page message", |v| {
@@ -271,4 +302,312 @@ async fn reloading_the_page_keeps_the_chat_history() {
     assert_eq!(texts, ["remember me", "and me"]);
     a.close().await;
     b.close().await;
+}
+
+/// Chat both ways between two connected pages, then `name` (`bytes` long)
+/// from `a` to `b`: the receiver verifies the hash and the downloaded file
+/// matches it.
+async fn chat_and_send_a_file(a: &Page, b: &Page, name: &str, bytes: usize) {
+    a.say(&format!("a to b before {name}")).await.unwrap();
+    b.wait_message(&format!("a to b before {name}"))
+        .await
+        .unwrap();
+    b.say(&format!("b to a before {name}")).await.unwrap();
+    a.wait_message(&format!("b to a before {name}"))
+        .await
+        .unwrap();
+    a.wait_js(
+        "own message delivered",
+        "document.querySelector('li.message[data-from=me][data-status=delivered]') !== null",
+        PAGE_TIMEOUT,
+    )
+    .await
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join(name);
+    let hash = random_file(&src, bytes).unwrap();
+    a.send_files(&[&src]).await.unwrap();
+    accept(b, name).await;
+    let got = wait_transfer(b, name, "done", TRANSFER_TIMEOUT).await;
+    assert_eq!(got, hash, "receiver verified a different hash");
+    wait_transfer(a, name, "done", PAGE_TIMEOUT).await;
+    let saved = save(b, name).await;
+    assert_eq!(hash_file(&saved).unwrap(), hash, "downloaded file differs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_pages_forced_onto_turn_chat_and_send_a_file() {
+    let _serial = parlor_tests::exclusive().await;
+    if !browser::enabled("two_pages_forced_onto_turn_chat_and_send_a_file") {
+        return;
+    }
+    // On loopback both TURN allocations sit on 127.0.0.1.
+    let server = server_with(&["--turn-allow-private"]).await;
+    let link = with_relay(&new_room_link(&server), "turn");
+    let a = join(&link).await;
+    let b = join(&link).await;
+    a.wait_peers_in_state(1, "turn").await.unwrap();
+    b.wait_peers_in_state(1, "turn").await.unwrap();
+    assert_eq!(a.peer_state_labels().await.unwrap(), ["TURN relay"]);
+
+    chat_and_send_a_file(&a, &b, "through-turn.bin", 5 * 1024 * 1024 + 11).await;
+    // Still on TURN: neither side fell back to anything else.
+    assert_eq!(a.peer_states().await.unwrap(), ["turn"]);
+    assert_eq!(b.peer_states().await.unwrap(), ["turn"]);
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_pages_forced_onto_the_server_relay_chat_and_send_a_file() {
+    let _serial = parlor_tests::exclusive().await;
+    if !browser::enabled("two_pages_forced_onto_the_server_relay_chat_and_send_a_file") {
+        return;
+    }
+    let server = server().await;
+    let plain = new_room_link(&server);
+    let link = with_relay(&plain, "server");
+    let a = join(&link).await;
+    let b = join(&link).await;
+    a.wait_peers_in_state(1, "server-relay").await.unwrap();
+    b.wait_peers_in_state(1, "server-relay").await.unwrap();
+    assert_eq!(b.peer_state_labels().await.unwrap(), ["server relay"]);
+    // The key came from the fragment after the query; the link to share
+    // leaves this page's own ?relay= out.
+    assert_eq!(a.invite_link().await.unwrap(), plain);
+
+    chat_and_send_a_file(&a, &b, "through-server.bin", 5 * 1024 * 1024 + 7).await;
+    // And the other way.
+    b.say("b sends too").await.unwrap();
+    a.wait_message("b sends too").await.unwrap();
+    assert_eq!(a.peer_states().await.unwrap(), ["server-relay"]);
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_follows_a_peer_onto_the_server_relay() {
+    let _serial = parlor_tests::exclusive().await;
+    if !browser::enabled("a_page_follows_a_peer_onto_the_server_relay") {
+        return;
+    }
+    let server = server().await;
+    let link = new_room_link(&server);
+    // A never makes a peer connection; B offers one, gets no answer but
+    // A's Switch, and follows onto the relay.
+    let a = join(&with_relay(&link, "server")).await;
+    let b = join(&link).await;
+    b.wait_peers_in_state(1, "server-relay").await.unwrap();
+    a.wait_peers_in_state(1, "server-relay").await.unwrap();
+    b.say("b talks through the relay").await.unwrap();
+    a.wait_message("b talks through the relay").await.unwrap();
+    a.say("and a answers").await.unwrap();
+    b.wait_message("and a answers").await.unwrap();
+    b.wait_js(
+        "own message delivered",
+        "document.querySelector('li.message[data-from=me][data-status=delivered]') !== null",
+        PAGE_TIMEOUT,
+    )
+    .await
+    .unwrap();
+
+    // A third, ordinary page: it reaches B directly and A through the relay.
+    let c = join(&link).await;
+    c.wait_peers_connected(2).await.unwrap();
+    c.wait_peers_in_state(1, "server-relay").await.unwrap();
+    c.wait_peers_in_state(1, "direct").await.unwrap();
+    c.say("c is here").await.unwrap();
+    a.wait_message("c is here").await.unwrap();
+    b.wait_message("c is here").await.unwrap();
+    for p in [a, b, c] {
+        p.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_falls_back_to_the_server_relay_when_webrtc_cannot_connect() {
+    let _serial = parlor_tests::exclusive().await;
+    if !browser::enabled("a_page_falls_back_to_the_server_relay_when_webrtc_cannot_connect") {
+        return;
+    }
+    // B may only use TURN, and this server's relay refuses loopback peers:
+    // no candidate pair can work. A (no option) gives its connection 8 s,
+    // then switches to the server relay; B follows A's Switch.
+    let server = server().await;
+    let link = new_room_link(&server);
+    let a = join(&link).await;
+    let b = join(&with_relay(&link, "turn")).await;
+    let started = std::time::Instant::now();
+    a.wait_peers_in_state(1, "server-relay").await.unwrap();
+    b.wait_peers_in_state(1, "server-relay").await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "fell back before the connection had its time: {:?}",
+        started.elapsed()
+    );
+    a.say("a fell back").await.unwrap();
+    b.wait_message("a fell back").await.unwrap();
+    b.say("b followed").await.unwrap();
+    a.wait_message("b followed").await.unwrap();
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_and_the_cli_on_the_server_relay_chat_and_send_files_both_ways() {
+    let _serial = parlor_tests::exclusive().await;
+    if !browser::enabled("a_page_and_the_cli_on_the_server_relay_chat_and_send_files_both_ways") {
+        return;
+    }
+    let server = server().await;
+    let (page, link) = start_room(&server).await;
+
+    // A CLI forced onto the server relay; the page follows its Switch.
+    let mut cli = Peer::spawn("cli", &["--force-relay", "server", "chat", &link]).unwrap();
+    let connected = cli.wait_event("connected").await.unwrap();
+    assert_eq!(connected["path"], "server-relay", "{connected}");
+    page.wait_peers_in_state(1, "server-relay").await.unwrap();
+    page.say("page to cli via the server").await.unwrap();
+    cli.wait_for("page message", |v| {
+        v["event"] == "message" && v["text"] == "page to cli via the server"
+    })
+    .await
+    .unwrap();
+    cli.say("cli to page via the server").await.unwrap();
+    page.wait_message("cli to page via the server")
+        .await
+        .unwrap();
+    cli.close_stdin();
+    assert!(
+        cli.wait_exit(Duration::from_secs(60))
+            .await
+            .unwrap()
+            .success(),
+        "{:?}",
+        cli.history
+    );
+
+    // Page -> CLI.
+    let dir = tempfile::tempdir().unwrap();
+    let to_cli = dir.path().join("relay-to-cli.bin");
+    let hash_to_cli = random_file(&to_cli, 3 * 1024 * 1024 + 5).unwrap();
+    let out = dir.path().join("out");
+    let mut receiver = Peer::spawn(
+        "cli-receiver",
+        &[
+            "--force-relay",
+            "server",
+            "receive",
+            &link,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    receiver.wait_connected(1).await.unwrap();
+    page.wait_peers_in_state(1, "server-relay").await.unwrap();
+    page.send_files(&[&to_cli]).await.unwrap();
+    assert!(
+        receiver
+            .wait_exit(TRANSFER_TIMEOUT)
+            .await
+            .unwrap()
+            .success(),
+        "{:?}",
+        receiver.history
+    );
+    assert_eq!(
+        hash_file(&out.join("relay-to-cli.bin")).unwrap(),
+        hash_to_cli
+    );
+    wait_transfer(&page, "relay-to-cli.bin", "done", PAGE_TIMEOUT).await;
+
+    // CLI -> a page that opens the CLI's link with ?relay=server.
+    let to_page = dir.path().join("relay-to-page.bin");
+    let hash_to_page = random_file(&to_page, 5 * 1024 * 1024 + 1).unwrap();
+    let mut sender = Peer::spawn(
+        "cli-sender",
+        &[
+            "--force-relay",
+            "server",
+            "send",
+            "--server",
+            &server.base,
+            to_page.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let cli_link = sender.invite().await.unwrap();
+    let page2 = join(&with_relay(&cli_link, "server")).await;
+    page2.wait_peers_in_state(1, "server-relay").await.unwrap();
+    accept(&page2, "relay-to-page.bin").await;
+    let got = wait_transfer(&page2, "relay-to-page.bin", "done", TRANSFER_TIMEOUT).await;
+    assert_eq!(got, hash_to_page);
+    let saved = save(&page2, "relay-to-page.bin").await;
+    assert_eq!(hash_file(&saved).unwrap(), hash_to_page);
+    assert!(
+        sender.wait_exit(TRANSFER_TIMEOUT).await.unwrap().success(),
+        "{:?}",
+        sender.history
+    );
+    page.close().await;
+    page2.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_detects_a_tampering_signaling_server() {
+    let _serial = parlor_tests::exclusive().await;
+    if !browser::enabled("a_page_detects_a_tampering_signaling_server") {
+        return;
+    }
+    let server = server().await;
+    let proxy = parlor_tests::tamper::TamperingProxy::start(&server.base)
+        .await
+        .unwrap();
+    // The page and the CLI both reach the server only through the proxy,
+    // which alters every sealed signal it passes on.
+    let link = new_room_link(&server).replacen(&server.base, &proxy.base, 1);
+    let page = join(&link).await;
+    page.wait_js(
+        "the page to join",
+        "document.querySelector('#invite-link') ? true : null",
+        PAGE_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let mut cli = Peer::spawn("cli", &["chat", &link]).unwrap();
+    cli.peer_id().await.unwrap();
+    let alert = page
+        .wait_js(
+            "a security warning",
+            "(() => { const a = [...document.querySelectorAll('[role=alert]')]\
+               .map(e => e.textContent).find(t => t.includes('Security warning')); \
+               return a || null; })()",
+            PAGE_TIMEOUT,
+        )
+        .await
+        .unwrap();
+    assert!(alert.as_str().unwrap().contains("altered"), "{alert}");
+    assert!(proxy.altered() > 0);
+    // Past the fallback deadline: still not connected on any path.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let states = page.peer_states().await.unwrap();
+    assert!(
+        states
+            .iter()
+            .all(|s| !["direct", "turn", "server-relay"].contains(&s.as_str())),
+        "{states:?}"
+    );
+    let connected = cli
+        .wait_for_within("connected", Duration::from_millis(100), |v| {
+            v["event"] == "connected"
+        })
+        .await;
+    assert!(
+        connected.is_err(),
+        "connected despite tampering: {connected:?}"
+    );
+    cli.kill().await;
+    page.close().await;
 }

@@ -5,9 +5,13 @@
 //!   test command; `.ci/run` calls it).
 //! - `run [-- SERVER-ARGS]`: builds and starts `parlor-server` (the README's
 //!   start command).
-//! - `bench`: the core chunk-pipeline benchmark and the native loopback
-//!   transfer benchmark (results go in BENCHMARKS.md by hand).
+//! - `bench`: the core chunk-pipeline benchmark, the native loopback
+//!   transfer benchmark and the relay benchmark (results go in BENCHMARKS.md
+//!   by hand). `bench relay` runs only the relay benchmark ([`relay_bench`]:
+//!   embedded TURN vs coturn vs the server relay).
 //! - `fuzz`: each cargo-fuzz target for `PARLOR_FUZZ_SECS` (also part of `test`).
+
+mod relay_bench;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -105,9 +109,16 @@ fn setup_build() -> Result<()> {
     Ok(())
 }
 
-/// Installs what the browser tests need (Debian's Chromium and its driver).
+/// Installs the Debian packages the tests need: Chromium and its driver
+/// (browser tests), iproute2 and iptables (the NAT matrix in network
+/// namespaces) and coturn (the relay benchmark). Skipped when all are there.
 fn setup_browser() -> Result<()> {
-    if Path::new(CHROMIUM).exists() && have("chromedriver", "--version") {
+    let present = Path::new(CHROMIUM).exists()
+        && have("chromedriver", "--version")
+        && have("ip", "-V")
+        && have("iptables", "--version")
+        && Path::new("/usr/bin/turnserver").exists();
+    if present {
         return Ok(());
     }
     run_checked(Command::new("apt-get").arg("update"))?;
@@ -119,6 +130,9 @@ fn setup_browser() -> Result<()> {
                 "--no-install-recommends",
                 "chromium",
                 "chromium-driver",
+                "iproute2",
+                "iptables",
+                "coturn",
             ])
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
@@ -323,6 +337,9 @@ impl Drop for Guard {
 }
 
 fn bench(args: &[String]) -> Result<()> {
+    if args.first().is_some_and(|a| a == "relay") {
+        return relay_bench::run();
+    }
     let skip_core = args.iter().any(|a| a == "--transfer-only");
     if !skip_core {
         run_checked(cargo().args(["bench", "-p", "parlor-core", "--bench", "chunk_pipeline"]))?;
@@ -449,6 +466,7 @@ fn bench(args: &[String]) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     drop(server);
+    relay_bench::run()?;
     web_bench()
 }
 

@@ -12,6 +12,7 @@ use parlor_protocol::{RoomId, RoomKey};
 use yew::prelude::*;
 
 use crate::i18n::Lang;
+use crate::params::RelayMode;
 use crate::util::random_bytes;
 
 /// The UI language and a way to switch it, shared by context.
@@ -26,7 +27,11 @@ pub struct LangCtx {
 /// What the URL asks for.
 enum Route {
     Home,
-    Room { room: RoomId, has_key: bool },
+    Room {
+        room: RoomId,
+        key: Option<RoomKey>,
+        relay: Result<RelayMode, String>,
+    },
     BadRoom,
 }
 
@@ -43,7 +48,8 @@ fn route() -> Route {
     match RoomId::parse(room) {
         Ok(room) => Route::Room {
             room,
-            has_key: RoomKey::parse(key.trim_start_matches('#')).is_some(),
+            key: RoomKey::parse(key.trim_start_matches('#')),
+            relay: RelayMode::from_query(&location.search().unwrap_or_default()),
         },
         Err(_) => Route::BadRoom,
     }
@@ -71,7 +77,13 @@ pub fn app() -> Html {
     };
     let body = match route() {
         Route::Home => html! { <Home /> },
-        Route::Room { room, has_key } => html! { <room_page::RoomPage {room} {has_key} /> },
+        Route::Room { room, key, relay } => {
+            let (relay, relay_error) = match relay {
+                Ok(mode) => (mode, None),
+                Err(e) => (RelayMode::Auto, Some(AttrValue::from(e))),
+            };
+            html! { <room_page::RoomPage {room} room_key={key} {relay} {relay_error} /> }
+        }
         Route::BadRoom => {
             let t = lang.t();
             html! {

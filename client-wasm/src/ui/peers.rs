@@ -21,7 +21,8 @@ pub fn peers(props: &PeersProps) -> Html {
         let state = match p.state {
             LinkState::Connecting => t.connecting,
             LinkState::Direct => t.direct,
-            LinkState::Relayed => t.relayed,
+            LinkState::Turn => t.turn,
+            LinkState::ServerRelay => t.server_relay,
             LinkState::Failed => t.failed,
         };
         let name = if p.name.is_empty() { format!("#{}", p.id) } else { p.name.clone() };

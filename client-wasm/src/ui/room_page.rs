@@ -1,7 +1,7 @@
 //! The room page: creates the driver for the room, owns the view store, and
 //! lays out the panels.
 
-use parlor_protocol::RoomId;
+use parlor_protocol::{RoomId, RoomKey};
 use yew::prelude::*;
 
 use super::chat::Chat;
@@ -10,6 +10,7 @@ use super::peers::Peers;
 use super::transfers::Transfers;
 use super::{LangCtx, LangSwitch};
 use crate::i18n::Lang;
+use crate::params::RelayMode;
 use crate::room::RoomHandle;
 use crate::state::{Action, RoomState, ServerStatus};
 
@@ -18,8 +19,12 @@ use crate::state::{Action, RoomState, ServerStatus};
 pub struct RoomProps {
     /// The room from the URL.
     pub room: RoomId,
-    /// Whether the URL carried a valid `#KEY`.
-    pub has_key: bool,
+    /// The URL's `#KEY`, when it carried a valid one.
+    pub room_key: Option<RoomKey>,
+    /// The URL's `?relay=`.
+    pub relay: RelayMode,
+    /// Why the URL's `?relay=` was ignored.
+    pub relay_error: Option<AttrValue>,
 }
 
 /// One room: invite, people, chat, files.
@@ -31,14 +36,29 @@ pub fn room_page(props: &RoomProps) -> Html {
     {
         let dispatcher = state.dispatcher();
         let handle = handle.clone();
-        use_effect_with(props.room.clone(), move |room| {
-            let h = RoomHandle::start(room.clone(), move |a| dispatcher.dispatch(a));
-            handle.set(Some(h.clone()));
-            move || h.shutdown()
-        });
+        use_effect_with(
+            (props.room.clone(), props.room_key.clone(), props.relay),
+            move |(room, key, relay)| {
+                let h = RoomHandle::start(room.clone(), key.clone(), *relay, move |a| {
+                    dispatcher.dispatch(a)
+                });
+                handle.set(Some(h.clone()));
+                move || h.shutdown()
+            },
+        );
     }
+    // The invite link without this page's own `?relay=` choice.
     let link = web_sys::window()
-        .and_then(|w| w.location().href().ok())
+        .map(|w| {
+            let l = w.location();
+            let part = |r: Result<String, _>| r.unwrap_or_default();
+            format!(
+                "{}{}{}",
+                part(l.origin()),
+                part(l.pathname()),
+                part(l.hash())
+            )
+        })
         .unwrap_or_default();
 
     let on_drop = {
@@ -101,8 +121,11 @@ pub fn room_page(props: &RoomProps) -> Html {
                 <LangSwitch />
             </header>
             <div class="alerts">
-                if !props.has_key {
+                if props.room_key.is_none() {
                     <div class="alert" role="alert">{ t.no_key }</div>
+                }
+                if let Some(e) = &props.relay_error {
+                    <div class="alert" role="alert">{ e.clone() }</div>
                 }
                 { for notices }
             </div>

@@ -50,7 +50,7 @@ async fn main() -> Result<()> {
             let v = guest
                 .client
                 .execute(
-                    "return document.querySelector('li[data-peer-id][data-state=direct], li[data-peer-id][data-state=relayed]') ? performance.now() : null;",
+                    "return document.querySelector('li[data-peer-id][data-state=direct], li[data-peer-id][data-state=turn], li[data-peer-id][data-state=server-relay]') ? performance.now() : null;",
                     vec![],
                 )
                 .await?;
