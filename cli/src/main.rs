@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use parlor_protocol::{InviteLink, RoomId, RoomKey};
 
 use crate::report::{Event, Reporter};
-use crate::room::{Mode, PathPolicy, Room};
+use crate::room::{Mode, PathPolicy, Room, RoomAccess};
 
 /// Chat and send files directly between peers (browsers or CLIs) over WebRTC.
 #[derive(Debug, Parser)]
@@ -181,7 +181,7 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
         } => (Mode::Chat, new_room(&server), true),
     };
     let (signaling, joined) =
-        signal::Signaling::join(&link.websocket_url(), &link.room, &cli.name).await?;
+        signal::Signaling::join(&link.websocket_url(), &link.room, &cli.name, None).await?;
     if policy == PathPolicy::TurnOnly && !rtc::has_usable_turn(&joined.ice_servers) {
         anyhow::bail!(
             "--force-relay turn: the server offers no TURN relay this peer can use \
@@ -200,11 +200,17 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
         peers,
     });
     let json = report.is_json();
+    let access = RoomAccess {
+        ws_url: link.websocket_url(),
+        room: link.room.clone(),
+        name: cli.name.clone(),
+        key: link.key.clone(),
+    };
     let room = Room::start(
         mode,
         config,
         policy,
-        &link.key,
+        access,
         std::mem::replace(report, Reporter::new(json)),
         signaling,
         joined,

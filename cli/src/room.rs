@@ -41,6 +41,28 @@ const RECEIVE_IDLE_EXIT: Duration = Duration::from_secs(3);
 /// after an ICE restart) falls back to the server relay.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 
+/// How long `send`/`receive`/`chat` keep trying to reach a lost server when
+/// no peer is connected (with peers connected, they keep trying: data
+/// channels work without the server).
+const OFFLINE_GIVE_UP: Duration = Duration::from_secs(60);
+/// Longest wait between two reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// The room as this peer reaches it: where to (re)join, under which name,
+/// and the key (from the invite link) that seals what goes through the
+/// server.
+#[derive(Debug, Clone)]
+pub struct RoomAccess {
+    /// The signaling WebSocket URL.
+    pub ws_url: String,
+    /// The room.
+    pub room: parlor_protocol::RoomId,
+    /// Our display name.
+    pub name: String,
+    /// The room key.
+    pub key: RoomKey,
+}
+
 /// Which paths this peer may use (`--force-relay`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathPolicy {
@@ -124,6 +146,13 @@ pub struct Room {
     /// WebRTC links that were connected once (a failure then tries an ICE
     /// restart before the server relay).
     was_connected: HashSet<PeerId>,
+    /// How to join again, and the token that keeps our peer id.
+    access: RoomAccess,
+    resume_token: Option<String>,
+    /// Reconnecting to the server, when it is lost.
+    reconnect: Option<tokio::task::JoinHandle<(Signaling, Joined)>>,
+    /// Give up if still offline with nobody connected by then.
+    offline_deadline: Option<tokio::time::Instant>,
     stdin: Option<Lines<BufReader<Stdin>>>,
     flush_deadline: Option<tokio::time::Instant>,
     idle_deadline: Option<tokio::time::Instant>,
@@ -136,7 +165,7 @@ impl Room {
         mode: Mode,
         config: TransferConfig,
         policy: PathPolicy,
-        key: &RoomKey,
+        access: RoomAccess,
         report: Reporter,
         signaling: Signaling,
         joined: Joined,
@@ -164,8 +193,8 @@ impl Room {
             config,
             policy,
             me: joined.peer_id,
-            relay_cipher: RelayCipher::new(key, rand::random()),
-            signal_cipher: SignalCipher::new(key, rand::random()),
+            relay_cipher: RelayCipher::new(&access.key, rand::random()),
+            signal_cipher: SignalCipher::new(&access.key, rand::random()),
             remote_fingerprints: HashMap::new(),
             refused: HashSet::new(),
             relay_buffer,
@@ -173,6 +202,10 @@ impl Room {
             relay_up: HashSet::new(),
             connect_deadlines: HashMap::new(),
             was_connected: HashSet::new(),
+            access,
+            resume_token: joined.resume_token.clone(),
+            reconnect: None,
+            offline_deadline: None,
             stdin,
             flush_deadline: None,
             idle_deadline: None,
@@ -224,6 +257,8 @@ impl Room {
                     None => self.on_signaling_lost(),
                 },
                 () = relay_buffer.drained() => self.on_relay_drained().await,
+                rejoined = next_reconnect(&mut self.reconnect) => self.on_rejoined(rejoined).await,
+                () = sleep_until(self.offline_deadline) => self.on_offline_too_long(),
                 () = sleep_until(connect_timer) => self.on_connect_timeout().await,
                 Some(event) = self.events_rx.recv() => self.on_peer_event(event).await,
                 line = next_line(&mut self.stdin) => self.on_stdin(line).await,
@@ -268,12 +303,107 @@ impl Room {
         }
         self.signaling_up = false;
         self.report.emit(Event::Error {
-            message: "lost the connection to the Parlor server".into(),
+            message: "lost the connection to the Parlor server; reconnecting".into(),
         });
-        // Established data channels keep working without the server; without
-        // any, there is nothing left to do.
+        // Relayed links went through the server: down until we are back.
+        for peer in std::mem::take(&mut self.relay_up) {
+            self.chat.link_down(&peer);
+            self.connected.remove(&peer);
+        }
+        // Established data channels keep working without the server.
+        self.offline_deadline = Some(tokio::time::Instant::now() + OFFLINE_GIVE_UP);
+        self.start_reconnect();
+    }
+
+    /// Rejoins in the background with back-off, under our old peer id.
+    fn start_reconnect(&mut self) {
+        if self.reconnect.is_some() {
+            return;
+        }
+        let rejoin = self.access.clone();
+        let token = self.resume_token.clone();
+        self.reconnect = Some(tokio::spawn(async move {
+            let mut delay = Duration::from_millis(250);
+            loop {
+                tokio::time::sleep(delay).await;
+                match Signaling::join(&rejoin.ws_url, &rejoin.room, &rejoin.name, token.as_deref())
+                    .await
+                {
+                    Ok(joined) => return joined,
+                    Err(err) => {
+                        tracing::info!(err = %format!("{err:#}"), "reconnecting to the server");
+                        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Still offline and nobody connected: give up.
+    fn on_offline_too_long(&mut self) {
+        self.offline_deadline = None;
+        if self.signaling_up {
+            return;
+        }
         if self.connected.is_empty() {
-            self.exit = Some(Err(anyhow!("lost the connection to the Parlor server")));
+            self.exit = Some(Err(anyhow!(
+                "lost the connection to the Parlor server and could not reconnect within {} s",
+                OFFLINE_GIVE_UP.as_secs()
+            )));
+        } else {
+            self.offline_deadline = Some(tokio::time::Instant::now() + OFFLINE_GIVE_UP);
+        }
+    }
+
+    /// Back in the room (same peer id when the server honoured our resume
+    /// token): links that are up stay up; peers we have no link to get an
+    /// offer, relayed peers a fresh Switch.
+    async fn on_rejoined(&mut self, rejoined: (Signaling, Joined)) {
+        let (signaling, joined) = rejoined;
+        self.reconnect = None;
+        self.offline_deadline = None;
+        self.signaling = signaling;
+        self.signaling_up = true;
+        self.relay_buffer = self.signaling.relay_buffer();
+        self.relay_buffer
+            .set_low_watermark(self.config.low_watermark);
+        if joined.resume_token.is_some() {
+            self.resume_token = joined.resume_token.clone();
+        }
+        self.me = joined.peer_id.clone();
+        let peers: Vec<&str> = joined.peers.iter().map(|p| p.id.0.as_str()).collect();
+        self.report.emit(Event::Joined {
+            room: self.access.room.as_str(),
+            peer_id: &joined.peer_id.0,
+            peers,
+        });
+        for peer in joined.peers {
+            self.names.insert(peer.id.clone(), peer.name);
+            self.chat.add_peer(peer.id.clone());
+            if self.relayed.contains(&peer.id) {
+                let switch = self
+                    .relay_cipher
+                    .seal(&self.me, &peer.id, &RelayPayload::Switch);
+                let _ = self.signaling.send_relay(switch).await;
+                continue;
+            }
+            if self.links.contains_key(&peer.id) || self.refused.contains(&peer.id) {
+                continue;
+            }
+            if self.policy == PathPolicy::ServerOnly {
+                self.fall_to_relay(&peer.id, "--force-relay server").await;
+                continue;
+            }
+            let offer = match self.link_for(&peer.id, true).await {
+                Ok(link) => link.create_offer(false).await,
+                Err(err) => Err(err),
+            };
+            match offer {
+                Ok(sdp) => self.send_signal(&peer.id, PeerSignal::Offer { sdp }).await,
+                Err(err) => self.report.emit(Event::Error {
+                    message: format!("offer to {}: {err:#}", peer.id),
+                }),
+            }
         }
     }
 
@@ -584,6 +714,12 @@ impl Room {
         if !self.relay_up.insert(peer.clone()) {
             return;
         }
+        // Confirm back, so the peer's side comes up too even when neither
+        // has anything to send (after a reconnect, both were relayed).
+        let switch = self
+            .relay_cipher
+            .seal(&self.me, peer, &RelayPayload::Switch);
+        let _ = self.signaling.send_relay(switch).await;
         self.connected.insert(peer.clone());
         self.report.emit(Event::Connected {
             peer_id: &peer.0,
@@ -1162,6 +1298,19 @@ impl Room {
 async fn next_line(stdin: &mut Option<Lines<BufReader<Stdin>>>) -> Option<String> {
     match stdin {
         Some(lines) => lines.next_line().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_reconnect(
+    task: &mut Option<tokio::task::JoinHandle<(Signaling, Joined)>>,
+) -> (Signaling, Joined) {
+    match task {
+        Some(handle) => match handle.await {
+            Ok(joined) => joined,
+            // The task never panics or is aborted while we wait on it.
+            Err(_) => std::future::pending().await,
+        },
         None => std::future::pending().await,
     }
 }

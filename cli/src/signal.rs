@@ -25,6 +25,9 @@ pub struct Joined {
     pub peers: Vec<PeerInfo>,
     /// ICE servers to use.
     pub ice_servers: Vec<parlor_protocol::IceServer>,
+    /// Gets our peer id back on a later connection (also to a restarted
+    /// server).
+    pub resume_token: Option<String>,
 }
 
 /// Something from the server.
@@ -94,8 +97,14 @@ impl std::fmt::Debug for Outgoing {
 }
 
 impl Signaling {
-    /// Connects to `ws_url`, says hello and waits for the welcome.
-    pub async fn join(ws_url: &str, room: &RoomId, name: &str) -> Result<(Self, Joined)> {
+    /// Connects to `ws_url`, says hello (with `resume`, the token of an
+    /// earlier welcome, to keep our peer id) and waits for the welcome.
+    pub async fn join(
+        ws_url: &str,
+        room: &RoomId,
+        name: &str,
+        resume: Option<&str>,
+    ) -> Result<(Self, Joined)> {
         let (ws, _) = tokio_tungstenite::connect_async(ws_url)
             .await
             .with_context(|| format!("cannot reach the Parlor server at {ws_url}"))?;
@@ -104,6 +113,7 @@ impl Signaling {
             version: PROTOCOL_VERSION,
             room: room.clone(),
             name: (!name.is_empty()).then(|| name.to_owned()),
+            resume: resume.map(str::to_owned),
         };
         sink.send(Message::text(hello.to_json()))
             .await
@@ -119,12 +129,14 @@ impl Signaling {
                         peer_id,
                         peers,
                         ice_servers,
+                        resume_token,
                         ..
                     } => {
                         break Joined {
                             peer_id,
                             peers,
                             ice_servers,
+                            resume_token,
                         };
                     }
                     ServerMessage::Error { code, message } => {

@@ -425,6 +425,7 @@ impl Driver {
                     version: PROTOCOL_VERSION,
                     room: self.room.clone(),
                     name: (!name.is_empty()).then_some(name),
+                    resume: None,
                 };
                 self.signal(hello);
             }

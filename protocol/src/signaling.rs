@@ -16,6 +16,29 @@ use crate::ids::{PeerId, RoomId};
 /// (encrypted) SDP and many candidates while bounding per-message memory.
 pub const MAX_SIGNALING_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// Length of a resume token: 32 random bytes in base64url without padding.
+pub const RESUME_TOKEN_CHARS: usize = 43;
+
+/// Whether `token` looks like a resume token (43 base64url characters).
+pub fn is_resume_token(token: &str) -> bool {
+    token.len() == RESUME_TOKEN_CHARS
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The peer id that belongs to a resume token: the first 64 bits of its
+/// BLAKE3 hash in hex. Anyone can compute it, nobody can invert it, so
+/// showing the id to other peers does not reveal the token.
+pub fn peer_id_for_resume_token(token: &str) -> PeerId {
+    let hash = blake3::hash(token.as_bytes());
+    let mut id = String::with_capacity(16);
+    for b in &hash.as_bytes()[..8] {
+        id.push_str(&format!("{b:02x}"));
+    }
+    PeerId(id)
+}
+
 /// Longest display name, in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
 
@@ -34,6 +57,10 @@ pub enum ClientMessage {
         /// A display name shown to the other peers.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
+        /// The `resume_token` of an earlier `welcome`: rejoin with the same
+        /// peer id (after a dropped connection or a server restart).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
     },
     /// An SDP offer for peer `to`.
     Offer {
@@ -87,6 +114,11 @@ pub enum ServerMessage {
         peers: Vec<PeerInfo>,
         /// ICE servers (STUN/TURN) the client should use.
         ice_servers: Vec<IceServer>,
+        /// A secret that gets this peer id back: send it as `resume` in the
+        /// `hello` of a later connection. The id is derived from it, so it
+        /// works with a restarted server too.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_token: Option<String>,
     },
     /// A peer joined the room. Newcomers make the offers, so the peers already
     /// present only wait for one.
@@ -335,6 +367,7 @@ mod tests {
                 version: 1,
                 room,
                 name: Some("ada".into()),
+                resume: Some("t".repeat(43)),
             },
             ClientMessage::Offer {
                 to: peer("p1"),
@@ -371,6 +404,7 @@ mod tests {
                     username: Some("1:p2".into()),
                     credential: Some("x".into()),
                 }],
+                resume_token: Some("t".repeat(43)),
             },
             ServerMessage::PeerJoined { peer: info },
             ServerMessage::PeerLeft {
@@ -410,6 +444,22 @@ mod tests {
         assert_eq!(
             ServerMessage::error(ErrorCode::UnknownPeer, "no").to_json(),
             r#"{"type":"error","code":"unknown_peer","message":"no"}"#
+        );
+    }
+
+    #[test]
+    fn resume_tokens_map_to_stable_opaque_peer_ids() {
+        let token = "A".repeat(RESUME_TOKEN_CHARS);
+        assert!(is_resume_token(&token));
+        assert!(!is_resume_token("short"));
+        assert!(!is_resume_token(&"+".repeat(RESUME_TOKEN_CHARS)));
+        let id = peer_id_for_resume_token(&token);
+        assert_eq!(id, peer_id_for_resume_token(&token));
+        assert_eq!(id.0.len(), 16);
+        assert!(!id.0.contains('A'));
+        assert_ne!(
+            id,
+            peer_id_for_resume_token(&"B".repeat(RESUME_TOKEN_CHARS))
         );
     }
 

@@ -30,6 +30,10 @@ use tokio::sync::{Notify, mpsc};
 /// client stops reading; bounded, one peer costs at most 64 × 64 KiB.
 pub const OUTBOX_CAPACITY: usize = 64;
 
+/// WebSocket close code for a connection replaced by a newer one of the
+/// same peer (a private-use code, RFC 6455 §7.4.2).
+pub const REPLACED_CLOSE_CODE: u16 = 4000;
+
 /// Relay packets (each at most ~64 KiB) a peer's relay queue holds. Unlike
 /// signaling messages, relay packets are never dropped for a full queue:
 /// the sending session waits (up to [`RELAY_SEND_TIMEOUT`]), which stops it
@@ -163,6 +167,10 @@ pub struct Newcomer {
     pub version: u32,
     /// The ICE servers listed in `welcome`.
     pub ice_servers: Vec<IceServer>,
+    /// The resume token its id derives from, echoed in `welcome`.
+    pub resume_token: String,
+    /// Tells this connection from an earlier one of the same peer id.
+    pub conn: u64,
 }
 
 /// Why a peer could not join a room.
@@ -244,7 +252,11 @@ pub trait RoomBackend: Send + Sync + fmt::Debug + 'static {
 
     /// Removes `peer` from `room` (dropping the room when it empties) and
     /// announces `peer_left` to the others. Returns whether it was there.
-    async fn leave(&self, room: &RoomId, peer: &PeerId) -> bool;
+    /// Removes `peer` from `room` if connection `conn` is still the one
+    /// holding its place (a peer that reconnected is not removed by its old
+    /// connection ending), dropping the room when it empties, and announces
+    /// `peer_left` to the others. Returns whether it was removed.
+    async fn leave(&self, room: &RoomId, peer: &PeerId, conn: u64) -> bool;
 
     /// Delivers `msg` to peer `to` if it is in `room`. A slow addressee is
     /// evicted and the message dropped; that is not the sender's error.
@@ -294,6 +306,7 @@ struct Inner {
 struct Member {
     info: PeerInfo,
     outbox: PeerOutbox,
+    conn: u64,
 }
 
 impl MemoryRooms {
@@ -328,13 +341,11 @@ impl RoomBackend for MemoryRooms {
         let members = match inner.rooms.entry(room.clone()) {
             Entry::Occupied(entry) => {
                 let members = entry.into_mut();
-                if members.len() >= self.max_peers_per_room {
+                let returning = members.iter().any(|m| m.info.id == newcomer.info.id);
+                if members.len() >= self.max_peers_per_room && !returning {
                     return Err(JoinError::RoomFull {
                         max: self.max_peers_per_room,
                     });
-                }
-                if members.iter().any(|m| m.info.id == newcomer.info.id) {
-                    return Err(JoinError::AlreadyInRoom);
                 }
                 members
             }
@@ -347,18 +358,36 @@ impl RoomBackend for MemoryRooms {
                 entry.insert(Vec::new())
             }
         };
+        // The same peer (same resume token) on a new connection: the old
+        // one is closed and replaced in place; the others already know it.
+        let replaced = members
+            .iter()
+            .position(|m| m.info.id == newcomer.info.id)
+            .map(|i| members.remove(i));
+        if let Some(old) = &replaced {
+            let _ = old.outbox.push(Outbound::Close {
+                code: REPLACED_CLOSE_CODE,
+                reason: "replaced by a newer connection of this peer".into(),
+            });
+        }
         let present: Vec<PeerInfo> = members.iter().map(|m| m.info.clone()).collect();
         let welcome = ServerMessage::Welcome {
             version: newcomer.version,
             peer_id: newcomer.info.id.clone(),
             peers: present.clone(),
             ice_servers: newcomer.ice_servers,
+            resume_token: Some(newcomer.resume_token),
         };
         let member = Member {
             info: newcomer.info,
             outbox: newcomer.outbox,
+            conn: newcomer.conn,
         };
         deliver_logged(&member, welcome);
+        if replaced.is_some() {
+            members.push(member);
+            return Ok(present);
+        }
         for other in members.iter() {
             deliver_logged(
                 other,
@@ -372,13 +401,16 @@ impl RoomBackend for MemoryRooms {
         Ok(present)
     }
 
-    async fn leave(&self, room: &RoomId, peer: &PeerId) -> bool {
+    async fn leave(&self, room: &RoomId, peer: &PeerId, conn: u64) -> bool {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let Some(members) = inner.rooms.get_mut(room) else {
             return false;
         };
-        let Some(index) = members.iter().position(|m| &m.info.id == peer) else {
+        let Some(index) = members
+            .iter()
+            .position(|m| &m.info.id == peer && m.conn == conn)
+        else {
             return false;
         };
         members.remove(index);
@@ -461,6 +493,11 @@ impl PeerIds {
         }
     }
 
+    /// A number no other connection of this server has.
+    pub fn next_conn(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// The next id.
     pub fn next_id(&self) -> PeerId {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -495,6 +532,8 @@ mod tests {
                 outbox,
                 version: 1,
                 ice_servers: Vec::new(),
+                resume_token: String::new(),
+                conn: 0,
             },
             rx,
         )
@@ -535,12 +574,12 @@ mod tests {
             other => panic!("expected welcome, got {other:?}"),
         }
         assert_eq!(rooms.counts(), RoomCounts { rooms: 1, peers: 2 });
-        assert!(rooms.leave(&room("r"), &b_info.id).await);
+        assert!(rooms.leave(&room("r"), &b_info.id, 0).await);
         assert_eq!(
             next_message(&mut a_rx),
             ServerMessage::PeerLeft { peer_id: b_info.id }
         );
-        assert!(rooms.leave(&room("r"), &a_id).await);
+        assert!(rooms.leave(&room("r"), &a_id, 0).await);
         assert_eq!(
             rooms.counts(),
             RoomCounts::default(),

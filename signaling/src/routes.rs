@@ -266,6 +266,7 @@ mod tests {
             version: 1,
             room: RoomId::from_random([3; 16]),
             name: Some("ada".into()),
+            resume: None,
         };
         ws.send_text(hello.to_json()).await;
         let reply = ws.recv().await.unwrap();

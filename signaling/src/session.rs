@@ -26,7 +26,9 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use parlor_protocol::relay;
-use parlor_protocol::signaling::{MAX_NAME_BYTES, SignalingError};
+use parlor_protocol::signaling::{
+    MAX_NAME_BYTES, SignalingError, is_resume_token, peer_id_for_resume_token,
+};
 use parlor_protocol::{
     ClientMessage, ErrorCode, PeerId, PeerInfo, RoomId, SUPPORTED_VERSIONS, ServerMessage,
 };
@@ -102,6 +104,7 @@ struct Membership {
     backend: Arc<dyn RoomBackend>,
     room: RoomId,
     peer: PeerId,
+    conn: u64,
     /// The room's server-relay byte bucket.
     relay_bucket: RelayBucket,
     active: bool,
@@ -109,7 +112,7 @@ struct Membership {
 
 impl Membership {
     async fn leave(mut self) {
-        self.backend.leave(&self.room, &self.peer).await;
+        self.backend.leave(&self.room, &self.peer, self.conn).await;
         self.active = false;
     }
 }
@@ -119,14 +122,15 @@ impl Drop for Membership {
         if !self.active {
             return;
         }
-        let (backend, room, peer) = (
+        let (backend, room, peer, conn) = (
             Arc::clone(&self.backend),
             self.room.clone(),
             self.peer.clone(),
+            self.conn,
         );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                backend.leave(&room, &peer).await;
+                backend.leave(&room, &peer, conn).await;
             });
         }
     }
@@ -284,9 +288,10 @@ impl Session {
                 version,
                 room,
                 name,
+                resume,
             } if !joined => {
                 debug!(kind, version, "received");
-                self.hello(version, room, name).await
+                self.hello(version, room, name, resume).await
             }
             ClientMessage::Hello { .. } => self.refuse(
                 ErrorCode::AlreadyJoined,
@@ -350,7 +355,13 @@ impl Session {
         }
     }
 
-    async fn hello(&mut self, version: u32, room: RoomId, name: Option<String>) -> Step {
+    async fn hello(
+        &mut self,
+        version: u32,
+        room: RoomId,
+        name: Option<String>,
+        resume: Option<String>,
+    ) -> Step {
         if !SUPPORTED_VERSIONS.contains(&version) {
             let mut supported = String::new();
             for (i, v) in SUPPORTED_VERSIONS.iter().enumerate() {
@@ -382,6 +393,21 @@ impl Session {
                 "display name may not contain control characters",
             );
         }
+        // The peer id derives from the resume token, so a peer gets its id
+        // back on a new connection, also from a restarted server.
+        let resume_token = match resume {
+            Some(token) if is_resume_token(&token) => token,
+            Some(_) => {
+                return self.refuse(
+                    ErrorCode::InvalidField,
+                    "resume must be the resume_token of an earlier welcome \
+                     (43 base64url characters)",
+                );
+            }
+            None => new_resume_token(),
+        };
+        self.id = peer_id_for_resume_token(&resume_token);
+        let conn = self.app.peer_ids().next_conn();
         let newcomer = Newcomer {
             info: PeerInfo {
                 id: self.id.clone(),
@@ -390,6 +416,8 @@ impl Session {
             outbox: self.outbox.clone(),
             version,
             ice_servers: self.app.ice_servers_for(&self.id),
+            resume_token,
+            conn,
         };
         let backend = Arc::clone(self.app.backend());
         match backend.join(&room, newcomer).await {
@@ -400,6 +428,7 @@ impl Session {
                     backend,
                     relay_bucket,
                     room,
+                    conn,
                     peer: self.id.clone(),
                     active: true,
                 });
@@ -618,6 +647,12 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, rx: OutboxReceivers
         }
     }
     let _ = sink.close().await;
+}
+
+/// 32 random bytes, base64url: a fresh resume token.
+fn new_resume_token() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
 }
 
 /// The message's `type`, as in JSON and in the metrics label.

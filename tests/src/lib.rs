@@ -119,6 +119,32 @@ impl Server {
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// Starts a new server process on the same address (after [`Self::kill`]:
+    /// a server restart as clients see it), with extra `args`.
+    pub async fn restart(&mut self, args: &[&str]) -> Result<()> {
+        self.kill().await;
+        let listen = self
+            .base
+            .strip_prefix("http://")
+            .context("base is not http://")?
+            .to_owned();
+        let mut all = vec!["--listen", listen.as_str(), "--turn-port", "0"];
+        all.extend_from_slice(args);
+        // The old socket may linger briefly; retry for a few seconds.
+        let mut last = None;
+        for _ in 0..20 {
+            match Self::start_wrapped(&[], &all).await {
+                Ok(server) => {
+                    *self = server;
+                    return Ok(());
+                }
+                Err(err) => last = Some(err),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(last.unwrap_or_else(|| anyhow!("restart failed")))
+    }
 }
 
 /// A running `parlor` CLI with `--json` output.

@@ -9,11 +9,13 @@ use parlor_protocol::{ClientMessage, ServerMessage};
 use parlor_signaling::close_code;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{TestServer, new_room, test_config, within};
+use tokio::io::AsyncBufReadExt as _;
 
-/// Resident memory of this process (server and clients), in bytes.
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+use crate::support::{TestServer, new_room, within};
+
+/// Resident memory of process `pid`, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -23,12 +25,39 @@ fn rss_bytes() -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hostile_client_is_refused_and_closed_while_other_rooms_carry_on() {
-    let server = TestServer::start(test_config()).await;
+    // The real binary in its own process, so its memory is measured alone.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_parlor-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-turn",
+            "--web-dir",
+            "/nonexistent",
+        ])
+        .env("PARLOR_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    within("the listening line", stdout.read_line(&mut line))
+        .await
+        .unwrap();
+    let addr = line
+        .trim_end()
+        .strip_prefix("parlor-server listening on http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let server = TestServer::external(addr);
     let room = new_room();
     let (mut ada, _ada_id, _) = server.join(&room, "ada").await;
     let (mut bob, bob_id, _) = server.join(&room, "bob").await;
     assert!(matches!(ada.recv().await, ServerMessage::PeerJoined { .. }));
-    let rss_before = rss_bytes();
+    let rss_before = rss_bytes(pid);
 
     // Several attackers, each in its own room, each trying everything.
     let mut closes = Vec::new();
@@ -109,6 +138,12 @@ async fn a_hostile_client_is_refused_and_closed_while_other_rooms_carry_on() {
     ada.ping_pong().await;
 
     // Megabytes of junk went in; memory did not follow it.
-    let grown = rss_bytes().saturating_sub(rss_before);
-    assert!(grown < 64 * 1024 * 1024, "RSS grew by {grown} bytes");
+    let grown = rss_bytes(pid).saturating_sub(rss_before);
+    assert!(rss_before > 0, "could not read the server's memory");
+    assert!(
+        grown < 64 * 1024 * 1024,
+        "the server's RSS grew by {grown} bytes"
+    );
+    // And it is still up.
+    assert!(child.try_wait().unwrap().is_none());
 }

@@ -40,8 +40,8 @@ impl RoomBackend for PanickyRooms {
     async fn join(&self, room: &RoomId, newcomer: Newcomer) -> Result<Vec<PeerInfo>, JoinError> {
         self.0.join(room, newcomer).await
     }
-    async fn leave(&self, room: &RoomId, peer: &PeerId) -> bool {
-        self.0.leave(room, peer).await
+    async fn leave(&self, room: &RoomId, peer: &PeerId, conn: u64) -> bool {
+        self.0.leave(room, peer, conn).await
     }
     async fn send_to(
         &self,

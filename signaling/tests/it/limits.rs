@@ -26,6 +26,7 @@ async fn a_full_room_refuses_newcomers() {
         version: PROTOCOL_VERSION,
         room: room.clone(),
         name: None,
+        resume: None,
     })
     .await;
     let message = cyd.expect_error(ErrorCode::RoomFull).await;
@@ -50,6 +51,7 @@ async fn the_room_count_is_capped() {
         version: PROTOCOL_VERSION,
         room: new_room(),
         name: None,
+        resume: None,
     })
     .await;
     bob.expect_error(ErrorCode::TooManyRooms).await;
@@ -153,6 +155,7 @@ async fn a_silent_client_gets_pings_and_is_dropped() {
         version: PROTOCOL_VERSION,
         room,
         name: None,
+        resume: None,
     };
     mute.send_text(&hello.to_json()).await;
     let (opcode, welcome) = mute.read_frame().await;
@@ -206,6 +209,7 @@ async fn a_peer_too_slow_to_read_is_disconnected() {
         version: PROTOCOL_VERSION,
         room,
         name: None,
+        resume: None,
     };
     slow.send_text(&hello.to_json()).await;
     let slow_id = match ada.recv().await {

@@ -219,6 +219,7 @@ async fn messages_before_hello_are_not_joined_and_a_second_hello_is_refused() {
         version: 1,
         room,
         name: None,
+        resume: None,
     })
     .await;
     ada.expect_error(ErrorCode::AlreadyJoined).await;
@@ -233,6 +234,7 @@ async fn unsupported_version_is_refused_and_the_connection_closed() {
         version: 99,
         room: new_room(),
         name: None,
+        resume: None,
     })
     .await;
     let message = ada.expect_error(ErrorCode::UnsupportedVersion).await;
@@ -266,9 +268,73 @@ async fn too_long_display_name_is_an_invalid_field() {
         version: 1,
         room: new_room(),
         name: Some(name),
+        resume: None,
     })
     .await;
     let message = ada.expect_error(ErrorCode::InvalidField).await;
     assert!(message.contains("display name"), "{message}");
     ada.hello(&new_room(), "ada").await;
+}
+
+#[tokio::test]
+async fn a_resume_token_gets_the_same_peer_id_back_and_replaces_the_old_connection() {
+    let server = TestServer::start(test_config()).await;
+    let room = new_room();
+    let (mut ada, _, _) = server.join(&room, "ada").await;
+    let mut bob = server.client().await;
+    bob.send(&ClientMessage::Hello {
+        version: 1,
+        room: room.clone(),
+        name: Some("bob".into()),
+        resume: None,
+    })
+    .await;
+    let (bob_id, token) = match bob.recv().await {
+        ServerMessage::Welcome {
+            peer_id,
+            resume_token: Some(token),
+            ..
+        } => (peer_id, token),
+        other => panic!("expected a welcome with a resume token, got {other:?}"),
+    };
+    assert!(matches!(ada.recv().await, ServerMessage::PeerJoined { .. }));
+
+    // Bob comes back on a new connection before the old one is noticed dead.
+    let mut bob2 = server.client().await;
+    bob2.send(&ClientMessage::Hello {
+        version: 1,
+        room: room.clone(),
+        name: Some("bob".into()),
+        resume: Some(token.clone()),
+    })
+    .await;
+    match bob2.recv().await {
+        ServerMessage::Welcome { peer_id, peers, .. } => {
+            assert_eq!(peer_id, bob_id);
+            assert_eq!(peers.len(), 1, "only ada: {peers:?}");
+        }
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+    let (code, reason) = bob.expect_close().await;
+    assert_eq!(code, 4000);
+    assert!(reason.contains("replaced"), "{reason}");
+    // Ada saw neither a leave nor a second join, and reaches the new bob.
+    ada.send(&ClientMessage::Offer {
+        to: bob_id.clone(),
+        sdp: "v=0".into(),
+    })
+    .await;
+    assert!(matches!(bob2.recv().await, ServerMessage::Offer { .. }));
+    ada.ping_pong().await;
+
+    // A malformed token is refused.
+    let mut eve = server.client().await;
+    eve.send(&ClientMessage::Hello {
+        version: 1,
+        room,
+        name: None,
+        resume: Some("short".into()),
+    })
+    .await;
+    eve.expect_error(ErrorCode::InvalidField).await;
 }

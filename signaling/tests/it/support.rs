@@ -84,6 +84,15 @@ impl TestServer {
         }
     }
 
+    /// A handle on a server running elsewhere (another process) at `addr`.
+    pub fn external(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            stop: None,
+            task: None,
+        }
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
@@ -188,6 +197,7 @@ impl Client {
             version: PROTOCOL_VERSION,
             room: room.clone(),
             name: Some(name.to_owned()),
+            resume: None,
         };
         self.send(&hello).await;
         match self.recv().await {
@@ -196,6 +206,7 @@ impl Client {
                 peer_id,
                 peers,
                 ice_servers,
+                ..
             } => {
                 assert_eq!(version, PROTOCOL_VERSION);
                 (peer_id, peers, ice_servers)

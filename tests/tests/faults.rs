@@ -1,0 +1,105 @@
+//! Faults: the server is killed and restarted mid-chat. Data channels that
+//! are up keep working while it is down; the peers reconnect with back-off
+//! under their old ids (resume tokens), and a newcomer reaches them through
+//! the restarted server. Nothing is lost or shown twice.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use parlor_tests::{Peer, Server};
+
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn texts(peer: &Peer) -> Vec<String> {
+    peer.history
+        .iter()
+        .filter(|v| v["event"] == "message")
+        .filter_map(|v| v["text"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn wait_text(peer: &mut Peer, text: &str) {
+    peer.wait_for(text, |v| v["event"] == "message" && v["text"] == text)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_room_survives_a_server_restart() {
+    let _serial = parlor_tests::exclusive().await;
+    let mut server = Server::start(&[]).await.unwrap();
+    let mut alice = Peer::spawn("alice", &["chat", "--server", &server.base]).unwrap();
+    let link = alice.invite().await.unwrap();
+    let alice_id = alice.peer_id().await.unwrap();
+    let mut bob = Peer::spawn("bob", &["chat", &link]).unwrap();
+    let bob_id = bob.peer_id().await.unwrap();
+    alice.wait_connected(1).await.unwrap();
+    bob.wait_connected(1).await.unwrap();
+    alice.say("before").await.unwrap();
+    wait_text(&mut bob, "before").await;
+
+    // The server dies: the data channel carries on.
+    server.kill().await;
+    for peer in [&mut alice, &mut bob] {
+        peer.wait_for("the loss to be noticed", |v| {
+            v["event"] == "error"
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("reconnecting"))
+        })
+        .await
+        .unwrap();
+    }
+    alice.say("while down 1").await.unwrap();
+    bob.say("while down 2").await.unwrap();
+    wait_text(&mut bob, "while down 1").await;
+    wait_text(&mut alice, "while down 2").await;
+
+    // It comes back on the same address; both rejoin under their old ids.
+    server.restart(&[]).await.unwrap();
+    for (peer, id) in [(&mut alice, &alice_id), (&mut bob, &bob_id)] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while peer.count("joined") < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "[{}] did not rejoin: {:?}",
+                peer.label,
+                peer.history
+            );
+            // Collects events into the history for half a second.
+            let _ = peer
+                .wait_for_within("more events", Duration::from_millis(500), |_| false)
+                .await;
+        }
+        let rejoins: Vec<_> = peer
+            .history
+            .iter()
+            .filter(|v| v["event"] == "joined")
+            .map(|v| v["peer_id"].clone())
+            .collect();
+        assert_eq!(rejoins[0], rejoins[1], "same id after the restart");
+        assert_eq!(rejoins[0], id.as_str());
+    }
+
+    // A newcomer finds both through the restarted server.
+    let mut carol = Peer::spawn("carol", &["chat", &link]).unwrap();
+    carol.wait_connected(2).await.unwrap();
+    carol.say("hello after restart").await.unwrap();
+    wait_text(&mut alice, "hello after restart").await;
+    wait_text(&mut bob, "hello after restart").await;
+    alice.say("after").await.unwrap();
+    wait_text(&mut bob, "after").await;
+    wait_text(&mut carol, "after").await;
+
+    // Exactly once, in order.
+    for peer in [&mut alice, &mut bob, &mut carol] {
+        peer.close_stdin();
+        let _ = peer.wait_exit(EXIT_TIMEOUT).await.unwrap();
+    }
+    assert_eq!(
+        texts(&bob),
+        ["before", "while down 1", "hello after restart", "after"]
+    );
+    assert_eq!(texts(&alice), ["while down 2", "hello after restart"]);
+    assert_eq!(texts(&carol), ["after"]);
+}
