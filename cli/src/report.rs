@@ -64,6 +64,8 @@ pub enum Event<'a> {
         name: &'a str,
         size: u64,
         hash: String,
+        /// Chunk bytes sent, re-sends after a resume included.
+        bytes_sent: u64,
     },
     /// We received a file and verified its hash.
     FileReceived {

@@ -146,6 +146,8 @@ pub struct Room {
     /// WebRTC links that were connected once (a failure then tries an ICE
     /// restart before the server relay).
     was_connected: HashSet<PeerId>,
+    /// Links in an ICE restart: when they connect again, transfers resume.
+    restarting: HashSet<PeerId>,
     /// How to join again, and the token that keeps our peer id.
     access: RoomAccess,
     resume_token: Option<String>,
@@ -202,6 +204,7 @@ impl Room {
             relay_up: HashSet::new(),
             connect_deadlines: HashMap::new(),
             was_connected: HashSet::new(),
+            restarting: HashSet::new(),
             access,
             resume_token: joined.resume_token.clone(),
             reconnect: None,
@@ -601,6 +604,9 @@ impl Room {
                     }
                     self.connect_deadlines.remove(&peer);
                     self.was_connected.insert(peer.clone());
+                    if self.restarting.remove(&peer) {
+                        self.reset_transfers(&peer).await;
+                    }
                     if self.connected.insert(peer.clone())
                         && let Some(link) = self.links.get(&peer)
                     {
@@ -733,7 +739,36 @@ impl Room {
         {
             *target = Some(peer.clone());
         }
-        self.on_relay_drained().await;
+        self.reset_transfers(peer).await;
+    }
+
+    /// The path to `peer` changed: what was in flight may be lost. Offers
+    /// not yet answered go out again; receivers ask to resume from their
+    /// verified offset (see `FileReceiver::link_reset`).
+    async fn reset_transfers(&mut self, peer: &PeerId) {
+        let incoming: Vec<TransferId> = self
+            .incoming
+            .keys()
+            .filter(|(p, _)| p == peer)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in incoming {
+            self.drive_incoming(peer, id, |t| t.receiver.link_reset())
+                .await;
+        }
+        let outgoing: Vec<TransferId> = self
+            .outgoing
+            .iter()
+            .filter(|(_, t)| &t.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in outgoing {
+            self.drive_outgoing(id, |t, amount| {
+                t.sender.link_reset();
+                t.sender.buffered_amount(amount);
+            })
+            .await;
+        }
     }
 
     /// A relay packet from the server: open it; the first one from a peer
@@ -809,6 +844,7 @@ impl Room {
         }
         self.connect_deadlines
             .insert(peer.clone(), tokio::time::Instant::now() + CONNECT_TIMEOUT);
+        self.restarting.insert(peer.clone());
         let offer = match self.links.get(peer) {
             Some(link) if link.is_offerer() => link.create_offer(true).await,
             _ => return,
@@ -984,12 +1020,17 @@ impl Room {
         let buffered = self.file_buffered(&t.peer).await;
         input(&mut t, buffered);
         let mut finished = None;
+        // After a failed send the rest of this round's frames are dropped
+        // rather than each waiting in turn: the path is broken, and the
+        // receiver asks to resume once there is a path again.
+        let mut stalled = false;
         while let Some(out) = t.sender.poll_output() {
             match out {
+                SenderOutput::Send(_) if stalled => {}
                 SenderOutput::Send(frame) => {
                     if let Err(err) = self.transmit(&t.peer, Channel::File, frame.encode()).await {
-                        tracing::debug!(%err, "file channel send failed");
-                        t.sender.cancel();
+                        tracing::info!(err = %format!("{err:#}"), "file frame not sent");
+                        stalled = true;
                         continue;
                     }
                     let amount = self.file_buffered(&t.peer).await;
@@ -1020,6 +1061,7 @@ impl Room {
                     name: &t.info.name,
                     size: t.info.size,
                     hash: hex(&t.info.hash),
+                    bytes_sent: t.sender.bytes_sent(),
                 });
                 // The run loop starts the next file.
                 if let Mode::Send { active, .. } = &mut self.mode {
@@ -1128,6 +1170,7 @@ impl Room {
         self.relay_up.remove(peer);
         self.connect_deadlines.remove(peer);
         self.was_connected.remove(peer);
+        self.restarting.remove(peer);
         self.remote_fingerprints.remove(peer);
         if self.names.remove(peer).is_some() || self.connected.remove(peer) {
             self.report.emit(Event::PeerLeft {

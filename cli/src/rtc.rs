@@ -338,13 +338,18 @@ impl PeerLink {
         }
     }
 
-    /// Sends one encoded frame on `channel`.
+    /// Sends one encoded frame on `channel`. webrtc-rs makes a send wait
+    /// while its SCTP send queue (128 KiB) is full, which on a dead path is
+    /// forever; after [`SEND_STALL`] the frame is given up (the caller's
+    /// protocol recovers it: chat re-sends, transfers resume), so the driver
+    /// never hangs on a dead link.
     pub async fn send(&self, channel: Channel, frame: Vec<u8>) -> Result<()> {
         let dc = self
             .channel(channel)
             .with_context(|| format!("the {} channel is not open yet", channel.label()))?;
-        dc.send(&Bytes::from(frame))
+        tokio::time::timeout(SEND_STALL, dc.send(&Bytes::from(frame)))
             .await
+            .map_err(|_| anyhow::anyhow!("the {} channel is stalled", channel.label()))?
             .context("sending on data channel")?;
         Ok(())
     }
@@ -407,6 +412,9 @@ impl PeerLink {
         }
     }
 }
+
+/// Longest a data-channel send may wait for room in webrtc-rs's send queue.
+pub const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Remote candidates held before the remote description arrives; a peer
 /// sending more is misbehaving.

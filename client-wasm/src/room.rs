@@ -120,6 +120,9 @@ pub struct Driver {
     /// Relayed peers that answered with an authenticated packet: only then
     /// is the relay link up (the peer holds the key and switched too).
     relay_up: HashSet<PeerId>,
+    /// From the last `welcome`: rejoining with it keeps our peer id, so
+    /// connections that survived a lost server stay up.
+    resume_token: Option<String>,
     /// Polls the socket's `bufferedAmount` while a relayed transfer waits
     /// for it to drain.
     relay_drain: Option<Interval>,
@@ -226,6 +229,7 @@ impl RoomHandle {
                 cipher,
                 relayed: HashSet::new(),
                 relay_up: HashSet::new(),
+                resume_token: None,
                 relay_drain: None,
                 relay_warned_at: None,
                 signal_cipher,
@@ -425,7 +429,7 @@ impl Driver {
                     version: PROTOCOL_VERSION,
                     room: self.room.clone(),
                     name: (!name.is_empty()).then_some(name),
-                    resume: None,
+                    resume: self.resume_token.clone(),
                 };
                 self.signal(hello);
             }
@@ -465,8 +469,34 @@ impl Driver {
                 peer_id,
                 peers,
                 ice_servers,
+                resume_token,
                 ..
             } => {
+                if resume_token.is_some() {
+                    self.resume_token = resume_token;
+                }
+                if self.me.as_ref() == Some(&peer_id) {
+                    // Back under the same id: connections that survived stay
+                    // up; relayed peers get a fresh Switch (they confirm
+                    // back); peers we have no link to get an offer.
+                    self.attempt = 0;
+                    self.ice_servers = ice_servers;
+                    for peer in peers {
+                        self.add_peer(&peer.id, peer.name);
+                        if self.relayed.contains(&peer.id) {
+                            if let Err(e) = self.relay_send(&peer.id, &RelayPayload::Switch) {
+                                crate::util::warn(&format!("server relay: Switch not sent: {e}"));
+                            }
+                        } else if !self.has_link(&peer.id) {
+                            if self.relay_mode == RelayMode::Server {
+                                self.go_relay(&peer.id);
+                            } else {
+                                self.offer_to(peer.id);
+                            }
+                        }
+                    }
+                    return;
+                }
                 if self.me.is_some() {
                     // Rejoined under a new id: the others saw us leave and
                     // dropped their connections, so start over with everyone.
@@ -1137,6 +1167,11 @@ impl Driver {
         if !self.relayed.contains(peer) || !self.relay_up.insert(peer.clone()) {
             return;
         }
+        // Confirm back, so the peer's side comes up too even when neither
+        // has anything to send (after a reconnect, both were relayed).
+        if let Err(e) = self.relay_send(peer, &RelayPayload::Switch) {
+            crate::util::warn(&format!("server relay: Switch to {peer} not sent: {e}"));
+        }
         self.set_link_state(peer, LinkState::ServerRelay, None);
         self.dispatch(Action::PeerFiles {
             id: peer.0.clone(),
@@ -1145,6 +1180,16 @@ impl Driver {
         // The whole outbox again: what was on the old channel may be lost.
         self.chat.link_up(peer, now_ms());
         self.flush_chat();
+        // Receivers ask to resume from what they verified.
+        let keys: Vec<(PeerId, TransferId)> = self
+            .incoming
+            .keys()
+            .filter(|(p, _)| p == peer)
+            .cloned()
+            .collect();
+        for key in keys {
+            self.drive_incoming(&key, |t| t.receiver.link_reset());
+        }
         self.resume_outgoing(peer);
     }
 

@@ -286,6 +286,8 @@ pub struct FileSender {
     sent_since_report: u64,
     /// The offset of the `FileAccept` that started sending.
     accepted_at: Option<u64>,
+    /// Chunk bytes handed to the transport in all, re-sends included.
+    bytes_sent: u64,
     /// Reading stopped at the high watermark until a report at or under the
     /// low watermark.
     paused: bool,
@@ -312,9 +314,28 @@ impl FileSender {
             reported_buffered: 0,
             sent_since_report: 0,
             accepted_at: None,
+            bytes_sent: 0,
             paused: false,
             speed,
             outputs,
+        }
+    }
+
+    /// Chunk bytes handed to the transport so far, re-sends after a
+    /// `ResumeFrom` included (compare with the size to see what resuming
+    /// cost).
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent
+    }
+
+    /// The path to the receiver changed (ICE restart, the server relay, a
+    /// reconnect): whatever was in flight may be lost. An offer not yet
+    /// answered goes out again (a repeat is harmless); once sending, the
+    /// receiver's [`FileReceiver::link_reset`] asks to resume.
+    pub fn link_reset(&mut self) {
+        if self.state == SenderState::Offered {
+            self.outputs
+                .push_back(SenderOutput::Send(Frame::FileOffer(self.offer.clone())));
         }
     }
 
@@ -507,6 +528,7 @@ impl FileSender {
         {
             self.paused = true;
         }
+        self.bytes_sent = self.bytes_sent.saturating_add(data.len() as u64);
         self.outputs.push_back(SenderOutput::Send(Frame::Chunk {
             transfer: self.offer.transfer,
             offset,
@@ -619,6 +641,8 @@ pub struct FileReceiver {
     /// A `ResumeFrom{received}` is out; chunks beyond `received` are dropped
     /// without asking again until one at `received` arrives.
     resume_requested: bool,
+    /// The offset this receiver accepted from.
+    accepted_at: u64,
     /// `FileDone` arrived while bytes were missing: verify on the last byte.
     done_seen: bool,
     /// `received` when the last `FileProgress` was sent.
@@ -640,6 +664,7 @@ impl FileReceiver {
             received: 0,
             hasher: blake3::Hasher::new(),
             resume_requested: false,
+            accepted_at: 0,
             done_seen: false,
             last_confirmed: 0,
             speed,
@@ -698,6 +723,7 @@ impl FileReceiver {
         }
         self.state = ReceiverState::Receiving;
         self.received = offset;
+        self.accepted_at = offset;
         self.last_confirmed = offset;
         self.hasher = prefix;
         self.speed.reset(now, offset);
@@ -778,6 +804,24 @@ impl FileReceiver {
             }
             _ => {}
         }
+    }
+
+    /// The path to the sender changed (ICE restart, the server relay, a
+    /// reconnect): whatever was in flight may be lost. Repeats the accept
+    /// (the sender ignores a repeat, and needs it if the first was lost) and
+    /// asks to continue from the last verified byte, so nothing stalls
+    /// waiting for data that will never come.
+    pub fn link_reset(&mut self) {
+        if self.state != ReceiverState::Receiving {
+            return;
+        }
+        self.outputs
+            .push_back(ReceiverOutput::Send(Frame::FileAccept {
+                transfer: self.offer.transfer,
+                offset: self.accepted_at,
+            }));
+        self.resume_requested = false;
+        self.request_resume();
     }
 
     /// Writing to disk failed: cancel and tell the sender.
@@ -2497,6 +2541,61 @@ mod tests {
         assert!(sender_outputs(&mut s).is_empty());
         assert!(receiver_outputs(&mut r).is_empty());
         assert!(!s.is_finished() && !r.is_finished());
+    }
+
+    impl Pair {
+        /// The path dies: every frame in flight either way is lost, and both
+        /// ends are told the link was reset (as drivers do when they move to
+        /// another path).
+        fn lose_path(&mut self) {
+            self.to_receiver.clear();
+            self.to_sender.clear();
+            self.held = [None, None];
+            self.sender.link_reset();
+            self.receiver.link_reset();
+            self.drain();
+        }
+    }
+
+    #[test]
+    fn a_lost_path_mid_transfer_resumes_from_the_verified_offset() {
+        let data = content(40 << 20);
+        let mut pair = Pair::new(data.clone(), TransferConfig::default());
+        pair.accept();
+        pair.run_until(|p| p.receiver.received() >= 20 << 20);
+        pair.lose_path();
+        pair.run();
+        let hash = *blake3::hash(&data).as_bytes();
+        assert_eq!(pair.receiver_result, Some(Ok(hash)));
+        assert_eq!(pair.sender_result, Some(Ok(())));
+        assert!(pair.file == data);
+        // Only what was in flight (about the send window) went twice.
+        let resent = pair.sender.bytes_sent() - data.len() as u64;
+        assert!(
+            resent * 20 < data.len() as u64,
+            "re-sent {resent} of {} bytes",
+            data.len()
+        );
+    }
+
+    #[test]
+    fn a_path_lost_before_anything_arrived_still_starts() {
+        for lose_after_accept in [false, true] {
+            let data = content(300_000);
+            let mut pair = Pair::new(data.clone(), small_config());
+            if lose_after_accept {
+                pair.accept();
+            }
+            // The offer (or the accept) and everything after it is lost.
+            pair.lose_path();
+            if !lose_after_accept {
+                pair.deliver(Dir::ToReceiver); // the repeated offer
+                pair.accept();
+            }
+            pair.run();
+            assert_eq!(pair.sender_result, Some(Ok(())), "{lose_after_accept}");
+            assert!(pair.file == data);
+        }
     }
 
     #[test]

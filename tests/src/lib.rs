@@ -172,7 +172,11 @@ impl Peer {
             .arg("--json")
             .args(["--name", label])
             .args(args)
-            .env("PARLOR_LOG", "error,parlor=warn")
+            .env(
+                "PARLOR_LOG",
+                std::env::var("PARLOR_TEST_PEER_LOG")
+                    .unwrap_or_else(|_| "error,parlor=warn".into()),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -369,6 +369,15 @@ impl Lab {
         Peer::spawn_wrapped(&Self::wrapper(ns), label, args)
     }
 
+    /// Cuts (`true`) or restores (`false`) everything router `index`
+    /// forwards, as if the peer behind it lost its network: a DROP rule
+    /// first in its FORWARD chain.
+    pub fn cut(&self, index: usize, cut: bool) -> Result<()> {
+        let ns = self.routers.get(index).context("router index is 0 or 1")?;
+        let op = if cut { "-I" } else { "-D" };
+        exec(ns, &["iptables", op, "FORWARD", "-j", "DROP"])
+    }
+
     /// The routers' rule counters and connection tracking tables, for
     /// failure messages.
     pub fn diagnostics(&self) -> String {
