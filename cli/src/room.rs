@@ -40,6 +40,11 @@ const RECEIVE_IDLE_EXIT: Duration = Duration::from_secs(3);
 /// A WebRTC link that is not connected this long after it was created (or
 /// after an ICE restart) falls back to the server relay.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
+/// A WebRTC link whose file channel stalls and from which nothing arrives
+/// for this long falls back to the server relay, even while ICE says it is
+/// connected (after a long outage webrtc-rs's SCTP association can stay
+/// stuck on a path that works again).
+const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long `send`/`receive`/`chat` keep trying to reach a lost server when
 /// no peer is connected (with peers connected, they keep trying: data
@@ -120,6 +125,9 @@ pub struct Room {
     chat: ChatSession,
     outgoing: HashMap<TransferId, OutgoingTransfer>,
     incoming: HashMap<(PeerId, TransferId), IncomingTransfer>,
+    /// Transfers received (or failed) already: a late repeat of their offer
+    /// must not start them again.
+    finished_incoming: HashSet<(PeerId, TransferId)>,
     events_tx: mpsc::Sender<PeerEvent>,
     events_rx: mpsc::Receiver<PeerEvent>,
     start: Instant,
@@ -189,6 +197,7 @@ impl Room {
             chat: ChatSession::new(),
             outgoing: HashMap::new(),
             incoming: HashMap::new(),
+            finished_incoming: HashSet::new(),
             events_tx,
             events_rx,
             start: Instant::now(),
@@ -583,7 +592,13 @@ impl Room {
                 peer,
                 channel,
                 data,
-            } => self.on_frame(peer, channel, &data).await,
+            } => {
+                // Data from the peer: the link is alive (no stall fallback).
+                if self.connected.contains(&peer) {
+                    self.connect_deadlines.remove(&peer);
+                }
+                self.on_frame(peer, channel, &data).await;
+            }
             PeerEvent::BufferedLow { peer } => {
                 let ids: Vec<TransferId> = self
                     .outgoing
@@ -889,6 +904,14 @@ impl Room {
         };
         let now = self.now();
         match frame {
+            // A repeated offer (re-sent after a path change, or duplicated
+            // on the way) of a transfer under way goes to its receiver,
+            // which ignores it; one of a finished transfer is dropped.
+            Frame::FileOffer(_) if self.incoming.contains_key(&(peer.clone(), id)) => {
+                self.drive_incoming(&peer, id, |t| t.receiver.handle_frame(frame, now))
+                    .await;
+            }
+            Frame::FileOffer(_) if self.finished_incoming.contains(&(peer.clone(), id)) => {}
             Frame::FileOffer(offer) => self.on_offer(peer, offer).await,
             Frame::Chunk { .. } | Frame::FileDone { .. }
                 if self.incoming.contains_key(&(peer.clone(), id)) =>
@@ -1031,6 +1054,11 @@ impl Room {
                     if let Err(err) = self.transmit(&t.peer, Channel::File, frame.encode()).await {
                         tracing::info!(err = %format!("{err:#}"), "file frame not sent");
                         stalled = true;
+                        if !self.relayed.contains(&t.peer) {
+                            self.connect_deadlines
+                                .entry(t.peer.clone())
+                                .or_insert_with(|| tokio::time::Instant::now() + STALL_TIMEOUT);
+                        }
                         continue;
                     }
                     let amount = self.file_buffered(&t.peer).await;
@@ -1155,7 +1183,9 @@ impl Room {
                 }
             }
         }
-        if !finished {
+        if finished {
+            self.finished_incoming.insert(key);
+        } else {
             self.incoming.insert(key, t);
         }
         self.check_receive_done();

@@ -6,6 +6,7 @@
 //! its handle drops, so a failing test never leaves processes behind.
 
 pub mod browser;
+pub mod chaos;
 pub mod netns;
 pub mod tamper;
 

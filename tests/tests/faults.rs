@@ -103,3 +103,76 @@ async fn a_room_survives_a_server_restart() {
     assert_eq!(texts(&alice), ["while down 2", "hello after restart"]);
     assert_eq!(texts(&carol), ["after"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicated_and_reordered_frames_are_shown_once_in_order_and_files_arrive_intact() {
+    use parlor_tests::chaos::ChaosProxy;
+    use parlor_tests::{hash_file, random_file};
+    let _serial = parlor_tests::exclusive().await;
+    let server = Server::start(&[]).await.unwrap();
+    // Both peers on the server relay, behind a proxy that duplicates every
+    // relayed frame and reorders some.
+    let proxy = ChaosProxy::start(&server.base).await.unwrap();
+    let relay = ["--force-relay", "server"];
+
+    let mut alice = Peer::spawn(
+        "alice",
+        &[&relay[..], &["chat", "--server", &proxy.base]].concat(),
+    )
+    .unwrap();
+    let link = alice.invite().await.unwrap();
+    let mut bob = Peer::spawn("bob", &[&relay[..], &["chat", &link]].concat()).unwrap();
+    alice.wait_connected(1).await.unwrap();
+    bob.wait_connected(1).await.unwrap();
+    let lines: Vec<String> = (0..20).map(|i| format!("line {i}")).collect();
+    for line in &lines {
+        alice.say(line).await.unwrap();
+        bob.say(&format!("re {line}")).await.unwrap();
+    }
+    wait_text(&mut bob, "line 19").await;
+    wait_text(&mut alice, "re line 19").await;
+    for peer in [&mut alice, &mut bob] {
+        peer.close_stdin();
+        let _ = peer.wait_exit(EXIT_TIMEOUT).await.unwrap();
+    }
+    assert_eq!(texts(&bob), lines);
+    let replies: Vec<String> = lines.iter().map(|l| format!("re {l}")).collect();
+    assert_eq!(texts(&alice), replies);
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("chaos.bin");
+    let hash = random_file(&src, 1024 * 1024).unwrap();
+    let out = dir.path().join("out");
+    let mut sender = Peer::spawn(
+        "sender",
+        &[
+            &relay[..],
+            &["send", "--server", &proxy.base, src.to_str().unwrap()],
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let link = sender.invite().await.unwrap();
+    let mut receiver = Peer::spawn(
+        "receiver",
+        &[
+            &relay[..],
+            &["receive", &link, "--out", out.to_str().unwrap()],
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let status = sender.wait_exit(Duration::from_secs(180)).await.unwrap();
+    let errors = |p: &Peer| {
+        p.history
+            .iter()
+            .filter(|v| v["event"] != "progress")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(status.success(), "{:?}", errors(&sender));
+    let status = receiver.wait_exit(EXIT_TIMEOUT).await.unwrap();
+    assert!(status.success(), "{:?}", errors(&receiver));
+    assert_eq!(hash_file(&out.join("chaos.bin")).unwrap(), hash);
+    assert!(proxy.duplicated() > 100, "{}", proxy.duplicated());
+}

@@ -1,0 +1,144 @@
+//! A chaos proxy in front of `parlor-server`: it passes HTTP and the
+//! WebSocket through, but in what the server sends to clients it
+//! duplicates every binary message (server-relay packets) and swaps every
+//! third one with the next, so peers on the server relay see duplicated and
+//! reordered frames. Server-to-client frames are unmasked and unfragmented,
+//! so they can be cut out of the byte stream by their headers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context as _, Result};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// A running chaos proxy; stops when dropped.
+#[derive(Debug)]
+pub struct ChaosProxy {
+    /// `http://127.0.0.1:PORT`, to use instead of the server's base URL.
+    pub base: String,
+    duplicated: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl ChaosProxy {
+    /// Proxies to `upstream` (`http://HOST:PORT`).
+    pub async fn start(upstream: &str) -> Result<Self> {
+        let upstream = upstream
+            .strip_prefix("http://")
+            .context("upstream must be http://")?
+            .to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let duplicated = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&duplicated);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (upstream, count) = (upstream.clone(), Arc::clone(&count));
+                tokio::spawn(async move {
+                    if let Ok(server) = TcpStream::connect(&upstream).await {
+                        pipe(client, server, count).await;
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            base,
+            duplicated,
+            task,
+        })
+    }
+
+    /// How many binary messages it duplicated so far.
+    pub fn duplicated(&self) -> usize {
+        self.duplicated.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for ChaosProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The length of the complete frame at the start of `buf`, if it is there.
+fn frame_len(buf: &[u8]) -> Option<usize> {
+    let b1 = *buf.get(1)?;
+    let masked = b1 & 0x80 != 0;
+    let (len, header) = match b1 & 0x7f {
+        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
+        127 => {
+            let bytes: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+            (usize::try_from(u64::from_be_bytes(bytes)).ok()?, 10)
+        }
+        n => (n as usize, 2),
+    };
+    let total = header + if masked { 4 } else { 0 } + len;
+    (buf.len() >= total).then_some(total)
+}
+
+async fn pipe(client: TcpStream, server: TcpStream, duplicated: Arc<AtomicUsize>) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    });
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 256 * 1024];
+    let mut in_frames = false;
+    let mut binary_seen = 0usize;
+    let mut held: Option<Vec<u8>> = None;
+    'read: loop {
+        let n = match server_read.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut out = Vec::new();
+        if !in_frames {
+            // The HTTP response (and any plain HTTP) passes as is.
+            match buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                Some(end) if buf.starts_with(b"HTTP/1.1 101") => {
+                    out.extend(buf.drain(..end + 4));
+                    in_frames = true;
+                }
+                _ => {
+                    out.append(&mut buf);
+                }
+            }
+        }
+        while let Some(len) = in_frames.then(|| frame_len(&buf)).flatten() {
+            let frame: Vec<u8> = buf.drain(..len).collect();
+            if frame[0] & 0x0f != 0x2 {
+                out.extend_from_slice(&frame);
+                continue;
+            }
+            binary_seen += 1;
+            duplicated.fetch_add(1, Ordering::Relaxed);
+            // Every third binary message waits for the next one (reorder),
+            // and every one goes out twice (duplicate).
+            if binary_seen.is_multiple_of(3) && held.is_none() {
+                held = Some(frame);
+                continue;
+            }
+            out.extend_from_slice(&frame);
+            out.extend_from_slice(&frame);
+            if let Some(h) = held.take() {
+                out.extend_from_slice(&h);
+                out.extend_from_slice(&h);
+            }
+        }
+        // A held message does not wait for a next one that may never come.
+        if buf.is_empty()
+            && let Some(h) = held.take()
+        {
+            out.extend_from_slice(&h);
+            out.extend_from_slice(&h);
+        }
+        if client_write.write_all(&out).await.is_err() {
+            break 'read;
+        }
+    }
+    upstream.abort();
+}
