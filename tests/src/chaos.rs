@@ -8,58 +8,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 
-/// A running chaos proxy; stops when dropped.
-#[derive(Debug)]
-pub struct ChaosProxy {
-    /// `http://127.0.0.1:PORT`, to use instead of the server's base URL.
-    pub base: String,
-    duplicated: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
+use crate::proxy::RewritingProxy;
 
-impl ChaosProxy {
-    /// Proxies to `upstream` (`http://HOST:PORT`).
-    pub async fn start(upstream: &str) -> Result<Self> {
-        let upstream = upstream
-            .strip_prefix("http://")
-            .context("upstream must be http://")?
-            .to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
-        let duplicated = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&duplicated);
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let (upstream, count) = (upstream.clone(), Arc::clone(&count));
-                tokio::spawn(async move {
-                    if let Ok(server) = TcpStream::connect(&upstream).await {
-                        pipe(client, server, count).await;
-                    }
-                });
-            }
-        });
-        Ok(Self {
-            base,
-            duplicated,
-            task,
-        })
-    }
-
-    /// How many binary messages it duplicated so far.
-    pub fn duplicated(&self) -> usize {
-        self.duplicated.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for ChaosProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// Starts the proxy in front of `upstream` (`http://HOST:PORT`); its
+/// [`RewritingProxy::changed`] counts the binary messages it duplicated.
+pub async fn start(upstream: &str) -> Result<RewritingProxy> {
+    RewritingProxy::start(upstream, pipe).await
 }
 
 /// The length of the complete frame at the start of `buf`, if it is there.

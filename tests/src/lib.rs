@@ -8,6 +8,7 @@
 pub mod browser;
 pub mod chaos;
 pub mod netns;
+pub mod proxy;
 pub mod tamper;
 
 use std::path::PathBuf;

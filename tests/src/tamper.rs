@@ -8,60 +8,18 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
+
+use crate::proxy::RewritingProxy;
 
 const MARKER: &[u8] = b"\"sealed\":\"";
 
-/// A running tampering proxy; stops when dropped.
-#[derive(Debug)]
-pub struct TamperingProxy {
-    /// `http://127.0.0.1:PORT`, to use instead of the server's base URL.
-    pub base: String,
-    altered: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl TamperingProxy {
-    /// Proxies to `upstream` (`http://HOST:PORT`).
-    pub async fn start(upstream: &str) -> Result<Self> {
-        let upstream = upstream
-            .strip_prefix("http://")
-            .context("upstream must be http://")?
-            .to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let base = format!("http://{}", listener.local_addr()?);
-        let altered = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&altered);
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let (upstream, count) = (upstream.clone(), Arc::clone(&count));
-                tokio::spawn(async move {
-                    if let Ok(server) = TcpStream::connect(&upstream).await {
-                        pipe(client, server, count).await;
-                    }
-                });
-            }
-        });
-        Ok(Self {
-            base,
-            altered,
-            task,
-        })
-    }
-
-    /// How many sealed signals it altered so far.
-    pub fn altered(&self) -> usize {
-        self.altered.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for TamperingProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// Starts the proxy in front of `upstream` (`http://HOST:PORT`); its
+/// [`RewritingProxy::changed`] counts the sealed signals it altered.
+pub async fn start(upstream: &str) -> Result<RewritingProxy> {
+    RewritingProxy::start(upstream, pipe).await
 }
 
 async fn pipe(client: TcpStream, server: TcpStream, altered: Arc<AtomicUsize>) {

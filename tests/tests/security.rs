@@ -6,14 +6,14 @@
 
 use std::time::Duration;
 
-use parlor_tests::tamper::TamperingProxy;
+use parlor_tests::tamper;
 use parlor_tests::{Peer, Server};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tampering_signaling_server_is_detected_and_the_connection_refused() {
     let _serial = parlor_tests::exclusive().await;
     let server = Server::start(&[]).await.unwrap();
-    let proxy = TamperingProxy::start(&server.base).await.unwrap();
+    let proxy = tamper::start(&server.base).await.unwrap();
 
     let mut alice = Peer::spawn("alice", &["chat", "--server", &proxy.base]).unwrap();
     let link = alice.invite().await.unwrap();
@@ -33,7 +33,7 @@ async fn a_tampering_signaling_server_is_detected_and_the_connection_refused() {
         .unwrap();
     let message = warning["message"].as_str().unwrap();
     assert!(message.contains("altered"), "{message}");
-    assert!(proxy.altered() > 0);
+    assert!(proxy.changed() > 0);
 
     // Past the 8 s deadline after which peers fall back to the server
     // relay: still nobody connected, on any path.
