@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use parlor_protocol::frame::MAX_CHAT_TEXT_BYTES;
 use parlor_protocol::{ChatMessage, Frame, MessageId, PeerId};
+use serde::{Deserialize, Serialize};
 
 use crate::Millis;
 
@@ -30,6 +31,16 @@ pub const MAX_REORDER_PER_PEER: usize = 1_024;
 /// How many recently delivered message ids are remembered for dedupe across
 /// links (a peer that reconnects under a new id may re-send old messages).
 pub const SEEN_IDS_CAPACITY: usize = 16_384;
+/// How long a peer that left the room keeps its link (outbox, sequence
+/// numbers) by default: a peer that comes back under the same id within
+/// this window gets what was sent to it meanwhile.
+pub const DEFAULT_RETENTION_MS: Millis = 60 * 60 * 1000;
+/// How many of the most recently seen message ids a [`ChatSnapshot`] keeps
+/// (per-link sequence numbers do the dedupe; these catch re-sends under a
+/// new peer id).
+pub const SNAPSHOT_SEEN_IDS: usize = 1_024;
+/// Format version of [`ChatSnapshot`].
+pub const SNAPSHOT_VERSION: u32 = 1;
 
 /// Delivery status of an outgoing message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,11 +102,63 @@ pub enum ChatError {
     UnknownPeer(PeerId),
 }
 
+/// Most links a [`ChatSnapshot`] may hold.
+pub const MAX_SNAPSHOT_LINKS: usize = 4_096;
+
+/// A chat session's lasting state, for a persistent outbox: saved by the
+/// driver (a file, IndexedDB) whenever [`ChatSession::generation`] moves,
+/// and given back to [`ChatSession::restore`] after a restart or reload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatSnapshot {
+    /// [`SNAPSHOT_VERSION`].
+    pub version: u32,
+    /// One entry per known peer, present or departed.
+    pub links: Vec<LinkSnapshot>,
+    /// Recently delivered message ids, oldest first.
+    pub seen: Vec<MessageId>,
+}
+
+/// One link of a [`ChatSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkSnapshot {
+    /// The remote peer.
+    pub peer: PeerId,
+    /// Sequence number of the next message to send it.
+    pub next_seq: u64,
+    /// Sequence number of the next message to show from it.
+    pub next_expected: u64,
+    /// Messages sent to it and not yet acked, oldest first.
+    pub outbox: Vec<ChatMessage>,
+    /// Its messages that arrived (and were acked) ahead of a gap.
+    pub reorder: Vec<ChatMessage>,
+    /// For a departed peer, the Unix time (ms) its link is forgotten.
+    pub forget_at_unix_ms: Option<u64>,
+}
+
+/// Why [`ChatSession::restore`] refused a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// Written by another version of the format.
+    #[error("chat state has format version {0}; this build reads version {SNAPSHOT_VERSION}")]
+    Version(u32),
+    /// Breaks the bounds of a live session.
+    #[error("chat state is damaged: {0}")]
+    Invalid(&'static str),
+}
+
+fn check_message(message: &ChatMessage) -> Result<(), SnapshotError> {
+    match Frame::Chat(message.clone()).validate() {
+        Ok(()) => Ok(()),
+        Err(parlor_protocol::FrameError::Invalid(why)) => Err(SnapshotError::Invalid(why)),
+        Err(_) => Err(SnapshotError::Invalid("invalid message")),
+    }
+}
+
 /// Chat delivery state of one local peer.
 ///
 /// Links are kept in a [`BTreeMap`] so that outputs come out in a stable
 /// (peer id) order, which keeps tests and logs deterministic.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ChatSession {
     /// One link per remote peer.
     links: BTreeMap<PeerId, Link>,
@@ -105,6 +168,23 @@ pub struct ChatSession {
     seen: SeenIds,
     /// What the driver should do next.
     outputs: VecDeque<ChatOutput>,
+    /// How long a departed peer's link is kept ([`DEFAULT_RETENTION_MS`]).
+    retention_ms: Millis,
+    /// Bumped by every change a [`ChatSnapshot`] would show.
+    generation: u64,
+}
+
+impl Default for ChatSession {
+    fn default() -> Self {
+        Self {
+            links: BTreeMap::new(),
+            tracked: HashMap::new(),
+            seen: SeenIds::default(),
+            outputs: VecDeque::new(),
+            retention_ms: DEFAULT_RETENTION_MS,
+            generation: 0,
+        }
+    }
 }
 
 /// The state kept for one remote peer.
@@ -112,6 +192,8 @@ pub struct ChatSession {
 struct Link {
     /// Whether the chat channel to the peer is open.
     up: bool,
+    /// Set while the peer is away: when to forget the link.
+    forget_at: Option<Millis>,
     /// Sequence number of the next message sent to the peer.
     next_seq: u64,
     /// Messages sent to the peer and not yet acked, by sequence number.
@@ -126,6 +208,7 @@ impl Link {
     fn new() -> Self {
         Self {
             up: false,
+            forget_at: None,
             next_seq: 1,
             outbox: BTreeMap::new(),
             next_expected: 1,
@@ -210,18 +293,46 @@ impl ChatSession {
         Self::default()
     }
 
-    /// A peer is in the room: messages sent from now on are addressed to it
-    /// (queued until [`Self::link_up`]). Adding a known peer changes nothing.
-    pub fn add_peer(&mut self, peer: PeerId) {
-        self.links.entry(peer).or_insert_with(Link::new);
+    /// Keeps a departed peer's link for `retention_ms` instead of
+    /// [`DEFAULT_RETENTION_MS`].
+    pub fn with_retention(mut self, retention_ms: Millis) -> Self {
+        self.retention_ms = retention_ms;
+        self
     }
 
-    /// The peer left the room for good: forget its link and outbox. Messages
-    /// that only waited for it may become [`MessageStatus::Delivered`].
+    /// A peer is in the room: messages sent from now on are addressed to it
+    /// (queued until [`Self::link_up`]). Adding a known peer changes nothing,
+    /// except that a peer back within the retention window is no longer
+    /// scheduled to be forgotten.
+    pub fn add_peer(&mut self, peer: PeerId) {
+        let link = self.links.entry(peer).or_insert_with(Link::new);
+        link.forget_at = None;
+        self.generation += 1;
+    }
+
+    /// The peer left the room, perhaps only for a moment (a closed lid, a
+    /// network switch, a reload): stop sending to it, but keep its link —
+    /// outbox and sequence numbers — until `now` + the retention window, so
+    /// that if it comes back under the same id ([`Self::add_peer`] or
+    /// [`Self::link_up`]) it gets what was sent meanwhile, once and in order.
+    /// Messages sent while it is away are queued for it too.
+    pub fn peer_left(&mut self, peer: &PeerId, now: Millis) {
+        if let Some(link) = self.links.get_mut(peer) {
+            link.up = false;
+            link.forget_at = Some(now.saturating_add(self.retention_ms));
+            self.generation += 1;
+        }
+    }
+
+    /// Forget `peer` now: its link and outbox. Messages that only waited for
+    /// it may become [`MessageStatus::Delivered`]. (A peer that left without
+    /// saying so is forgotten by [`Self::handle_timeout`] once its retention
+    /// window ends.)
     pub fn remove_peer(&mut self, peer: &PeerId) {
         let Some(link) = self.links.remove(peer) else {
             return;
         };
+        self.generation += 1;
         for out in link.outbox.values() {
             let id = out.message.id;
             if let Some(t) = self.tracked.get_mut(&id) {
@@ -238,6 +349,8 @@ impl ChatSession {
     pub fn link_up(&mut self, peer: &PeerId, now: Millis) {
         let link = self.links.entry(peer.clone()).or_insert_with(Link::new);
         link.up = true;
+        link.forget_at = None;
+        self.generation += 1;
         let mut ids = Vec::with_capacity(link.outbox.len());
         for out in link.outbox.values_mut() {
             // A fresh channel: restart the back-off.
@@ -327,6 +440,7 @@ impl ChatSession {
         }
         // Replaces any earlier message the driver sent under the same id.
         self.tracked.insert(id, tracked);
+        self.generation += 1;
         self.update_status(id);
         Ok(())
     }
@@ -364,17 +478,29 @@ impl ChatSession {
 
     /// When the driver should call [`Self::handle_timeout`] next, if ever.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        self.links
+        let resend = self
+            .links
             .values()
             .filter(|l| l.up)
-            .flat_map(|l| l.outbox.values().map(|o| o.resend_at))
-            .min()
+            .flat_map(|l| l.outbox.values().map(|o| o.resend_at));
+        let forget = self.links.values().filter_map(|l| l.forget_at);
+        resend.chain(forget).min()
     }
 
     /// Time has reached `now`: re-send what is overdue, each message waiting
     /// twice as long as before until the next re-send (capped at
-    /// [`MAX_RESEND_INTERVAL_MS`]).
+    /// [`MAX_RESEND_INTERVAL_MS`]), and forget peers whose retention window
+    /// ended.
     pub fn handle_timeout(&mut self, now: Millis) {
+        let expired: Vec<PeerId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.forget_at.is_some_and(|t| t <= now))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for peer in &expired {
+            self.remove_peer(peer);
+        }
         for (peer, link) in self.links.iter_mut().filter(|(_, l)| l.up) {
             for out in link.outbox.values_mut().filter(|o| o.resend_at <= now) {
                 out.interval = out.interval.saturating_mul(2).min(MAX_RESEND_INTERVAL_MS);
@@ -411,6 +537,106 @@ impl ChatSession {
         self.links.keys()
     }
 
+    /// A counter that moves whenever something a [`ChatSnapshot`] holds
+    /// changes; a driver saves a snapshot when it differs from the last one
+    /// it saved.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// What a restarted peer needs to carry on where it stopped: per link the
+    /// sequence numbers, the unacked outbox and the held early arrivals, the
+    /// retention deadline of departed peers (as Unix time), and the most
+    /// recently seen message ids. `wall_clock_ms` is the Unix time at `now`.
+    pub fn snapshot(&self, now: Millis, wall_clock_ms: u64) -> ChatSnapshot {
+        let links = self
+            .links
+            .iter()
+            .map(|(peer, link)| LinkSnapshot {
+                peer: peer.clone(),
+                next_seq: link.next_seq,
+                next_expected: link.next_expected,
+                outbox: link.outbox.values().map(|o| o.message.clone()).collect(),
+                reorder: link.reorder.values().cloned().collect(),
+                forget_at_unix_ms: link
+                    .forget_at
+                    .map(|t| wall_clock_ms.saturating_add(t.saturating_sub(now))),
+            })
+            .collect();
+        let skip = self.seen.order.len().saturating_sub(SNAPSHOT_SEEN_IDS);
+        ChatSnapshot {
+            version: SNAPSHOT_VERSION,
+            links,
+            seen: self.seen.order.iter().skip(skip).copied().collect(),
+        }
+    }
+
+    /// This (fresh) session carrying on from `snapshot`, taken by
+    /// [`Self::snapshot`] before a restart. Every link starts down and
+    /// departed: a peer that was present gets a full retention window from
+    /// `now` to show up again, a departed one keeps its old deadline.
+    /// Unacked messages are re-sent when their peer's link comes up.
+    ///
+    /// Errors: a snapshot of another format version, or one that breaks the
+    /// bounds a live session keeps (a damaged or foreign file).
+    pub fn restore(
+        mut self,
+        snapshot: ChatSnapshot,
+        now: Millis,
+        wall_clock_ms: u64,
+    ) -> Result<Self, SnapshotError> {
+        if snapshot.version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::Version(snapshot.version));
+        }
+        if snapshot.links.len() > MAX_SNAPSHOT_LINKS {
+            return Err(SnapshotError::Invalid("too many links"));
+        }
+        for l in snapshot.links {
+            if l.outbox.len() > MAX_OUTBOX_PER_PEER || l.reorder.len() > MAX_REORDER_PER_PEER {
+                return Err(SnapshotError::Invalid("outbox or reorder buffer too long"));
+            }
+            let mut link = Link::new();
+            link.next_seq = l.next_seq.max(1);
+            link.next_expected = l.next_expected.max(1);
+            link.forget_at = Some(match l.forget_at_unix_ms {
+                Some(t) => now.saturating_add(t.saturating_sub(wall_clock_ms)),
+                None => now.saturating_add(self.retention_ms),
+            });
+            for message in l.outbox {
+                check_message(&message)?;
+                if message.seq >= link.next_seq {
+                    return Err(SnapshotError::Invalid("outbox message not yet numbered"));
+                }
+                let t = self.tracked.entry(message.id).or_insert_with(|| Tracked {
+                    status: MessageStatus::Sending,
+                    unsent: BTreeSet::new(),
+                    unacked: BTreeSet::new(),
+                    any_acked: false,
+                });
+                t.unsent.insert(l.peer.clone());
+                t.unacked.insert(l.peer.clone());
+                let out = Outgoing {
+                    message,
+                    resend_at: now.saturating_add(RESEND_AFTER_MS),
+                    interval: RESEND_AFTER_MS,
+                };
+                link.outbox.insert(out.message.seq, out);
+            }
+            for message in l.reorder {
+                check_message(&message)?;
+                if message.seq <= link.next_expected {
+                    return Err(SnapshotError::Invalid("held message already due"));
+                }
+                link.reorder.insert(message.seq, message);
+            }
+            self.links.insert(l.peer, link);
+        }
+        for id in snapshot.seen.into_iter().take(SNAPSHOT_SEEN_IDS) {
+            self.seen.insert(id);
+        }
+        Ok(self)
+    }
+
     /// Handles an incoming message: ack, dedupe, deliver in order.
     fn receive(&mut self, from: &PeerId, message: ChatMessage) {
         let link = self.links.entry(from.clone()).or_insert_with(Link::new);
@@ -421,6 +647,12 @@ impl ChatSession {
                 seq: message.seq,
             },
         };
+        if message.seq == 1 && link.next_expected > 1 && !self.seen.contains(&message.id) {
+            // A new first message: the sender forgot this link (its retention
+            // window ended, or it lost its state) and numbers from 1 again.
+            link.next_expected = 1;
+            link.reorder.clear();
+        }
         if message.seq < link.next_expected {
             // Already shown (or skipped as a duplicate): the first ack was lost.
             self.outputs.push_back(ack);
@@ -433,11 +665,13 @@ impl ChatSession {
                     return;
                 }
                 link.reorder.insert(message.seq, message);
+                self.generation += 1;
             }
             self.outputs.push_back(ack);
             return;
         }
         self.outputs.push_back(ack);
+        self.generation += 1;
         let mut next = Some(message);
         while let Some(message) = next {
             link.next_expected = link.next_expected.saturating_add(1);
@@ -460,6 +694,7 @@ impl ChatSession {
         match link.outbox.get(&seq) {
             Some(out) if out.message.id == id => {
                 link.outbox.remove(&seq);
+                self.generation += 1;
             }
             _ => return,
         }
@@ -1090,6 +1325,182 @@ mod tests {
         alice.send(mid(1), "x".into(), 0, 0).unwrap();
         let out = drain(&mut alice);
         assert_eq!(frames_to(&out, &pid("early")).len(), 1);
+    }
+
+    /// A chat frame with `text`, as `from`'s session would number it.
+    fn chat(id: u8, seq: u64, text: &str) -> Frame {
+        Frame::Chat(ChatMessage {
+            id: mid(id),
+            seq,
+            sent_at_ms: 0,
+            text: text.into(),
+        })
+    }
+
+    #[test]
+    fn a_peer_back_within_the_retention_window_gets_what_was_sent_meanwhile() {
+        let (a, b) = (pid("a"), pid("b"));
+        let mut alice = session_with(&["b"]).with_retention(60_000);
+        let mut bob = session_with(&["a"]);
+        alice.send(mid(1), "before".into(), 0, 0).unwrap();
+        let sent = frames_to(&drain(&mut alice), &b);
+        // Bob drops out before his ack arrives; Alice writes on.
+        let _lost_acks = feed(&mut bob, &a, sent, 1);
+        alice.peer_left(&b, 10);
+        alice.send(mid(2), "while away".into(), 0, 20).unwrap();
+        let out = drain(&mut alice);
+        assert!(
+            frames_to(&out, &b).is_empty(),
+            "nothing goes to a departed peer"
+        );
+        assert_eq!(statuses(&out, mid(2)), [MessageStatus::Sending]);
+        alice.handle_timeout(59_000);
+        assert_eq!(alice.unacked(&b).len(), 2, "kept within the window");
+        // Bob is back under the same id.
+        alice.add_peer(b.clone());
+        alice.link_up(&b, 59_500);
+        let resent = frames_to(&drain(&mut alice), &b);
+        assert_eq!(resent.len(), 2);
+        let out = feed(&mut bob, &a, resent, 59_600);
+        assert_eq!(texts(&out), ["while away"], "the first was shown already");
+        let out = feed(&mut alice, &b, frames_to(&out, &a), 59_700);
+        assert_eq!(statuses(&out, mid(2)), [MessageStatus::Delivered]);
+        assert!(alice.unacked(&b).is_empty());
+    }
+
+    #[test]
+    fn a_peer_gone_past_the_retention_window_is_forgotten() {
+        let b = pid("b");
+        let mut alice = session_with(&["b", "c"]).with_retention(1_000);
+        alice.send(mid(1), "hi".into(), 0, 0).unwrap();
+        drain(&mut alice);
+        alice.peer_left(&b, 100);
+        assert_eq!(alice.poll_timeout(), Some(1_100));
+        alice.handle_timeout(1_100);
+        assert!(alice.unacked(&b).is_empty());
+        assert!(!alice.peers().any(|p| *p == b));
+        // Back after the window: a fresh link numbered from 1 again.
+        alice.add_peer(b.clone());
+        alice.link_up(&b, 2_000);
+        alice.send(mid(2), "again".into(), 0, 2_000).unwrap();
+        let frames = frames_to(&drain(&mut alice), &b);
+        assert!(matches!(&frames[..], [Frame::Chat(m)] if m.seq == 1));
+    }
+
+    #[test]
+    fn a_sender_that_numbers_from_one_again_is_heard() {
+        let a = pid("a");
+        let mut bob = session_with(&["a"]);
+        let out = feed(&mut bob, &a, vec![chat(1, 1, "one"), chat(2, 2, "two")], 0);
+        assert_eq!(texts(&out), ["one", "two"]);
+        // A duplicate of the old first message is still only re-acked …
+        let out = feed(&mut bob, &a, vec![chat(1, 1, "one")], 1);
+        assert!(texts(&out).is_empty());
+        assert_eq!(acks(&frames_to(&out, &a)), 1);
+        // … but a new first message starts the sequence over.
+        let out = feed(
+            &mut bob,
+            &a,
+            vec![chat(3, 1, "fresh"), chat(4, 2, "start")],
+            2,
+        );
+        assert_eq!(texts(&out), ["fresh", "start"]);
+    }
+
+    #[test]
+    fn a_restored_session_carries_on_without_losing_or_repeating() {
+        let (a, b) = (pid("a"), pid("b"));
+        let mut alice = session_with(&["b"]);
+        let mut bob = session_with(&["a"]);
+        for (n, text) in [(1, "one"), (2, "two"), (3, "three")] {
+            alice.send(mid(n), text.into(), 0, 0).unwrap();
+        }
+        let mut frames = frames_to(&drain(&mut alice), &b);
+        // Bob gets "one" and "three" (held for the gap); all acks are lost.
+        let two = frames.remove(1);
+        let out = feed(&mut bob, &a, frames, 1);
+        assert_eq!(texts(&out), ["one"]);
+        // Both restart from their snapshots (through JSON, as a file would).
+        let json = |s: &ChatSession| serde_json::to_string(&s.snapshot(5, 1_000_000)).unwrap();
+        let (alice_saved, bob_saved) = (json(&alice), json(&bob));
+        let restore = |saved: &str| {
+            ChatSession::new()
+                .restore(serde_json::from_str(saved).unwrap(), 0, 1_000_010)
+                .unwrap()
+        };
+        let (mut alice, mut bob) = (restore(&alice_saved), restore(&bob_saved));
+        assert_eq!(alice.status(&mid(2)), Some(MessageStatus::Sending));
+        alice.send(mid(4), "four".into(), 0, 1).unwrap();
+        alice.link_up(&b, 2);
+        bob.link_up(&a, 2);
+        let resent = frames_to(&drain(&mut alice), &b);
+        assert_eq!(resent.len(), 4, "the whole outbox goes out again");
+        let out = feed(&mut bob, &a, resent, 3);
+        assert_eq!(texts(&out), ["two", "three", "four"]);
+        let out = feed(&mut alice, &b, frames_to(&out, &a), 4);
+        assert_eq!(statuses(&out, mid(4)), [MessageStatus::Delivered]);
+        assert!(alice.unacked(&b).is_empty());
+        // The frame lost on the way does no harm when it turns up late.
+        let out = feed(&mut bob, &a, vec![two], 5);
+        assert!(texts(&out).is_empty());
+    }
+
+    #[test]
+    fn restore_keeps_a_departed_peers_deadline_and_gives_present_ones_a_window() {
+        let (b, c) = (pid("b"), pid("c"));
+        let mut alice = session_with(&["b", "c"]).with_retention(10_000);
+        alice.send(mid(1), "x".into(), 0, 0).unwrap();
+        drain(&mut alice);
+        alice.peer_left(&b, 1_000); // forgotten at 11_000, i.e. Unix 1_010_000
+        let snap = alice.snapshot(2_000, 1_001_000);
+        let restored = ChatSession::new()
+            .with_retention(10_000)
+            .restore(snap, 0, 1_005_000)
+            .unwrap();
+        // b: 5 s of its window left; c was present: a full window.
+        assert_eq!(restored.poll_timeout(), Some(5_000));
+        let mut restored = restored;
+        restored.handle_timeout(5_000);
+        assert!(restored.unacked(&b).is_empty());
+        assert_eq!(restored.unacked(&c).len(), 1);
+    }
+
+    #[test]
+    fn damaged_snapshots_are_refused() {
+        let mut alice = session_with(&["b"]);
+        alice.send(mid(1), "x".into(), 0, 0).unwrap();
+        let good = alice.snapshot(0, 0);
+        let mut wrong_version = good.clone();
+        wrong_version.version = 99;
+        assert_eq!(
+            ChatSession::new().restore(wrong_version, 0, 0).unwrap_err(),
+            SnapshotError::Version(99)
+        );
+        let mut unnumbered = good.clone();
+        unnumbered.links[0].next_seq = 1;
+        assert!(matches!(
+            ChatSession::new().restore(unnumbered, 0, 0),
+            Err(SnapshotError::Invalid(_))
+        ));
+        let mut too_long = good.clone();
+        too_long.links[0].outbox[0].text = "x".repeat(MAX_CHAT_TEXT_BYTES + 1);
+        assert!(ChatSession::new().restore(too_long, 0, 0).is_err());
+        assert!(ChatSession::new().restore(good, 0, 0).is_ok());
+    }
+
+    #[test]
+    fn generation_moves_with_what_a_snapshot_holds() {
+        let a = pid("a");
+        let mut bob = session_with(&["a"]);
+        let g = bob.generation();
+        bob.handle_timeout(1);
+        assert_eq!(
+            bob.generation(),
+            g,
+            "a timer with nothing due changes nothing"
+        );
+        feed(&mut bob, &a, vec![chat(1, 1, "one")], 2);
+        assert!(bob.generation() > g);
     }
 
     /// A tiny deterministic PRNG (xorshift64*), so the test needs no crate.

@@ -17,7 +17,7 @@
 pub mod chat;
 pub mod transfer;
 
-pub use chat::{ChatError, ChatOutput, ChatSession, MessageStatus};
+pub use chat::{ChatError, ChatOutput, ChatSession, ChatSnapshot, MessageStatus, SnapshotError};
 pub use transfer::{
     DEFAULT_CHUNK_SIZE, FileReceiver, FileSender, Progress, ReceiverOutput, ReceiverState,
     SenderOutput, SenderState, TransferConfig, TransferError,
