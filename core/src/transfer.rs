@@ -339,6 +339,27 @@ impl FileSender {
         }
     }
 
+    /// The receiver left the room and came back (perhaps restarted, with
+    /// nothing but a partial file on disk): offer again from the start of
+    /// the handshake. Its `FileAccept` says where to continue — from what it
+    /// already has, when it kept the partial file. Does nothing once the
+    /// transfer has finished.
+    pub fn peer_returned(&mut self) {
+        if self.state == SenderState::Finished {
+            return;
+        }
+        self.state = SenderState::Offered;
+        self.accepted_at = None;
+        // A read under way belongs to the old run; its bytes are dropped.
+        self.outstanding = None;
+        self.stale_read = false;
+        self.paused = false;
+        self.reported_buffered = 0;
+        self.sent_since_report = 0;
+        self.outputs
+            .push_back(SenderOutput::Send(Frame::FileOffer(self.offer.clone())));
+    }
+
     /// The transfer id.
     pub fn transfer_id(&self) -> TransferId {
         self.offer.transfer
@@ -390,7 +411,15 @@ impl FileSender {
                     if self.accepted_at == Some(offset) {
                         return; // a repeat of the accept already handled
                     }
-                    return self.violation("FileAccept after the transfer started".into());
+                    // The receiver answered a repeated offer with where it
+                    // stands: continue from there.
+                    return self.handle_frame(
+                        Frame::ResumeFrom {
+                            transfer: self.offer.transfer,
+                            offset,
+                        },
+                        now,
+                    );
                 }
                 if offset > size {
                     return self
@@ -797,6 +826,15 @@ impl FileReceiver {
             // A repeat of the offer is harmless; a different one is not.
             Frame::FileOffer(offer) if offer != self.offer => {
                 self.violation("a different offer for the same transfer".into());
+            }
+            // The sender may have lost track of us (we were away): say again
+            // that we accept, from the last verified byte.
+            Frame::FileOffer(_) if self.state == ReceiverState::Receiving => {
+                self.outputs
+                    .push_back(ReceiverOutput::Send(Frame::FileAccept {
+                        transfer: self.offer.transfer,
+                        offset: self.received,
+                    }));
             }
             Frame::FileAccept { .. }
             | Frame::FileDecline { .. }
@@ -2377,10 +2415,17 @@ mod tests {
             r.handle_frame(frame, 0);
             assert_receiver_violation(&receiver_outputs(&mut r));
         }
-        // A repeated identical offer is harmless; a different one is not.
+        // A repeated identical offer is answered with where we stand; a
+        // different one is a violation.
         let mut r = accepted_receiver(100, small_config());
         r.handle_frame(Frame::FileOffer(offer_for(&content(100))), 0);
-        assert!(receiver_outputs(&mut r).is_empty());
+        assert_eq!(
+            receiver_outputs(&mut r),
+            [ReceiverOutput::Send(Frame::FileAccept {
+                transfer: ID,
+                offset: 0
+            })]
+        );
         r.handle_frame(Frame::FileOffer(offer_for(&content(99))), 0);
         assert_receiver_violation(&receiver_outputs(&mut r));
     }
@@ -2459,7 +2504,7 @@ mod tests {
                 accepted_sender(100, small_config()),
                 Frame::FileAccept {
                     transfer: ID,
-                    offset: 5,
+                    offset: 105,
                 },
             ),
             (
@@ -2595,6 +2640,65 @@ mod tests {
             "re-sent {resent} of {} bytes",
             data.len()
         );
+    }
+
+    #[test]
+    fn a_restarted_receiver_resumes_from_its_partial_file() {
+        let data = content(40 << 20);
+        let mut pair = Pair::new(data.clone(), TransferConfig::default());
+        pair.accept();
+        pair.run_until(|p| p.receiver.received() >= 20 << 20);
+        // The receiver's process dies: in-flight frames and all its state
+        // are gone; what it wrote is on disk. It comes back, the sender
+        // offers again, and it accepts from what the disk holds.
+        pair.to_receiver.clear();
+        pair.to_sender.clear();
+        pair.held = [None, None];
+        pair.receiver = FileReceiver::new(
+            pair.sender.offer().clone(),
+            TransferConfig::default(),
+            pair.now,
+        );
+        pair.sender.peer_returned();
+        pair.drain();
+        assert!(matches!(
+            pair.to_receiver.pop_front(),
+            Some(Frame::FileOffer(_))
+        ));
+        let on_disk = pair.file.len() as u64;
+        let mut prefix = blake3::Hasher::new();
+        prefix.update(&pair.file);
+        pair.receiver.accept_from(on_disk, prefix, pair.now);
+        pair.drain();
+        pair.run();
+        let hash = *blake3::hash(&data).as_bytes();
+        assert_eq!(pair.receiver_result, Some(Ok(hash)));
+        assert_eq!(pair.sender_result, Some(Ok(())));
+        assert!(pair.file == data);
+        let resent = pair.sender.bytes_sent() - data.len() as u64;
+        assert!(
+            resent * 20 < data.len() as u64,
+            "re-sent {resent} of {} bytes",
+            data.len()
+        );
+    }
+
+    #[test]
+    fn a_receiver_that_kept_running_answers_the_repeated_offer() {
+        let data = content(4 << 20);
+        let mut pair = Pair::new(data.clone(), TransferConfig::default());
+        pair.accept();
+        pair.run_until(|p| p.receiver.received() >= 2 << 20);
+        // The sender saw the receiver leave and come back; the receiver
+        // itself only lost its connection for a moment.
+        pair.to_receiver.clear();
+        pair.to_sender.clear();
+        pair.held = [None, None];
+        pair.sender.peer_returned();
+        pair.drain();
+        pair.run();
+        assert_eq!(pair.sender_result, Some(Ok(())));
+        assert!(pair.file == data);
     }
 
     #[test]
