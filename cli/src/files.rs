@@ -167,6 +167,47 @@ pub fn create_part(out_dir: &Path, offered_name: &str) -> Result<PartFile> {
     anyhow::bail!("too many partial files named like {}", wanted.display())
 }
 
+/// Reopens a `.part` file of an interrupted transfer of a file of `size`
+/// bytes, to continue it: returns it with the number of bytes it holds and
+/// their BLAKE3 state. A file longer than `size` cannot be a prefix of the
+/// offered file and is emptied.
+pub fn reopen_part(
+    part_path: &Path,
+    wanted_path: &Path,
+    size: u64,
+) -> Result<(PartFile, u64, blake3::Hasher)> {
+    use std::io::Read as _;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(part_path)
+        .with_context(|| format!("cannot open {}", part_path.display()))?;
+    let mut len = file.metadata().context("reading .part file size")?.len();
+    if len > size {
+        file.set_len(0).context("emptying .part file")?;
+        len = 0;
+    }
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        file.read_exact(&mut buf[..want])
+            .with_context(|| format!("reading {}", part_path.display()))?;
+        hasher.update(&buf[..want]);
+        left -= want as u64;
+    }
+    Ok((
+        PartFile {
+            file,
+            part_path: part_path.to_owned(),
+            wanted_path: wanted_path.to_owned(),
+        },
+        len,
+        hasher,
+    ))
+}
+
 /// Flushes the verified `.part` file and gives it its final name without
 /// overwriting anything: `name.ext`, else `name (1).ext`, `name (2).ext`…
 pub fn finalize(part: &PartFile) -> Result<PathBuf> {

@@ -4,13 +4,15 @@
 //!
 //! Modules: [`signal`] (WebSocket to the server), [`rtc`] (webrtc-rs peer
 //! connections), [`room`] (the driver loop), [`files`] (hashing, safe names,
-//! `.part` files), [`report`] (human / `--json` output).
+//! `.part` files), [`report`] (human / `--json` output), [`state`] (what
+//! survives a restart: resume token, chat outbox, partial files).
 
 mod files;
 mod report;
 mod room;
 mod rtc;
 mod signal;
+mod state;
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
@@ -49,6 +51,14 @@ struct Cli {
     /// cannot connect.
     #[arg(long, global = true, value_enum, value_name = "RELAY")]
     force_relay: Option<ForceRelay>,
+    /// Where to keep what survives a restart (per room: the peer identity,
+    /// unacknowledged chat messages, files being received). Default: the
+    /// user's data directory (e.g. ~/.local/share/parlor).
+    #[arg(long, global = true, env = "PARLOR_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep nothing on disk: a restart comes back as a new peer.
+    #[arg(long, global = true)]
+    ephemeral: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -180,8 +190,19 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
             server,
         } => (Mode::Chat, new_room(&server), true),
     };
-    let (signaling, joined) =
-        signal::Signaling::join(&link.websocket_url(), &link.room, &cli.name, None).await?;
+    let store = if cli.ephemeral {
+        None
+    } else {
+        open_state(cli.data_dir.or_else(state::default_data_dir), &link, report)
+    };
+    let (chat, resume) = restore_chat(store.as_ref(), report);
+    let (signaling, joined) = signal::Signaling::join(
+        &link.websocket_url(),
+        &link.room,
+        &cli.name,
+        resume.as_deref(),
+    )
+    .await?;
     if policy == PathPolicy::TurnOnly && !rtc::has_usable_turn(&joined.ice_servers) {
         anyhow::bail!(
             "--force-relay turn: the server offers no TURN relay this peer can use \
@@ -212,11 +233,62 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
         policy,
         access,
         std::mem::replace(report, Reporter::new(json)),
-        signaling,
-        joined,
+        room::Persisted { store, chat },
+        (signaling, joined),
     )
     .await?;
     room.run().await
+}
+
+/// The room's state file in `data_dir`, or `None` (with a warning) when
+/// there is no data directory or it cannot be used: the peer then runs as
+/// with `--ephemeral`.
+fn open_state(
+    data_dir: Option<PathBuf>,
+    link: &InviteLink,
+    report: &mut Reporter,
+) -> Option<state::RoomState> {
+    let Some(dir) = data_dir else {
+        report.emit(Event::Error {
+            message: "no data directory (set --data-dir): nothing survives a restart".into(),
+        });
+        return None;
+    };
+    match state::RoomState::open(&dir, &link.room) {
+        Ok(store) => Some(store),
+        Err(err) => {
+            report.emit(Event::Error {
+                message: format!("{err:#}; nothing survives a restart"),
+            });
+            None
+        }
+    }
+}
+
+/// The chat session to start with (carried over from the state file) and
+/// the resume token to join with. The token is used only together with the
+/// chat state it was saved with: a peer must not come back under its old id
+/// with fresh sequence numbers.
+fn restore_chat(
+    store: Option<&state::RoomState>,
+    report: &mut Reporter,
+) -> (parlor_core::ChatSession, Option<String>) {
+    let fresh = parlor_core::ChatSession::new();
+    let Some(saved) = store.map(|s| &s.saved) else {
+        return (fresh, None);
+    };
+    let (Some(token), Some(snapshot)) = (&saved.resume_token, &saved.chat) else {
+        return (fresh, None);
+    };
+    match parlor_core::ChatSession::new().restore(snapshot.clone(), 0, room::unix_ms()) {
+        Ok(chat) => (chat, Some(token.clone())),
+        Err(err) => {
+            report.emit(Event::Error {
+                message: format!("{err}; joining as a new peer"),
+            });
+            (fresh, None)
+        }
+    }
 }
 
 /// A fresh room on `server` with 128 random bits of room id and 256 of key.

@@ -75,6 +75,16 @@ pub enum Event<'a> {
         size: u64,
         hash: String,
     },
+    /// The receiver of our files left mid-way: we wait this long for it to
+    /// come back (restarted, or back from a network change).
+    WaitingForPeer { peer_id: &'a str, seconds: u64 },
+    /// An offered file continues from a partial file already on disk.
+    Resuming {
+        transfer: String,
+        name: &'a str,
+        path: &'a str,
+        offset: u64,
+    },
     /// A transfer failed.
     TransferFailed {
         transfer: String,
@@ -159,6 +169,14 @@ impl Reporter {
             Event::FileReceived { path, hash, .. } => {
                 self.note(&format!("Saved {path} (verified, blake3 {hash})"))
             }
+            Event::WaitingForPeer { peer_id, seconds } => self.note(&format!(
+                "{peer_id} left before the files were sent; waiting up to {seconds} s for it to come back"
+            )),
+            Event::Resuming {
+                name, offset, path, ..
+            } => self.note(&format!(
+                "Resuming {name} from byte {offset} already in {path}"
+            )),
             Event::TransferFailed { name, reason, .. } => {
                 self.note(&format!("Transfer of {name} failed: {reason}"))
             }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Result, anyhow, bail};
 use parlor_core::{
     ChatOutput, ChatSession, FileReceiver, FileSender, MessageStatus, Millis, ReceiverOutput,
-    SenderOutput, TransferConfig,
+    SenderOutput, SenderState, TransferConfig,
 };
 use parlor_protocol::sealed::sdp_fingerprint;
 use parlor_protocol::{
@@ -27,6 +27,7 @@ use crate::files::{self, Outgoing, PartFile};
 use crate::report::{Event, Reporter, hex};
 use crate::rtc::{self, Channel, PeerEvent, PeerLink};
 use crate::signal::{Incoming, Joined, RelayBuffer, Signaling};
+use crate::state::{Partial, RoomState, Saved};
 
 /// WebRTC events buffered before the data-channel readers wait for the driver.
 const EVENT_QUEUE: usize = 1024;
@@ -52,6 +53,26 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 const OFFLINE_GIVE_UP: Duration = Duration::from_secs(60);
 /// Longest wait between two reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+/// How long `send` waits for a receiver that left mid-transfer to come back
+/// (restarted, or back from a network change) before giving up.
+const RETURN_WINDOW: Duration = Duration::from_secs(5 * 60);
+
+/// What the driver starts from and keeps on disk (see [`crate::state`]).
+#[derive(Debug)]
+pub struct Persisted {
+    /// The room's state file; `None` with `--ephemeral`.
+    pub store: Option<RoomState>,
+    /// The chat session, restored from `store` or fresh.
+    pub chat: ChatSession,
+}
+
+/// The current Unix time in milliseconds.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// The room as this peer reaches it: where to (re)join, under which name,
 /// and the key (from the invite link) that seals what goes through the
@@ -104,6 +125,8 @@ struct OutgoingTransfer {
     file: std::fs::File,
     info: Outgoing,
     sender: FileSender,
+    /// The receiver left the room; when it is back, offer again.
+    reoffer_on_return: bool,
 }
 
 struct IncomingTransfer {
@@ -151,6 +174,11 @@ pub struct Room {
     relay_up: HashSet<PeerId>,
     /// WebRTC links that must connect by then, or fall to the server relay.
     connect_deadlines: HashMap<PeerId, tokio::time::Instant>,
+    /// WebRTC links carrying a transfer whose receiver confirmed nothing
+    /// new for [`STALL_TIMEOUT`] fall to the server relay by then (after a
+    /// long outage webrtc-rs's SCTP association can stay stuck in one
+    /// direction while the other still works).
+    progress_deadlines: HashMap<PeerId, tokio::time::Instant>,
     /// WebRTC links that were connected once (a failure then tries an ICE
     /// restart before the server relay).
     was_connected: HashSet<PeerId>,
@@ -167,6 +195,14 @@ pub struct Room {
     flush_deadline: Option<tokio::time::Instant>,
     idle_deadline: Option<tokio::time::Instant>,
     exit: Option<Result<()>>,
+    /// Where the resume token, chat state and partial files are kept.
+    store: Option<RoomState>,
+    /// The chat generation last written to `store`.
+    saved_generation: Option<u64>,
+    /// Files being received, as recorded in `store`.
+    partials: Vec<Partial>,
+    /// `send`: the receiver left mid-way; give up unless it is back by then.
+    return_deadline: Option<tokio::time::Instant>,
 }
 
 impl Room {
@@ -177,9 +213,15 @@ impl Room {
         policy: PathPolicy,
         access: RoomAccess,
         report: Reporter,
-        signaling: Signaling,
-        joined: Joined,
+        persisted: Persisted,
+        connection: (Signaling, Joined),
     ) -> Result<Self> {
+        let (signaling, joined) = connection;
+        let Persisted { store, chat } = persisted;
+        let partials = store
+            .as_ref()
+            .map(|s| s.saved.partials.clone())
+            .unwrap_or_default();
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let relay_buffer = signaling.relay_buffer();
         relay_buffer.set_low_watermark(config.low_watermark);
@@ -194,7 +236,7 @@ impl Room {
             names: HashMap::new(),
             links: HashMap::new(),
             connected: HashSet::new(),
-            chat: ChatSession::new(),
+            chat,
             outgoing: HashMap::new(),
             incoming: HashMap::new(),
             finished_incoming: HashSet::new(),
@@ -212,6 +254,7 @@ impl Room {
             relayed: HashSet::new(),
             relay_up: HashSet::new(),
             connect_deadlines: HashMap::new(),
+            progress_deadlines: HashMap::new(),
             was_connected: HashSet::new(),
             restarting: HashSet::new(),
             access,
@@ -222,7 +265,12 @@ impl Room {
             flush_deadline: None,
             idle_deadline: None,
             exit: None,
+            store,
+            saved_generation: None,
+            partials,
+            return_deadline: None,
         };
+        room.persist();
         // Newcomers make the offers; peers already present wait for them.
         for peer in joined.peers {
             room.names.insert(peer.id.clone(), peer.name);
@@ -260,7 +308,12 @@ impl Room {
                 .chat
                 .poll_timeout()
                 .map(|t| tokio::time::Instant::from_std(self.start + Duration::from_millis(t)));
-            let connect_timer = self.connect_deadlines.values().min().copied();
+            let connect_timer = self
+                .connect_deadlines
+                .values()
+                .chain(self.progress_deadlines.values())
+                .min()
+                .copied();
             let relay_buffer = Arc::clone(&self.relay_buffer);
             tokio::select! {
                 msg = self.signaling.recv(), if self.signaling_up => match msg {
@@ -281,6 +334,7 @@ impl Room {
                 }
                 () = sleep_until(self.flush_deadline) => self.exit = Some(Ok(())),
                 () = sleep_until(self.idle_deadline) => self.on_receive_idle(),
+                () = sleep_until(self.return_deadline) => self.on_return_timeout(),
             }
         }
     }
@@ -379,8 +433,9 @@ impl Room {
         self.relay_buffer = self.signaling.relay_buffer();
         self.relay_buffer
             .set_low_watermark(self.config.low_watermark);
-        if joined.resume_token.is_some() {
+        if joined.resume_token.is_some() && joined.resume_token != self.resume_token {
             self.resume_token = joined.resume_token.clone();
+            self.persist();
         }
         self.me = joined.peer_id.clone();
         let peers: Vec<&str> = joined.peers.iter().map(|p| p.id.0.as_str()).collect();
@@ -580,7 +635,14 @@ impl Room {
                 if let Mode::Send { target, .. } = &mut self.mode
                     && target.is_none()
                 {
-                    *target = Some(peer);
+                    *target = Some(peer.clone());
+                }
+                if self
+                    .outgoing
+                    .values()
+                    .any(|t| t.peer == peer && t.reoffer_on_return)
+                {
+                    self.reset_transfers(&peer).await;
                 }
             }
             PeerEvent::Closed { peer, channel } => {
@@ -716,6 +778,7 @@ impl Room {
         tracing::info!(%peer, why, "switching to the server relay");
         self.relayed.insert(peer.clone());
         self.connect_deadlines.remove(peer);
+        self.progress_deadlines.remove(peer);
         if let Some(link) = self.links.remove(peer) {
             link.close().await;
         }
@@ -777,9 +840,16 @@ impl Room {
             .filter(|(_, t)| &t.peer == peer)
             .map(|(id, _)| *id)
             .collect();
+        if !outgoing.is_empty() {
+            self.return_deadline = None;
+        }
         for id in outgoing {
             self.drive_outgoing(id, |t, amount| {
-                t.sender.link_reset();
+                if std::mem::take(&mut t.reoffer_on_return) {
+                    t.sender.peer_returned();
+                } else {
+                    t.sender.link_reset();
+                }
                 t.sender.buffered_amount(amount);
             })
             .await;
@@ -840,6 +910,17 @@ impl Room {
             .collect();
         for peer in late {
             self.fall_to_relay(&peer, "WebRTC did not connect in time")
+                .await;
+        }
+        let stalled: Vec<PeerId> = self
+            .progress_deadlines
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(peer, _)| peer.clone())
+            .collect();
+        for peer in stalled {
+            self.progress_deadlines.remove(&peer);
+            self.fall_to_relay(&peer, "the transfer made no progress")
                 .await;
         }
     }
@@ -955,8 +1036,28 @@ impl Room {
                 return;
             }
         };
+        if let Some((part, offset, prefix)) = self.reopen_partial(&offer) {
+            self.report.emit(Event::Resuming {
+                transfer: id.to_string(),
+                name: &offer.name,
+                path: &part.part_path.to_string_lossy(),
+                offset,
+            });
+            receiver.accept_from(offset, prefix, now);
+            self.incoming
+                .insert((peer.clone(), id), IncomingTransfer { part, receiver });
+            self.drive_incoming(&peer, id, |_| {}).await;
+            return;
+        }
         match files::create_part(&out_dir, &offer.name) {
             Ok(part) => {
+                self.partials.push(Partial {
+                    hash: hex(&offer.hash),
+                    size: offer.size,
+                    part_path: part.part_path.clone(),
+                    wanted_path: part.wanted_path.clone(),
+                });
+                self.persist();
                 receiver.accept(now);
                 self.incoming
                     .insert((peer.clone(), id), IncomingTransfer { part, receiver });
@@ -967,6 +1068,42 @@ impl Room {
                 self.send_receiver_frames(&peer, &mut receiver).await;
                 self.fail_receive(format!("cannot store {}: {err:#}", offer.name));
             }
+        }
+    }
+
+    /// The `.part` file an earlier run left for this very file (same hash
+    /// and size), reopened with what it holds, if any and not in use.
+    fn reopen_partial(&mut self, offer: &FileOffer) -> Option<(PartFile, u64, blake3::Hasher)> {
+        let hash = hex(&offer.hash);
+        let index = self
+            .partials
+            .iter()
+            .position(|p| p.hash == hash && p.size == offer.size)?;
+        let partial = self.partials[index].clone();
+        let in_use = self
+            .incoming
+            .values()
+            .any(|t| t.part.part_path == partial.part_path);
+        if in_use {
+            return None;
+        }
+        match files::reopen_part(&partial.part_path, &partial.wanted_path, offer.size) {
+            Ok(reopened) => Some(reopened),
+            Err(err) => {
+                tracing::info!(err = %format!("{err:#}"), "partial file not resumable");
+                self.partials.remove(index);
+                self.persist();
+                None
+            }
+        }
+    }
+
+    /// Forgets the partial-file record of `part_path` (received or failed).
+    fn drop_partial(&mut self, part_path: &std::path::Path) {
+        let before = self.partials.len();
+        self.partials.retain(|p| p.part_path != part_path);
+        if self.partials.len() != before {
+            self.persist();
         }
     }
 
@@ -1026,6 +1163,7 @@ impl Room {
                 file,
                 info,
                 sender,
+                reoffer_on_return: false,
             },
         );
         self.drive_outgoing(id, |_, _| {}).await;
@@ -1041,6 +1179,7 @@ impl Room {
             return;
         };
         let buffered = self.file_buffered(&t.peer).await;
+        let confirmed_before = t.sender.confirmed();
         input(&mut t, buffered);
         let mut finished = None;
         // After a failed send the rest of this round's frames are dropped
@@ -1079,9 +1218,11 @@ impl Room {
             }
         }
         let Some(result) = finished else {
+            self.watch_progress(&t, confirmed_before);
             self.outgoing.insert(id, t);
             return;
         };
+        self.progress_deadlines.remove(&t.peer);
         match result {
             Ok(()) => {
                 self.report.emit(Event::FileSent {
@@ -1106,6 +1247,30 @@ impl Room {
                     self.exit = Some(Err(anyhow!("sending {} failed: {err}", t.info.name)));
                 }
             }
+        }
+    }
+
+    /// Keeps the progress watchdog of `t`'s link: armed while chunks are
+    /// owed confirmation on a WebRTC link, pushed back by every confirmed
+    /// byte, off otherwise.
+    fn watch_progress(&mut self, t: &OutgoingTransfer, confirmed_before: u64) {
+        let waiting = matches!(
+            t.sender.state(),
+            SenderState::Sending | SenderState::AwaitingVerification
+        ) && !t.reoffer_on_return
+            && !self.relayed.contains(&t.peer)
+            && self.links.contains_key(&t.peer);
+        if !waiting {
+            self.progress_deadlines.remove(&t.peer);
+            return;
+        }
+        let next = tokio::time::Instant::now() + STALL_TIMEOUT;
+        if t.sender.confirmed() > confirmed_before {
+            self.progress_deadlines.insert(t.peer.clone(), next);
+        } else {
+            self.progress_deadlines
+                .entry(t.peer.clone())
+                .or_insert(next);
         }
     }
 
@@ -1184,6 +1349,7 @@ impl Room {
             }
         }
         if finished {
+            self.drop_partial(&t.part.part_path);
             self.finished_incoming.insert(key);
         } else {
             self.incoming.insert(key, t);
@@ -1193,6 +1359,7 @@ impl Room {
 
     async fn on_peer_gone(&mut self, peer: &PeerId, why: &str) {
         let name = self.name(peer);
+        self.progress_deadlines.remove(peer);
         if let Some(link) = self.links.remove(peer) {
             link.close().await;
         }
@@ -1208,7 +1375,10 @@ impl Room {
                 name: &name,
             });
         }
-        self.chat.remove_peer(peer);
+        // It may come back under the same id (a restart, a network change):
+        // its chat link and outbox wait for it (see `ChatSession::peer_left`).
+        let now = self.now();
+        self.chat.peer_left(peer, now);
         self.flush_chat().await;
 
         // Transfers with that peer cannot finish now.
@@ -1227,32 +1397,38 @@ impl Room {
                 ));
             }
         }
-        let dead_out: Vec<_> = self
-            .outgoing
-            .iter()
-            .filter(|(_, t)| &t.peer == peer)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in dead_out {
-            if let Some(t) = self.outgoing.remove(&id) {
-                self.exit = Some(Err(anyhow!(
-                    "sending {} failed: the receiver {why}",
-                    t.info.name
-                )));
-            }
-        }
+        // `send` waits for its receiver to come back and then offers again;
+        // the receiver continues from what it has on disk.
         if let Mode::Send { target, .. } = &self.mode
             && target.as_ref() == Some(peer)
             && self.exit.is_none()
         {
-            self.exit = Some(Err(anyhow!(
-                "the receiver {why} before every file was sent"
-            )));
+            for t in self.outgoing.values_mut().filter(|t| &t.peer == peer) {
+                t.reoffer_on_return = true;
+            }
+            if self.return_deadline.is_none() {
+                self.return_deadline = Some(tokio::time::Instant::now() + RETURN_WINDOW);
+                self.report.emit(Event::WaitingForPeer {
+                    peer_id: &peer.0,
+                    seconds: RETURN_WINDOW.as_secs(),
+                });
+            }
         }
         if let Mode::Receive { senders, .. } = &mut self.mode {
             senders.remove(peer);
         }
         self.check_receive_done();
+    }
+
+    /// The receiver did not come back in time.
+    fn on_return_timeout(&mut self) {
+        self.return_deadline = None;
+        if self.exit.is_none() {
+            self.exit = Some(Err(anyhow!(
+                "the receiver left before every file was sent and did not come back within {} s",
+                RETURN_WINDOW.as_secs()
+            )));
+        }
     }
 
     /// `receive` ends when nothing is in flight and either every peer that
@@ -1307,10 +1483,7 @@ impl Room {
             return;
         }
         let id = MessageId(rand::random());
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let wall = unix_ms();
         let now = self.now();
         if let Err(err) = self.chat.send(id, text, wall, now) {
             self.report.emit(Event::Error {
@@ -1332,8 +1505,39 @@ impl Room {
         }
     }
 
+    /// Writes the resume token, chat state and partial files to the state
+    /// file (when there is one).
+    fn persist(&mut self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let generation = self.chat.generation();
+        let saved = Saved {
+            version: crate::state::STATE_VERSION,
+            resume_token: self.resume_token.clone(),
+            chat: Some(self.chat.snapshot(self.now(), unix_ms())),
+            partials: self.partials.clone(),
+        };
+        match store.write(&saved) {
+            Ok(()) => self.saved_generation = Some(generation),
+            Err(err) => {
+                self.report.emit(Event::Error {
+                    message: format!("{err:#}; continuing without saving state"),
+                });
+                self.store = None;
+            }
+        }
+    }
+
+    /// Carries out what the chat session asks, after saving its state: a
+    /// message is acked only once it is on disk, and an outbox entry is on
+    /// disk before it goes out.
     async fn flush_chat(&mut self) {
-        while let Some(out) = self.chat.poll_output() {
+        let outputs: Vec<ChatOutput> = std::iter::from_fn(|| self.chat.poll_output()).collect();
+        if self.saved_generation != Some(self.chat.generation()) {
+            self.persist();
+        }
+        for out in outputs {
             match out {
                 ChatOutput::Send { to, frame } => {
                     if let Err(err) = self.transmit(&to, Channel::Chat, frame.encode()).await {

@@ -159,6 +159,8 @@ pub struct Peer {
     events: mpsc::UnboundedReceiver<Value>,
     /// Every event seen so far, in order.
     pub history: Vec<Value>,
+    /// The peer's own data directory, unless the test gave one.
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl Peer {
@@ -169,8 +171,21 @@ impl Peer {
 
     /// Starts `WRAPPER... parlor --json ARGS...`, e.g. with the wrapper
     /// `ip netns exec NS` to run it inside a network namespace.
+    ///
+    /// Each peer keeps its state in a fresh data directory of its own,
+    /// unless `args` name one with `--data-dir` (to restart a peer where it
+    /// stopped).
     pub fn spawn_wrapped(wrapper: &[&str], label: &str, args: &[&str]) -> Result<Self> {
-        let mut child = wrapped_command(wrapper, "parlor")
+        let data_dir = if args.contains(&"--data-dir") {
+            None
+        } else {
+            Some(tempfile::tempdir()?)
+        };
+        let mut cmd = wrapped_command(wrapper, "parlor");
+        if let Some(dir) = &data_dir {
+            cmd.arg("--data-dir").arg(dir.path());
+        }
+        let mut child = cmd
             .arg("--json")
             .args(["--name", label])
             .args(args)
@@ -206,6 +221,7 @@ impl Peer {
             stdin,
             events,
             history: Vec::new(),
+            _data_dir: data_dir,
         })
     }
 
@@ -291,6 +307,21 @@ impl Peer {
             }
         }
         Ok(())
+    }
+
+    /// The texts of the chat messages shown so far, in order.
+    pub fn texts(&self) -> Vec<String> {
+        self.history
+            .iter()
+            .filter(|v| v["event"] == "message")
+            .filter_map(|v| v["text"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Waits until a chat message with exactly `text` is shown.
+    pub async fn wait_text(&mut self, text: &str) -> Result<Value> {
+        self.wait_for(text, |v| v["event"] == "message" && v["text"] == text)
+            .await
     }
 
     /// How many events of kind `event` were seen so far.

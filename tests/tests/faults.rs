@@ -10,20 +10,6 @@ use parlor_tests::{Peer, Server};
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn texts(peer: &Peer) -> Vec<String> {
-    peer.history
-        .iter()
-        .filter(|v| v["event"] == "message")
-        .filter_map(|v| v["text"].as_str().map(str::to_owned))
-        .collect()
-}
-
-async fn wait_text(peer: &mut Peer, text: &str) {
-    peer.wait_for(text, |v| v["event"] == "message" && v["text"] == text)
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_room_survives_a_server_restart() {
     let _serial = parlor_tests::exclusive().await;
@@ -36,7 +22,7 @@ async fn a_room_survives_a_server_restart() {
     alice.wait_connected(1).await.unwrap();
     bob.wait_connected(1).await.unwrap();
     alice.say("before").await.unwrap();
-    wait_text(&mut bob, "before").await;
+    bob.wait_text("before").await.unwrap();
 
     // The server dies: the data channel carries on.
     server.kill().await;
@@ -52,8 +38,8 @@ async fn a_room_survives_a_server_restart() {
     }
     alice.say("while down 1").await.unwrap();
     bob.say("while down 2").await.unwrap();
-    wait_text(&mut bob, "while down 1").await;
-    wait_text(&mut alice, "while down 2").await;
+    bob.wait_text("while down 1").await.unwrap();
+    alice.wait_text("while down 2").await.unwrap();
 
     // It comes back on the same address; both rejoin under their old ids.
     server.restart(&[]).await.unwrap();
@@ -85,11 +71,11 @@ async fn a_room_survives_a_server_restart() {
     let mut carol = Peer::spawn("carol", &["chat", &link]).unwrap();
     carol.wait_connected(2).await.unwrap();
     carol.say("hello after restart").await.unwrap();
-    wait_text(&mut alice, "hello after restart").await;
-    wait_text(&mut bob, "hello after restart").await;
+    alice.wait_text("hello after restart").await.unwrap();
+    bob.wait_text("hello after restart").await.unwrap();
     alice.say("after").await.unwrap();
-    wait_text(&mut bob, "after").await;
-    wait_text(&mut carol, "after").await;
+    bob.wait_text("after").await.unwrap();
+    carol.wait_text("after").await.unwrap();
 
     // Exactly once, in order.
     for peer in [&mut alice, &mut bob, &mut carol] {
@@ -97,11 +83,11 @@ async fn a_room_survives_a_server_restart() {
         let _ = peer.wait_exit(EXIT_TIMEOUT).await.unwrap();
     }
     assert_eq!(
-        texts(&bob),
+        bob.texts(),
         ["before", "while down 1", "hello after restart", "after"]
     );
-    assert_eq!(texts(&alice), ["while down 2", "hello after restart"]);
-    assert_eq!(texts(&carol), ["after"]);
+    assert_eq!(alice.texts(), ["while down 2", "hello after restart"]);
+    assert_eq!(carol.texts(), ["after"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -129,15 +115,15 @@ async fn duplicated_and_reordered_frames_are_shown_once_in_order_and_files_arriv
         alice.say(line).await.unwrap();
         bob.say(&format!("re {line}")).await.unwrap();
     }
-    wait_text(&mut bob, "line 19").await;
-    wait_text(&mut alice, "re line 19").await;
+    bob.wait_text("line 19").await.unwrap();
+    alice.wait_text("re line 19").await.unwrap();
     for peer in [&mut alice, &mut bob] {
         peer.close_stdin();
         let _ = peer.wait_exit(EXIT_TIMEOUT).await.unwrap();
     }
-    assert_eq!(texts(&bob), lines);
+    assert_eq!(bob.texts(), lines);
     let replies: Vec<String> = lines.iter().map(|l| format!("re {l}")).collect();
-    assert_eq!(texts(&alice), replies);
+    assert_eq!(alice.texts(), replies);
 
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("chaos.bin");

@@ -504,7 +504,7 @@ fn web_bench() -> Result<()> {
 fn transfer_once(bin: &Path, base: &str, src: &Path, out: &Path, extra: &[String]) -> Result<f64> {
     let mut sender = Command::new(bin.join("parlor"));
     sender
-        .args(["--json", "send", "--server", base])
+        .args(["--json", "--ephemeral", "send", "--server", base])
         .args(extra)
         .arg(src)
         .stdout(Stdio::piped())
@@ -519,7 +519,7 @@ fn transfer_once(bin: &Path, base: &str, src: &Path, out: &Path, extra: &[String
     };
     let mut receiver = Command::new(bin.join("parlor"));
     receiver
-        .args(["--json", "receive", &link, "--out"])
+        .args(["--json", "--ephemeral", "receive", &link, "--out"])
         .arg(out)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());

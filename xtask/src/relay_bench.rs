@@ -505,11 +505,18 @@ impl Bench {
         // The peers.
         let peer = |name: &str| -> Result<Command> {
             let mut cmd = Command::new(self.bin.join("parlor"));
-            cmd.args(["--json", "--name", name, "--force-relay", variant.force()])
-                .env("PARLOR_LOG", "error,parlor=warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Self::log(dir, name)?);
+            cmd.args([
+                "--json",
+                "--ephemeral",
+                "--name",
+                name,
+                "--force-relay",
+                variant.force(),
+            ])
+            .env("PARLOR_LOG", "error,parlor=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Self::log(dir, name)?);
             Ok(cmd)
         };
         let sender = procs.spawn(
