@@ -1,8 +1,11 @@
 //! Fault: a peer's network is cut mid-transfer (its router drops everything
 //! for longer than ICE waits), then comes back. The peers restart ICE or fall
-//! back to the server relay, the receiver asks to resume from what it has
-//! verified, and the file ends with the right hash having re-sent only what
-//! was in flight. Runs in network namespaces (see `parlor_tests::netns`).
+//! back to the server relay (webrtc-rs 0.17's SCTP association can stay
+//! stuck after such an outage although ICE reconnects; the sender's progress
+//! watchdog then moves the link to the relay), the receiver asks to resume
+//! from what it has verified, and the file ends with the right hash having
+//! re-sent only what was in flight: at most the sender's window of
+//! unconfirmed bytes. Runs in network namespaces (see `parlor_tests::netns`).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -14,9 +17,6 @@ const FILE_BYTES: usize = 96 * 1024 * 1024;
 const EXIT_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "flaky: after a 12 s outage webrtc-rs 0.17's SCTP association sometimes stays stuck \
-            in one direction although ICE reconnects, and the stall is not yet detected reliably \
-            (passes about half the runs); run with --ignored"]
 async fn a_transfer_survives_a_network_cut_and_resends_little() {
     let _serial = parlor_tests::exclusive().await;
     if !netns::available("network_cut").unwrap() {
@@ -78,17 +78,23 @@ async fn a_transfer_survives_a_network_cut_and_resends_little() {
     let received = receiver.wait_event("file_received").await.unwrap();
     assert_eq!(received["hash"], hash.as_str());
     assert_eq!(hash_file(&out.join("cut.bin")).unwrap(), hash);
-    // The cut was noticed (ICE failed), and little was sent twice.
+    // The cut was noticed (ICE failed, or the link moved), and little was
+    // sent twice: at most one window per path change.
+    let path_changes = sender.count("connected").saturating_sub(1);
     assert!(
-        sender.count("disconnected") + receiver.count("disconnected") > 0,
+        sender.count("disconnected") + receiver.count("disconnected") + path_changes > 0,
         "the cut went unnoticed: {:?}",
-        receiver.history
+        tail(&sender.history)
     );
     let sent = sender.wait_event("file_sent").await.unwrap();
     let bytes_sent = sent["bytes_sent"].as_u64().unwrap();
     let resent = bytes_sent.saturating_sub(FILE_BYTES as u64);
+    let window = parlor_core::TransferConfig::default().max_unconfirmed;
+    let allowed = window * path_changes.max(1) as u64;
     assert!(
-        resent * 20 < FILE_BYTES as u64,
-        "re-sent {resent} of {FILE_BYTES} bytes: {sent}"
+        resent <= allowed,
+        "re-sent {resent} of {FILE_BYTES} bytes, more than a {window}-byte window for each of \
+         {path_changes} path change(s): {:?}",
+        tail(&sender.history)
     );
 }
