@@ -544,7 +544,8 @@ impl ChatSession {
         self.generation
     }
 
-    /// What a restarted peer needs to carry on where it stopped: per link the
+    /// What a restarted peer needs to carry on where it stopped (for at most
+    /// [`MAX_SNAPSHOT_LINKS`] links, so that it always restores): per link the
     /// sequence numbers, the unacked outbox and the held early arrivals, the
     /// retention deadline of departed peers (as Unix time), and the most
     /// recently seen message ids. `wall_clock_ms` is the Unix time at `now`.
@@ -552,6 +553,7 @@ impl ChatSession {
         let links = self
             .links
             .iter()
+            .take(MAX_SNAPSHOT_LINKS)
             .map(|(peer, link)| LinkSnapshot {
                 peer: peer.clone(),
                 next_seq: link.next_seq,

@@ -1,7 +1,8 @@
 //! Hostile peers against the core state machines: the input is read as a
 //! script of frames (decoded from the fuzzer's bytes) and local events fed to
-//! a ChatSession, a FileSender and a FileReceiver. Nothing may panic, and the
-//! outputs of every step stay bounded.
+//! a ChatSession, a FileSender and a FileReceiver (peers leaving and coming
+//! back, restarts from a snapshot included). Nothing may panic, the outputs
+//! of every step stay bounded, and a session's own snapshot always restores.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -57,11 +58,23 @@ fuzz_target!(|data: &[u8]| {
                 let _ = chat.send(MessageId([op; 16]), String::from_utf8_lossy(body).into_owned(), now, now);
             }
             6 => chat.handle_timeout(now),
-            _ => match body.first().copied().unwrap_or(0) % 4 {
+            _ => match body.first().copied().unwrap_or(0) % 10 {
                 0 => chat.link_down(&peer),
                 1 => chat.link_up(&peer, now),
                 2 => sender.cancel(),
-                _ => receiver.cancel(),
+                3 => receiver.cancel(),
+                4 => chat.peer_left(&peer, now),
+                5 => chat.add_peer(peer.clone()),
+                6 => sender.peer_returned(),
+                7 => sender.link_reset(),
+                8 => receiver.link_reset(),
+                _ => {
+                    // A restart: the session's own snapshot always restores.
+                    let snapshot = chat.snapshot(now, now);
+                    chat = ChatSession::new()
+                        .restore(snapshot, now, now)
+                        .expect("a session's own snapshot restores");
+                }
             },
         }
         assert!(std::iter::from_fn(|| chat.poll_output()).take(MAX_OUTPUTS_PER_STEP + 1).count() <= MAX_OUTPUTS_PER_STEP);
