@@ -191,6 +191,12 @@ pub struct TransferView {
     pub url: Option<String>,
     /// A short note (e.g. "hashing…", "saving…").
     pub note: Option<String>,
+    /// The offset this transfer resumed at after an interruption (a
+    /// reload, the peer away), when it did not start over from zero.
+    pub resumed_from: Option<u64>,
+    /// Sender: chunk bytes handed to the transport in all, re-sends and
+    /// earlier attempts included.
+    pub sent: u64,
 }
 
 /// An error shown in a `role="alert"` element until dismissed.
@@ -449,6 +455,8 @@ mod tests {
             hash: None,
             url: None,
             note: None,
+            resumed_from: None,
+            sent: 0,
         }
     }
 
