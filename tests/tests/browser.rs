@@ -681,6 +681,8 @@ async fn a_page_back_from_a_reload_keeps_its_id_and_gets_what_was_sent_meanwhile
     {
         return;
     }
+    let t0 = std::time::Instant::now();
+    let step = |what: &str| eprintln!("[{:>6.1?}] {what}", t0.elapsed());
     let server = server().await;
     let (a, link) = start_room(&server).await;
     let b = join(&link).await;
@@ -692,11 +694,13 @@ async fn a_page_back_from_a_reload_keeps_its_id_and_gets_what_was_sent_meanwhile
     a.wait_message("b was here").await.unwrap();
     wait_all_delivered(&a).await;
     let b_id = my_id(&b).await;
+    step("let b_id = my_id");
 
     // B goes away (a reload, held open: leave the page, come back to it in
     // the same tab), and while it is away A writes three messages.
     b.goto("about:blank").await.unwrap();
     wait_alone(&a).await;
+    step("wait_alone");
     for i in 1..=3 {
         a.say(&format!("while b was away {i}")).await.unwrap();
     }
@@ -710,9 +714,12 @@ async fn a_page_back_from_a_reload_keeps_its_id_and_gets_what_was_sent_meanwhile
     );
 
     b.goto(&link).await.unwrap();
+    step("b.goto");
     assert_eq!(my_id(&b).await, b_id, "B came back under another peer id");
     b.wait_message("while b was away 3").await.unwrap();
+    step("b.wait_message");
     wait_all_delivered(&a).await;
+    step("wait_all_delivered");
     // Once each, in order, after the history from before the reload.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -843,6 +850,9 @@ async fn a_transfer_resumes_after_the_receiving_page_reloads() {
         .unwrap()
         .parse()
         .unwrap();
+    eprintln!(
+        "receiver had {before} bytes at the reload, resumed from {resumed}; the sender sent {sent} bytes in all for {SIZE}"
+    );
     assert_eq!(a_resumed, resumed, "sender and receiver disagree on the offset");
     assert!(
         sent < 2 * SIZE as u64,
