@@ -574,6 +574,9 @@ async fn a_page_detects_a_tampering_signaling_server() {
     )
     .await
     .unwrap();
+    // Joined (the page reads its saved state first): the CLI comes second
+    // and makes the offer the proxy alters.
+    my_id(&page).await;
     let mut cli = Peer::spawn("cli", &["chat", &link]).unwrap();
     cli.peer_id().await.unwrap();
     let alert = page
