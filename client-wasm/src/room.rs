@@ -27,21 +27,20 @@ use std::rc::{Rc, Weak};
 
 use gloo::timers::callback::{Interval, Timeout};
 use parlor_core::{
-    ChatOutput, ChatSession, ChatSnapshot, FileReceiver, FileSender,
-    MessageStatus, Millis, Progress, ReceiverOutput, ReceiverState, SenderOutput, SenderState,
-    TransferConfig, TransferError,
+    ChatOutput, ChatSession, ChatSnapshot, FileReceiver, FileSender, MessageStatus, Millis,
+    Progress, ReceiverOutput, ReceiverState, SenderOutput, SenderState, TransferConfig,
+    TransferError,
 };
-use wasm_bindgen::JsCast as _;
-use wasm_bindgen::closure::Closure;
 use parlor_protocol::{
     CancelReason, ClientMessage, ErrorCode, FileOffer, Frame, IceServer, MessageId,
     PROTOCOL_VERSION, PeerId, PeerSignal, RelayCipher, RelayPayload, RoomId, RoomKey,
     ServerMessage, SignalCipher, TransferId,
 };
+use wasm_bindgen::JsCast as _;
+use wasm_bindgen::closure::Closure;
 use web_sys::File;
 
 use crate::history::{History, HistoryDb, RoomRecord};
-use parlor_core::chat::DEFAULT_RETENTION_MS;
 use crate::params::RelayMode;
 use crate::rtc::{self, Channel, PeerEvent, PeerLink};
 use crate::signaling::{self, SignalEvent, Signaling};
@@ -50,6 +49,7 @@ use crate::state::{
 };
 use crate::storage::{self, IncomingFile, SinkEvent};
 use crate::util::{crypto_random_bytes, hex, now_ms, random_bytes, wall_ms};
+use parlor_core::chat::DEFAULT_RETENTION_MS;
 
 /// First reconnect delay; doubled per failed attempt up to [`MAX_RECONNECT_SECS`].
 const FIRST_RECONNECT_SECS: u32 = 1;
@@ -221,10 +221,8 @@ impl Drop for UnloadHook {
     fn drop(&mut self) {
         if let Some(window) = web_sys::window() {
             for ev in Self::EVENTS {
-                let _ = window.remove_event_listener_with_callback(
-                    ev,
-                    self.closure.as_ref().unchecked_ref(),
-                );
+                let _ = window
+                    .remove_event_listener_with_callback(ev, self.closure.as_ref().unchecked_ref());
             }
         }
     }
@@ -373,7 +371,9 @@ impl RoomHandle {
                 let weak = d.weak.clone();
                 d.start_timer = Some(Timeout::new(STATE_LOAD_TIMEOUT_MS, move || {
                     with(&weak, |d| {
-                        crate::util::warn("saved room state not read in time: joining as a new peer");
+                        crate::util::warn(
+                            "saved room state not read in time: joining as a new peer",
+                        );
                         d.begin();
                     })
                 }));
@@ -1423,6 +1423,11 @@ impl Driver {
             .filter(|(_, t)| &t.peer == peer && t.sender.is_some())
             .map(|(id, _)| *id)
             .collect();
+        self.park(ids);
+    }
+
+    /// Parks the transfers `ids` (see [`Self::park_outgoing`]).
+    fn park(&mut self, ids: Vec<TransferId>) {
         let now = now_ms();
         for id in ids {
             let weak = self.weak.clone();
@@ -2077,10 +2082,12 @@ impl Driver {
         input(sender, self.link_buffered(&peer));
         let mut changed = false;
         let mut finished = None;
+        let mut broken = false;
         while let Some(out) = sender.poll_output() {
             match out {
-                // Away: the offer goes out again when the peer is back.
-                SenderOutput::Send(_) if !linked && t.away.is_some() => {}
+                // Away (or the channel just broke): the offer goes out again
+                // when the peer is back.
+                SenderOutput::Send(_) if broken || (!linked && t.away.is_some()) => {}
                 SenderOutput::Send(_) if !linked => {
                     t.send_error
                         .get_or_insert_with(|| "the peer is gone".into());
@@ -2090,8 +2097,13 @@ impl Driver {
                     match self.link_send(&peer, Channel::File, frame.encode()) {
                         Ok(()) => sender.buffered_amount(self.link_buffered(&peer)),
                         Err(e) => {
-                            t.send_error.get_or_insert(e);
-                            sender.cancel();
+                            // The channel is closing (the peer reloads or
+                            // went away; its close event is on the way):
+                            // wait for the peer rather than give up.
+                            crate::util::warn(&format!(
+                                "file frame to {peer} not sent ({e}): the transfer waits for the peer"
+                            ));
+                            broken = true;
                         }
                     }
                 }
@@ -2129,6 +2141,10 @@ impl Driver {
         if sent != t.view.sent {
             t.view.sent = sent;
             changed = true;
+        }
+        if broken && finished.is_none() {
+            self.outgoing.insert(id, t);
+            return self.park(vec![id]);
         }
         match finished {
             None => {
@@ -2224,12 +2240,7 @@ impl Driver {
 
     /// A re-offered transfer this page had accepted: accept it again from
     /// the `offset` bytes already stored (hashed into `hasher`).
-    fn resume_incoming(
-        &mut self,
-        key: (PeerId, TransferId),
-        offset: u64,
-        hasher: blake3::Hasher,
-    ) {
+    fn resume_incoming(&mut self, key: (PeerId, TransferId), offset: u64, hasher: blake3::Hasher) {
         let sink = match self.incoming.get(&key) {
             Some(t) if t.sink.is_none() && t.receiver.state() == ReceiverState::Offered => {
                 self.sink_for(&key, t.receiver.offer())

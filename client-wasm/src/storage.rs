@@ -556,12 +556,10 @@ async fn open_segment(
             .unchecked_into();
     let wopts = web_sys::FileSystemCreateWritableOptions::new();
     wopts.set_keep_existing_data(pos > 0);
-    Ok(
-        JsFuture::from(handle.create_writable_with_options(&wopts))
-            .await
-            .map_err(|e| js_error(&e))?
-            .unchecked_into(),
-    )
+    Ok(JsFuture::from(handle.create_writable_with_options(&wopts))
+        .await
+        .map_err(|e| js_error(&e))?
+        .unchecked_into())
 }
 
 async fn write_segments(target: &Target, mut offset: u64, mut data: &[u8]) -> Result<(), String> {
@@ -634,8 +632,7 @@ async fn segments_blob(target: &Target, mime: &str) -> Result<Blob, String> {
     }
     let opts = BlobPropertyBag::new();
     opts.set_type(mime);
-    let blob =
-        Blob::new_with_blob_sequence_and_options(&parts, &opts).map_err(|e| js_error(&e))?;
+    let blob = Blob::new_with_blob_sequence_and_options(&parts, &opts).map_err(|e| js_error(&e))?;
     if blob.size() as u64 != *size {
         return Err(format!(
             "stored {} bytes, expected {size}",

@@ -328,7 +328,8 @@ async fn a_resumable_file_keeps_its_full_segments_and_resumes_from_them() {
     // One and a half segments, and then the page "goes away": nothing ever
     // closes the second segment.
     let (sink, _, _) = event_sink();
-    let first = IncomingFile::resumable(name.clone(), size, "application/octet-stream".into(), sink);
+    let first =
+        IncomingFile::resumable(name.clone(), size, "application/octet-stream".into(), sink);
     let stop = (seg + seg / 2) as usize;
     for start in (0..stop).step_by(65_000) {
         let end = (start + 65_000).min(stop);

@@ -878,7 +878,10 @@ async fn a_transfer_resumes_after_the_receiving_page_reloads() {
     eprintln!(
         "receiver had {before} bytes at the reload, resumed from {resumed}; the sender sent {sent} bytes in all for {SIZE}"
     );
-    assert_eq!(a_resumed, resumed, "sender and receiver disagree on the offset");
+    assert_eq!(
+        a_resumed, resumed,
+        "sender and receiver disagree on the offset"
+    );
     assert!(
         sent < 2 * SIZE as u64,
         "sent {sent} bytes for a {SIZE}-byte file"
