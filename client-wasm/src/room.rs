@@ -1991,6 +1991,7 @@ impl Driver {
                     note: Some("hashing".into()),
                     resumed_from: None,
                     sent: 0,
+                    stored: 0,
                 };
                 self.dispatch(Action::Transfer(view.clone()));
                 self.outgoing.insert(
@@ -2198,6 +2199,7 @@ impl Driver {
             note: None,
             resumed_from: None,
             sent: 0,
+            stored: 0,
         };
         let resume_name = partial_name(&peer, &offer);
         let size = offer.size;
@@ -2250,6 +2252,7 @@ impl Driver {
         if let Some(t) = self.incoming.get_mut(&key) {
             t.sink = Some(sink);
             t.view.resumed_from = Some(offset);
+            t.view.stored = offset;
         }
         self.drive_incoming(&key, move |t| {
             t.receiver.accept_from(offset, hasher, now_ms())
@@ -2383,6 +2386,13 @@ impl Driver {
                     }
                 }
                 self.dispatch(Action::Transfer(t.view));
+            }
+            SinkEvent::Committed(bytes) => {
+                if let Some(t) = self.incoming.get_mut(&key) {
+                    t.view.stored = bytes;
+                    let view = t.view.clone();
+                    self.dispatch(Action::Transfer(view));
+                }
             }
             SinkEvent::Failed(why) if verified => {
                 // Not stored, so the sender must not hear "verified".

@@ -197,6 +197,9 @@ pub struct TransferView {
     /// Sender: chunk bytes handed to the transport in all, re-sends and
     /// earlier attempts included.
     pub sent: u64,
+    /// Receiver: bytes from the start stored for good (a reload keeps
+    /// them; 0 where the browser cannot resume).
+    pub stored: u64,
 }
 
 /// An error shown in a `role="alert"` element until dismissed.
@@ -457,6 +460,7 @@ mod tests {
             note: None,
             resumed_from: None,
             sent: 0,
+            stored: 0,
         }
     }
 

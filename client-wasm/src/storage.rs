@@ -96,6 +96,9 @@ pub enum SinkEvent {
     /// Storing failed; the transfer must be cancelled.
     Failed(String),
     /// The file is complete and closed; `url` is an object URL to save it.
+    /// A resumable file: this many bytes from the start are on disk for
+    /// good (they survive a reload of the page).
+    Committed(u64),
     Saved {
         /// `blob:` URL of the stored file.
         url: String,
@@ -124,6 +127,8 @@ enum Target {
         size: u64,
         /// The segment being written and its open stream.
         current: RefCell<Option<(u64, FileSystemWritableFileStream)>>,
+        /// Bytes from the start in segments closed in order (committed).
+        committed: std::cell::Cell<u64>,
     },
     Memory {
         parts: js_sys::Array,
@@ -264,7 +269,16 @@ async fn run(inner: Rc<RefCell<Inner>>) {
             }
         };
         let result = match op {
-            Op::Write(offset, data) => write(&target, offset, &data).await.map(|()| None),
+            Op::Write(offset, data) => {
+                let before = committed_bytes(&target);
+                let result = write(&target, offset, &data).await.map(|()| None);
+                let after = committed_bytes(&target);
+                if after > before {
+                    let on_event = inner.borrow().on_event.clone();
+                    on_event(SinkEvent::Committed(after));
+                }
+                result
+            }
             Op::Finish => finish(&target, &mime).await.map(Some),
             Op::Abort => {
                 abort(&target, &name).await;
@@ -491,6 +505,13 @@ pub fn segment_size(size: u64) -> u64 {
 }
 
 /// The file name of segment `index`.
+fn committed_bytes(target: &Target) -> u64 {
+    match target {
+        Target::Segments { committed, .. } => committed.get(),
+        _ => 0,
+    }
+}
+
 fn segment_name(index: u64) -> String {
     format!("{index:06}")
 }
@@ -524,6 +545,7 @@ async fn open_segments(name: &str, size: u64) -> Result<Target, String> {
         seg_size: segment_size(size),
         size,
         current: RefCell::new(None),
+        committed: std::cell::Cell::new(0),
     })
 }
 
@@ -597,6 +619,11 @@ async fn write_segments(target: &Target, mut offset: u64, mut data: &[u8]) -> Re
         if pos + take as u64 == *seg_size {
             // Full: commit it now, so a reload keeps it.
             close_segment(target).await;
+            // Writes come in file order from a committed prefix, so every
+            // segment before this one is on disk too.
+            if let Target::Segments { committed, .. } = target {
+                committed.set(committed.get().max((index + 1) * seg_size));
+            }
         }
         offset += take as u64;
         data = &data[take..];

@@ -154,7 +154,8 @@ pub fn transfer_item(props: &ItemProps) -> Html {
             data-direction={dir_class} data-name={tr.name.clone()} data-size={tr.size.to_string()}
             data-done={tr.done.to_string()} data-state={tr.state.as_str()} data-hash={tr.hash.clone()}
             data-resumed-from={tr.resumed_from.map(|o| o.to_string())}
-            data-sent={(tr.direction == Direction::Send).then(|| tr.sent.to_string())}>
+            data-sent={(tr.direction == Direction::Send).then(|| tr.sent.to_string())}
+            data-stored={(tr.direction == Direction::Receive).then(|| tr.stored.to_string())}>
             <div class="transfer-head">
                 <span class="file-name">{ &tr.name }</span>
                 <span class="size">{ human_bytes(tr.size as f64) }</span>
