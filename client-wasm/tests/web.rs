@@ -353,11 +353,27 @@ async fn a_resumable_file_keeps_its_full_segments_and_resumes_from_them() {
         second.write(start as u64, bytes[start..end].to_vec());
     }
     second.finish();
-    JsFuture::from(saved).await.expect("finished");
-    let url = match events.borrow().as_slice() {
-        [SinkEvent::Saved { url }] => url.clone(),
-        other => panic!("expected one Saved event, got {other:?}"),
-    };
+    JsFuture::from(saved).await.expect("an event");
+    // Committed events come as segments fill, then Saved.
+    let mut url = None;
+    for _ in 0..400 {
+        let found = events.borrow().iter().find_map(|ev| match ev {
+            SinkEvent::Saved { url } => Some(url.clone()),
+            _ => None,
+        });
+        if found.is_some() {
+            url = found;
+            break;
+        }
+        gloo_sleep(25).await;
+    }
+    let url = url.expect("the file was saved");
+    let seen = events.borrow().clone();
+    assert!(
+        seen.iter()
+            .all(|ev| matches!(ev, SinkEvent::Committed(_) | SinkEvent::Saved { .. })),
+        "{seen:?}"
+    );
     let response: web_sys::Response =
         JsFuture::from(web_sys::window().expect("window").fetch_with_str(&url))
             .await
