@@ -40,10 +40,55 @@ pub const MAX_HISTORY: usize = 500;
 /// The page's IndexedDB database.
 pub const DB_NAME: &str = "parlor";
 /// Schema version of [`DB_NAME`]; bump it (and migrate in the upgrade
-/// handler) when the layout changes.
-const DB_VERSION: u32 = 1;
+/// handler) when the layout changes. Version 2 added [`STATE_STORE`].
+const DB_VERSION: u32 = 2;
 /// The object store of chat messages.
 pub const STORE: &str = "messages";
+/// The object store of per-tab room state (identity and chat outbox): one
+/// [`RoomRecord`] per tab slot, key path `slot`.
+pub const STATE_STORE: &str = "rooms";
+
+/// What a tab keeps about a room across a reload: the identity (resume
+/// token, and the peer id it gave) and the chat state that belongs to it.
+/// They are stored together, so one never comes back without the other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRecord {
+    /// The tab's slot id (kept in its `sessionStorage`).
+    pub slot: String,
+    /// The room.
+    pub room: String,
+    /// The server's resume token for this identity.
+    pub resume_token: String,
+    /// The peer id the server gave with that token.
+    pub peer_id: String,
+    /// `parlor_core::ChatSnapshot` as JSON.
+    pub snapshot: String,
+    /// Wall-clock ms when saved.
+    pub saved_at: u64,
+}
+
+fn state_to_record(r: &RoomRecord) -> Object {
+    let record = Object::new();
+    set(&record, "slot", &JsValue::from_str(&r.slot));
+    set(&record, "room", &JsValue::from_str(&r.room));
+    set(&record, "resume_token", &JsValue::from_str(&r.resume_token));
+    set(&record, "peer_id", &JsValue::from_str(&r.peer_id));
+    set(&record, "snapshot", &JsValue::from_str(&r.snapshot));
+    set(&record, "saved_at", &JsValue::from_f64(r.saved_at as f64));
+    record
+}
+
+fn state_from_record(v: &JsValue) -> Option<RoomRecord> {
+    let text = |key: &str| get(v, key).as_string();
+    Some(RoomRecord {
+        slot: text("slot")?,
+        room: text("room")?,
+        resume_token: text("resume_token")?,
+        peer_id: text("peer_id")?,
+        snapshot: text("snapshot")?,
+        saved_at: get(v, "saved_at").as_f64()? as u64,
+    })
+}
 
 /// One stored message: its place in the room's history and what was shown.
 #[derive(Debug, Clone, PartialEq)]
@@ -253,9 +298,11 @@ impl HistoryDb {
         req.set_onupgradeneeded(None);
         drop(upgrade);
         let db: IdbDatabase = result?.dyn_into().map_err(|_| "not a database")?;
-        if !db.object_store_names().contains(STORE) {
-            db.close();
-            return Err(format!("database {name} has no {STORE} store"));
+        for store in [STORE, STATE_STORE] {
+            if !db.object_store_names().contains(store) {
+                db.close();
+                return Err(format!("database {name} has no {store} store"));
+            }
         }
         let on_version_change = {
             let db = db.clone();
@@ -272,6 +319,62 @@ impl HistoryDb {
         self.db
             .transaction_with_str_and_mode(STORE, mode)
             .map_err(|e| js_error(&e))
+    }
+
+    /// The room state saved under `slot`, if any (and readable).
+    pub async fn load_state(&self, slot: &str) -> Result<Option<RoomRecord>, String> {
+        let tx = self
+            .db
+            .transaction_with_str_and_mode(STATE_STORE, IdbTransactionMode::Readonly)
+            .map_err(|e| js_error(&e))?;
+        let store = tx.object_store(STATE_STORE).map_err(|e| js_error(&e))?;
+        let req = store
+            .get(&JsValue::from_str(slot))
+            .map_err(|e| js_error(&e))?;
+        let v = wait(&req).await?;
+        Ok(state_from_record(&v))
+    }
+
+    /// Deletes every room state saved before `cutoff` (wall-clock ms), and
+    /// unreadable ones: nobody can come back to them any more.
+    pub async fn purge_states(&self, cutoff: u64) -> Result<(), String> {
+        let tx = self
+            .db
+            .transaction_with_str_and_mode(STATE_STORE, IdbTransactionMode::Readwrite)
+            .map_err(|e| js_error(&e))?;
+        let done = committed(&tx);
+        let store = tx.object_store(STATE_STORE).map_err(|e| js_error(&e))?;
+        let req = store.get_all().map_err(|e| js_error(&e))?;
+        let all: Array = wait(&req).await?.dyn_into().map_err(|_| "not an array")?;
+        for v in all.iter() {
+            let stale = state_from_record(&v).is_none_or(|r| r.saved_at < cutoff);
+            let slot = get(&v, "slot");
+            if stale && slot.is_string() {
+                store.delete(&slot).map_err(|e| js_error(&e))?;
+            }
+        }
+        done.await
+    }
+
+    /// Saves `record` (replacing the slot's previous one); resolves once
+    /// committed. The transaction starts before this returns (so a save
+    /// asked for in `pagehide` is under way even if the page goes).
+    pub fn put_state(
+        &self,
+        record: &RoomRecord,
+    ) -> impl Future<Output = Result<(), String>> + use<> {
+        let started = self
+            .db
+            .transaction_with_str_and_mode(STATE_STORE, IdbTransactionMode::Readwrite)
+            .map_err(|e| js_error(&e))
+            .and_then(|tx| {
+                let store = tx.object_store(STATE_STORE).map_err(|e| js_error(&e))?;
+                store
+                    .put(&state_to_record(record))
+                    .map_err(|e| js_error(&e))?;
+                Ok(tx)
+            });
+        async move { committed(&started?).await }
     }
 
     /// The stored history of `room`, oldest first.
@@ -339,6 +442,12 @@ fn create_schema(req: &IdbOpenDbRequest) -> Result<(), String> {
         .map_err(|e| js_error(&e))?
         .dyn_into()
         .map_err(|_| "not a database")?;
+    if !db.object_store_names().contains(STATE_STORE) {
+        let params = IdbObjectStoreParameters::new();
+        params.set_key_path(&JsValue::from_str("slot"));
+        db.create_object_store_with_optional_parameters(STATE_STORE, &params)
+            .map_err(|e| js_error(&e))?;
+    }
     if db.object_store_names().contains(STORE) {
         return Ok(());
     }
@@ -512,6 +621,14 @@ impl History {
                 let e = e.clone();
                 self.write(&e);
             }
+        }
+    }
+
+    /// The open database, once (and if) it opened.
+    pub fn db(&self) -> Option<Rc<HistoryDb>> {
+        match &self.store {
+            Store::Idb(db) => Some(db.clone()),
+            _ => None,
         }
     }
 

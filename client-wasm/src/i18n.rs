@@ -110,6 +110,10 @@ pub struct Strings {
     pub st_declined: &'static str,
     pub hashing: &'static str,
     pub saving: &'static str,
+    /// A transfer kept while its peer is away (`{peer}` is replaced).
+    pub away: &'static str,
+    /// An interrupted transfer picking up where it stopped.
+    pub resuming: &'static str,
     pub left: &'static str,
     pub bad_link: &'static str,
     pub no_key: &'static str,
@@ -172,6 +176,8 @@ pub static EN: Strings = Strings {
     st_declined: "declined",
     hashing: "hashing…",
     saving: "saving…",
+    away: "waiting for {peer} to come back",
+    resuming: "resuming…",
     left: "left",
     bad_link: "This invite link is not valid.",
     no_key: "This invite link is missing its key (the part after #). Ask for the whole link.",
@@ -234,6 +240,8 @@ pub static ZH: Strings = Strings {
     st_declined: "已拒绝",
     hashing: "计算校验…",
     saving: "保存中…",
+    away: "等待 {peer} 回来",
+    resuming: "继续传输…",
     left: "剩余",
     bad_link: "邀请链接无效。",
     no_key: "邀请链接缺少密钥（# 之后的部分）。请索取完整链接。",

@@ -27,17 +27,20 @@ use std::rc::{Rc, Weak};
 
 use gloo::timers::callback::{Interval, Timeout};
 use parlor_core::{
-    ChatOutput, ChatSession, FileReceiver, FileSender, MessageStatus, Millis, Progress,
-    ReceiverOutput, SenderOutput, SenderState, TransferConfig, TransferError,
+    ChatOutput, ChatSession, ChatSnapshot, FileReceiver, FileSender, MessageStatus, Millis,
+    Progress, ReceiverOutput, ReceiverState, SenderOutput, SenderState, TransferConfig,
+    TransferError,
 };
 use parlor_protocol::{
     CancelReason, ClientMessage, ErrorCode, FileOffer, Frame, IceServer, MessageId,
     PROTOCOL_VERSION, PeerId, PeerSignal, RelayCipher, RelayPayload, RoomId, RoomKey,
     ServerMessage, SignalCipher, TransferId,
 };
+use wasm_bindgen::JsCast as _;
+use wasm_bindgen::closure::Closure;
 use web_sys::File;
 
-use crate::history::History;
+use crate::history::{History, HistoryDb, RoomRecord};
 use crate::params::RelayMode;
 use crate::rtc::{self, Channel, PeerEvent, PeerLink};
 use crate::signaling::{self, SignalEvent, Signaling};
@@ -46,6 +49,7 @@ use crate::state::{
 };
 use crate::storage::{self, IncomingFile, SinkEvent};
 use crate::util::{crypto_random_bytes, hex, now_ms, random_bytes, wall_ms};
+use parlor_core::chat::DEFAULT_RETENTION_MS;
 
 /// First reconnect delay; doubled per failed attempt up to [`MAX_RECONNECT_SECS`].
 const FIRST_RECONNECT_SECS: u32 = 1;
@@ -70,6 +74,18 @@ pub const CONNECT_TIMEOUT_MS: u32 = 8_000;
 const RELAY_DRAIN_POLL_MS: u32 = 20;
 /// Least time between two notices about unreadable relay packets.
 const RELAY_WARNING_EVERY_MS: Millis = 10_000;
+/// How long an outgoing transfer to a peer that went away is kept, waiting
+/// for it to come back under the same id and take the offer again.
+pub const AWAY_TRANSFER_MS: u32 = 10 * 60 * 1000;
+/// Chat state is saved at most this often while it changes (at once when
+/// an ack waits for the save).
+const SAVE_DEBOUNCE_MS: u32 = 200;
+/// How long the page waits for its saved room state before joining as a
+/// new peer anyway (IndexedDB can be slow or stuck).
+const STATE_LOAD_TIMEOUT_MS: u32 = 3_000;
+/// Close code of a connection the server replaced with a newer one of the
+/// same peer (`parlor_signaling::rooms::REPLACED_CLOSE_CODE`).
+const REPLACED_CLOSE_CODE: u16 = 4000;
 
 /// An input to one outgoing transfer's sender, given the file channel's
 /// buffered amount.
@@ -82,6 +98,12 @@ struct Outgoing {
     sender: Option<FileSender>,
     send_error: Option<String>,
     view: TransferView,
+    /// Chunk bytes sent by earlier senders of this transfer (before the
+    /// peer went away and the offer was made again).
+    sent_before: u64,
+    /// Set while the peer is away: gives the transfer up after
+    /// [`AWAY_TRANSFER_MS`].
+    away: Option<Timeout>,
 }
 
 struct Incoming {
@@ -149,6 +171,61 @@ pub struct Driver {
     typing_timers: HashMap<PeerId, Timeout>,
     /// The user has been told that history cannot be saved.
     told_no_history: bool,
+    /// This tab's slot for the room's saved state (see [`RoomRecord`]).
+    slot: String,
+    /// The peer id of the identity restored with the chat state, until
+    /// the welcome confirms it.
+    restored_id: Option<PeerId>,
+    /// Joining started (after the saved state was read, or without it).
+    started: bool,
+    /// Joins without the saved state if reading it takes too long.
+    start_timer: Option<Timeout>,
+    /// Whether this browser can join at all (WebRTC or the relay).
+    can_join: bool,
+    /// The chat generation last saved (or given up on).
+    saved_generation: Option<u64>,
+    /// A save is under way.
+    saving: bool,
+    /// Something changed while saving: save again after.
+    save_again: bool,
+    save_timer: Option<Timeout>,
+    /// Chat acks held until the state that delivered their messages is
+    /// saved: `(generation needed, peer, encoded frame)`. Acking first
+    /// would let the sender forget a message a reload had not kept.
+    held_acks: Vec<(u64, PeerId, Vec<u8>)>,
+    /// Saves the state when the page is hidden or unloaded.
+    _unload: Option<UnloadHook>,
+}
+
+/// `pagehide` / `beforeunload` listeners on the window, removed on drop.
+struct UnloadHook {
+    closure: Closure<dyn FnMut(web_sys::Event)>,
+}
+
+impl UnloadHook {
+    const EVENTS: [&str; 2] = ["pagehide", "beforeunload"];
+
+    fn new(weak: Weak<RefCell<Driver>>) -> Option<Self> {
+        let window = web_sys::window()?;
+        let closure = Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| {
+            with(&weak, Driver::save_now);
+        });
+        for ev in Self::EVENTS {
+            let _ = window.add_event_listener_with_callback(ev, closure.as_ref().unchecked_ref());
+        }
+        Some(Self { closure })
+    }
+}
+
+impl Drop for UnloadHook {
+    fn drop(&mut self) {
+        if let Some(window) = web_sys::window() {
+            for ev in Self::EVENTS {
+                let _ = window
+                    .remove_event_listener_with_callback(ev, self.closure.as_ref().unchecked_ref());
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Driver {
@@ -208,6 +285,7 @@ impl RoomHandle {
             .as_ref()
             .and_then(|k| crypto_random_bytes().map(|p| SignalCipher::new(k, p)));
         let load = History::open(room.as_str().to_owned());
+        let slot = storage::tab_slot(room.as_str());
         let rc = Rc::new_cyclic(|weak| {
             RefCell::new(Driver {
                 weak: weak.clone(),
@@ -245,14 +323,34 @@ impl RoomHandle {
                 typing_sent_at: None,
                 typing_timers: HashMap::new(),
                 told_no_history: false,
+                slot: slot.clone(),
+                restored_id: None,
+                started: false,
+                start_timer: None,
+                can_join: false,
+                saved_generation: None,
+                saving: false,
+                save_again: false,
+                save_timer: None,
+                held_acks: Vec::new(),
+                _unload: UnloadHook::new(weak.clone()),
             })
         });
         {
             let mut d = rc.borrow_mut();
             let weak = d.weak.clone();
+            // The saved identity and chat state come first: the hello
+            // carries the resume token only if its chat state came back too.
             wasm_bindgen_futures::spawn_local(async move {
                 let result = load.await;
-                with(&weak, move |d| d.history_opened(result));
+                let record = match &result {
+                    Ok((db, _)) => load_state(db, &slot).await,
+                    Err(_) => None,
+                };
+                with(&weak, move |d| {
+                    d.history_opened(result);
+                    d.state_loaded(record);
+                });
             });
             if !rtc::supported() && d.cipher.is_some() {
                 // No WebRTC here: the server relay still reaches everyone.
@@ -269,11 +367,15 @@ impl RoomHandle {
                 );
             }
             if rtc::supported() || d.relay_mode == RelayMode::Server {
-                storage::clean_stale_files();
-                d.connect();
+                d.can_join = true;
                 let weak = d.weak.clone();
-                d.stats_timer = Some(Interval::new(STATS_EVERY_MS, move || {
-                    with(&weak, Driver::refresh_paths)
+                d.start_timer = Some(Timeout::new(STATE_LOAD_TIMEOUT_MS, move || {
+                    with(&weak, |d| {
+                        crate::util::warn(
+                            "saved room state not read in time: joining as a new peer",
+                        );
+                        d.begin();
+                    })
                 }));
             } else {
                 d.fatal = true;
@@ -335,6 +437,43 @@ impl RoomHandle {
     }
 }
 
+/// Reads this tab's saved room state after deleting every saved state
+/// older than the chat retention window (nobody keeps a link that long).
+async fn load_state(db: &HistoryDb, slot: &str) -> Option<RoomRecord> {
+    let cutoff = wall_ms().saturating_sub(DEFAULT_RETENTION_MS);
+    if let Err(e) = db.purge_states(cutoff).await {
+        crate::util::warn(&format!("old room states not purged: {e}"));
+    }
+    match db.load_state(slot).await {
+        Ok(record) => record,
+        Err(e) => {
+            crate::util::warn(&format!("saved room state unreadable: {e}"));
+            None
+        }
+    }
+}
+
+/// The OPFS folder of a resumable received file: unambiguous per sender,
+/// transfer and content.
+fn partial_name(peer: &PeerId, offer: &FileOffer) -> String {
+    format!("{peer}-{}-{}", offer.transfer, hex(&offer.hash))
+}
+
+/// Whether an offer comes from the same remote connection as `pc`'s
+/// current remote description (same DTLS certificate: an ICE restart), not
+/// from a new one (the peer reloaded under the same id).
+fn same_dtls(pc: &web_sys::RtcPeerConnection, sdp: &str) -> bool {
+    let old = pc.remote_description().map(|d| d.sdp());
+    match (
+        old.as_deref()
+            .and_then(parlor_protocol::sealed::sdp_fingerprint),
+        parlor_protocol::sealed::sdp_fingerprint(sdp),
+    ) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
 fn parse_transfer(id: &str) -> Option<TransferId> {
     u64::from_str_radix(id, 16).ok().map(TransferId)
 }
@@ -357,6 +496,7 @@ impl Driver {
     }
 
     fn shutdown(&mut self) {
+        self.save_now();
         self.fatal = true;
         self.signaling = None;
         self.reconnect_timer = None;
@@ -371,11 +511,205 @@ impl Driver {
             if t.held.is_none()
                 && let Some(s) = &t.sink
             {
-                s.abort();
+                s.suspend();
             }
         }
         self.incoming.clear();
         self.outgoing.clear();
+    }
+
+    // ---- the tab's saved identity and chat state -----------------------
+
+    /// The saved state of this tab's slot was read (or there is none): take
+    /// it if it is whole, then join.
+    fn state_loaded(&mut self, record: Option<RoomRecord>) {
+        if self.started {
+            return; // joined without it already; it will be overwritten
+        }
+        if let Some(r) = record.filter(|r| r.room == self.room.as_str()) {
+            let restored = serde_json::from_str::<ChatSnapshot>(&r.snapshot)
+                .map_err(|e| e.to_string())
+                .and_then(|snap| {
+                    ChatSession::new()
+                        .restore(snap, now_ms(), wall_ms())
+                        .map_err(|e| e.to_string())
+                });
+            match restored {
+                // Identity and chat state travel together.
+                Ok(chat) => {
+                    self.chat = chat;
+                    self.resume_token = Some(r.resume_token);
+                    self.restored_id = Some(PeerId(r.peer_id));
+                }
+                Err(e) => crate::util::warn(&format!(
+                    "saved chat state not restored ({e}): joining as a new peer"
+                )),
+            }
+        }
+        self.begin();
+    }
+
+    /// Joins the room (once).
+    fn begin(&mut self) {
+        if std::mem::replace(&mut self.started, true) || !self.can_join || self.fatal {
+            return;
+        }
+        self.start_timer = None;
+        storage::clean_stale_files();
+        self.connect();
+        let weak = self.weak.clone();
+        self.stats_timer = Some(Interval::new(STATS_EVERY_MS, move || {
+            with(&weak, Driver::refresh_paths)
+        }));
+    }
+
+    /// Whether chat state is being saved (so acks wait for it).
+    fn persisting(&self) -> bool {
+        self.history.db().is_some() && self.resume_token.is_some() && self.me.is_some()
+    }
+
+    /// The chat state may have changed: save it soon (at once when acks wait).
+    fn chat_changed(&mut self) {
+        if self.saved_generation == Some(self.chat.generation()) && !self.save_again {
+            return;
+        }
+        if self.saving {
+            self.save_again = true;
+            return;
+        }
+        if !self.held_acks.is_empty() {
+            return self.save_state();
+        }
+        if self.save_timer.is_none() {
+            let weak = self.weak.clone();
+            self.save_timer = Some(Timeout::new(SAVE_DEBOUNCE_MS, move || {
+                with(&weak, |d| {
+                    d.save_timer = None;
+                    d.save_state();
+                })
+            }));
+        }
+    }
+
+    /// The record this tab would save now, if it has an identity.
+    fn record(&self) -> Option<RoomRecord> {
+        let (Some(token), Some(me)) = (&self.resume_token, &self.me) else {
+            return None;
+        };
+        let snapshot = self.chat.snapshot(now_ms(), wall_ms());
+        let snapshot = match serde_json::to_string(&snapshot) {
+            Ok(json) => json,
+            Err(e) => {
+                crate::util::warn(&format!("chat state not saved: {e}"));
+                return None;
+            }
+        };
+        Some(RoomRecord {
+            slot: self.slot.clone(),
+            room: self.room.as_str().to_owned(),
+            resume_token: token.clone(),
+            peer_id: me.0.clone(),
+            snapshot,
+            saved_at: wall_ms(),
+        })
+    }
+
+    /// Saves the identity and chat state under this tab's slot.
+    fn save_state(&mut self) {
+        self.save_timer = None;
+        if self.saving {
+            self.save_again = true;
+            return;
+        }
+        self.save_again = false;
+        let generation = self.chat.generation();
+        let (Some(db), Some(record)) = (self.history.db(), self.record()) else {
+            // Nothing can be saved: do not hold acks for it.
+            self.saved_generation = Some(generation);
+            return self.release_acks(u64::MAX);
+        };
+        self.saving = true;
+        let done = db.put_state(&record);
+        let weak = self.weak.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let result = done.await;
+            with(&weak, move |d| d.state_saved(generation, result));
+        });
+    }
+
+    fn state_saved(&mut self, generation: u64, result: Result<(), String>) {
+        self.saving = false;
+        // A failed save is not retried until the next change; acks do not
+        // wait for storage that does not work.
+        self.saved_generation = Some(generation);
+        match result {
+            Ok(()) => self.release_acks(generation),
+            Err(e) => {
+                crate::util::warn(&format!("chat state not saved: {e}"));
+                self.release_acks(u64::MAX);
+            }
+        }
+        self.chat_changed();
+    }
+
+    /// Sends the held acks whose state is saved.
+    fn release_acks(&mut self, saved: u64) {
+        let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held_acks)
+            .into_iter()
+            .partition(|(generation, _, _)| *generation <= saved);
+        self.held_acks = held;
+        for (_, to, frame) in ready {
+            if self.has_link(&to)
+                && let Err(e) = self.link_send(&to, Channel::Chat, frame)
+            {
+                crate::util::warn(&format!("chat ack to {to} failed: {e}"));
+            }
+        }
+    }
+
+    /// The page is going away (or hidden): start saving now, whatever is
+    /// under way (best effort: the transaction may or may not finish).
+    fn save_now(&mut self) {
+        if self.saved_generation == Some(self.chat.generation()) && !self.saving {
+            return;
+        }
+        if let (Some(db), Some(record)) = (self.history.db(), self.record()) {
+            let done = db.put_state(&record);
+            wasm_bindgen_futures::spawn_local(async move {
+                let _ = done.await;
+            });
+        }
+    }
+
+    /// Another tab took over this tab's identity (a duplicated tab copies
+    /// the slot): give it up and carry on as a new peer, with a new slot
+    /// and a fresh chat state, rather than take it back.
+    fn start_over_as_new_peer(&mut self) {
+        self.error(
+            "This room is open in another tab under the same identity (a duplicated tab?). \
+             That tab keeps it; this one carries on as a new peer."
+                .into(),
+        );
+        self.slot = storage::new_tab_slot(self.room.as_str());
+        self.resume_token = None;
+        self.restored_id = None;
+        self.held_acks.clear();
+        self.save_timer = None;
+        let old: HashSet<PeerId> = (self.names.keys())
+            .chain(self.links.keys())
+            .chain(self.relayed.iter())
+            .cloned()
+            .collect();
+        for p in old {
+            self.on_peer_gone(&p, "is now talking to the other tab", false, true);
+        }
+        self.names.clear();
+        self.dispatch(Action::ClearPeers);
+        self.chat = ChatSession::new();
+        self.saved_generation = None;
+        self.attempt = 0;
+        self.reconnect_timer = None;
+        self.connect();
     }
 
     // ---- signaling -------------------------------------------------------
@@ -443,6 +777,10 @@ impl Driver {
                 if self.fatal {
                     return;
                 }
+                if code == REPLACED_CLOSE_CODE {
+                    self.relay_lost();
+                    return self.start_over_as_new_peer();
+                }
                 self.relay_lost();
                 if self.ever_joined && self.attempt == 0 {
                     self.server_error(format!(
@@ -475,6 +813,8 @@ impl Driver {
                 if resume_token.is_some() {
                     self.resume_token = resume_token;
                 }
+                // A new token (or the first): save it with the chat state.
+                self.saved_generation = None;
                 if self.me.as_ref() == Some(&peer_id) {
                     // Back under the same id: connections that survived stay
                     // up; relayed peers get a fresh Switch (they confirm
@@ -506,16 +846,29 @@ impl Driver {
                         .cloned()
                         .collect();
                     for p in old {
-                        self.on_peer_gone(&p, "was disconnected while we reconnected", false);
+                        self.on_peer_gone(&p, "was disconnected while we reconnected", false, true);
                     }
                     self.names.clear();
                     self.dispatch(Action::ClearPeers);
+                    // A new identity numbers its messages afresh.
+                    self.chat = ChatSession::new();
+                    self.held_acks.clear();
+                } else if let Some(old) = self.restored_id.take()
+                    && old != peer_id
+                {
+                    // The server did not give the saved identity back: its
+                    // chat state is not ours to use.
+                    crate::util::warn(&format!(
+                        "rejoined as {peer_id}, not as the saved {old}: chat state dropped"
+                    ));
+                    self.chat = ChatSession::new();
                 }
                 self.attempt = 0;
                 self.ever_joined = true;
                 self.ice_servers = ice_servers;
                 self.dispatch(Action::Welcome(peer_id.0.clone()));
                 self.me = Some(peer_id);
+                self.chat_changed();
                 // Newcomers make the offers; peers already present wait.
                 for peer in peers {
                     self.add_peer(&peer.id, peer.name);
@@ -533,7 +886,7 @@ impl Driver {
                 }
             }
             ServerMessage::PeerLeft { peer_id } => {
-                self.on_peer_gone(&peer_id, "left the room", false)
+                self.on_peer_gone(&peer_id, "left the room", false, false)
             }
             ServerMessage::Signal { from, sealed } => self.on_sealed_signal(from, &sealed),
             ServerMessage::Offer { from, .. }
@@ -624,7 +977,7 @@ impl Driver {
         crate::util::warn(&format!("refusing {peer}: {why}"));
         self.error(format!("Security warning: {why}"));
         self.refused.insert(peer.clone());
-        self.on_peer_gone(peer, "was refused", true);
+        self.on_peer_gone(peer, "was refused", true, true);
     }
 
     fn on_answer_sdp(&mut self, from: PeerId, sdp: String) {
@@ -727,7 +1080,7 @@ impl Driver {
     fn fall_back(&mut self, peer: &PeerId) {
         if !self.signaling.as_ref().is_some_and(Signaling::is_open) {
             self.error(format!("The connection to {} failed.", self.label(peer)));
-            return self.on_peer_gone(peer, "could not be reached", true);
+            return self.on_peer_gone(peer, "could not be reached", true, false);
         }
         self.go_relay(peer);
     }
@@ -808,6 +1161,7 @@ impl Driver {
         if let Some(link) = self.links.get_mut(&from)
             && !link.offerer()
             && link.was_connected
+            && same_dtls(&link.pc(), &sdp)
         {
             link.renegotiating();
             let pc = link.pc();
@@ -832,9 +1186,13 @@ impl Driver {
             });
             return;
         }
-        // A fresh offer replaces any earlier connection with that peer.
+        // A fresh offer replaces any earlier connection with that peer (it
+        // reloaded, keeping its id): what went over the old one starts over.
         if self.links.remove(&from).is_some() {
             self.chat.link_down(&from);
+            self.connected.remove(&from);
+            self.fail_incoming_with(&from, "the peer reconnected");
+            self.park_outgoing(&from);
         }
         if let Err(e) = self.new_link(&from, false) {
             return self.error(format!("Could not start a connection: {e}"));
@@ -887,15 +1245,20 @@ impl Driver {
                     id: peer.0.clone(),
                     ready: true,
                 });
-                // Offers made while the channel was opening go out now.
-                let ids: Vec<TransferId> = self
+                // Offers made while the channel was opening go out now;
+                // transfers that waited for the peer to come back offer again.
+                let ids: Vec<(TransferId, bool)> = self
                     .outgoing
                     .iter()
                     .filter(|(_, t)| t.peer == peer && t.sender.is_some())
-                    .map(|(id, _)| *id)
+                    .map(|(id, t)| (*id, t.away.is_some()))
                     .collect();
-                for id in ids {
-                    self.drive_outgoing(id, |_, _| {});
+                for (id, away) in ids {
+                    if away {
+                        self.drive_outgoing(id, |s, _| s.link_reset());
+                    } else {
+                        self.drive_outgoing(id, |_, _| {});
+                    }
                 }
             }
             PeerEvent::Closed(Channel::Chat) => self.chat.link_down(&peer),
@@ -904,7 +1267,8 @@ impl Driver {
                     id: peer.0.clone(),
                     ready: false,
                 });
-                self.fail_transfers_with(&peer, "the connection to the peer closed");
+                self.fail_incoming_with(&peer, "the connection to the peer closed");
+                self.park_outgoing(&peer);
             }
             PeerEvent::Message(channel, data) => self.on_frame(peer, channel, &data),
             PeerEvent::BufferedLow => {
@@ -970,7 +1334,13 @@ impl Driver {
         });
     }
 
-    fn on_peer_gone(&mut self, peer: &PeerId, why: &str, keep_listed: bool) {
+    /// `peer` is gone: its link closes. With `forget` its chat link and
+    /// transfers end; without, it may only be away for a moment (a reload,
+    /// a network switch): its chat link (outbox, sequence numbers) is kept
+    /// for the retention window and outgoing transfers wait for it
+    /// ([`AWAY_TRANSFER_MS`]). `keep_listed` keeps it in the peer list,
+    /// marked failed.
+    fn on_peer_gone(&mut self, peer: &PeerId, why: &str, keep_listed: bool, forget: bool) {
         self.links.remove(peer);
         self.relayed.remove(peer);
         self.relay_up.remove(peer);
@@ -981,9 +1351,16 @@ impl Driver {
             });
         }
         self.connected.remove(peer);
-        self.chat.remove_peer(peer);
-        self.flush_chat();
-        self.fail_transfers_with(peer, &format!("the peer {why}"));
+        if forget {
+            self.chat.remove_peer(peer);
+            self.flush_chat();
+            self.fail_transfers_with(peer, &format!("the peer {why}"));
+        } else {
+            self.chat.peer_left(peer, now_ms());
+            self.flush_chat();
+            self.fail_incoming_with(peer, &format!("the peer {why}"));
+            self.park_outgoing(peer);
+        }
         if keep_listed {
             self.set_link_state(peer, LinkState::Failed, None);
         } else {
@@ -994,22 +1371,7 @@ impl Driver {
     }
 
     fn fail_transfers_with(&mut self, peer: &PeerId, why: &str) {
-        let dead_in: Vec<_> = self
-            .incoming
-            .iter()
-            .filter(|((p, _), t)| p == peer && t.held.is_none())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in dead_in {
-            if let Some(mut t) = self.incoming.remove(&key) {
-                if let Some(s) = &t.sink {
-                    s.abort();
-                }
-                t.view.state = TransferState::Failed;
-                t.view.error = Some(why.to_owned());
-                self.dispatch(Action::Transfer(t.view));
-            }
-        }
+        self.fail_incoming_with(peer, why);
         let dead_out: Vec<_> = self
             .outgoing
             .iter()
@@ -1022,6 +1384,96 @@ impl Driver {
                 t.view.error = Some(why.to_owned());
                 self.dispatch(Action::Transfer(t.view));
             }
+        }
+    }
+
+    /// Incoming transfers from `peer` stop. What was stored stays (a
+    /// resumable file keeps its committed segments): should the sender offer
+    /// the same file again, it resumes from there.
+    fn fail_incoming_with(&mut self, peer: &PeerId, why: &str) {
+        let dead_in: Vec<_> = self
+            .incoming
+            .iter()
+            .filter(|((p, _), t)| p == peer && t.held.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in dead_in {
+            if let Some(mut t) = self.incoming.remove(&key) {
+                if let Some(s) = &t.sink {
+                    s.suspend();
+                }
+                t.view.state = TransferState::Failed;
+                t.view.error = Some(why.to_owned());
+                t.view.note = None;
+                t.view.eta_ms = None;
+                self.dispatch(Action::Transfer(t.view));
+            }
+        }
+    }
+
+    /// `peer` went away, perhaps only for a moment: each unfinished
+    /// transfer to it starts over as a fresh offer of the same file (same
+    /// transfer id, size and hash), sent once its file channel is open
+    /// again; the receiver accepts from what it already stored. Given up
+    /// after [`AWAY_TRANSFER_MS`].
+    fn park_outgoing(&mut self, peer: &PeerId) {
+        let ids: Vec<TransferId> = self
+            .outgoing
+            .iter()
+            .filter(|(_, t)| &t.peer == peer && t.sender.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        self.park(ids);
+    }
+
+    /// Parks the transfers `ids` (see [`Self::park_outgoing`]).
+    fn park(&mut self, ids: Vec<TransferId>) {
+        let now = now_ms();
+        for id in ids {
+            let weak = self.weak.clone();
+            let config = self.config.clone();
+            let Some(t) = self.outgoing.get_mut(&id) else {
+                continue;
+            };
+            let Some(old) = t.sender.take() else {
+                continue;
+            };
+            t.sent_before += old.bytes_sent();
+            let mut fresh = FileSender::new(old.offer().clone(), config, now);
+            // Its offer goes out when the peer is back ([`FileSender::link_reset`]).
+            while fresh.poll_output().is_some() {}
+            t.sender = Some(fresh);
+            t.send_error = None;
+            if t.away.is_none() {
+                t.away = Some(Timeout::new(AWAY_TRANSFER_MS, move || {
+                    with(&weak, move |d| d.away_expired(id))
+                }));
+            }
+            t.view.state = TransferState::Waiting;
+            t.view.note = Some("away".into());
+            t.view.bytes_per_sec = 0.0;
+            t.view.eta_ms = None;
+            let view = t.view.clone();
+            self.dispatch(Action::Transfer(view));
+        }
+    }
+
+    /// A transfer waited [`AWAY_TRANSFER_MS`] for its peer: give it up,
+    /// unless the peer is back (then it is a plain offer, waiting).
+    fn away_expired(&mut self, id: TransferId) {
+        let Some(t) = self.outgoing.get_mut(&id) else {
+            return;
+        };
+        t.away = None;
+        let peer = t.peer.clone();
+        if self.link_open(&peer, Channel::File) {
+            return;
+        }
+        if let Some(mut t) = self.outgoing.remove(&id) {
+            t.view.state = TransferState::Failed;
+            t.view.note = None;
+            t.view.error = Some("the peer did not come back in time".into());
+            self.dispatch(Action::Transfer(t.view));
         }
     }
 
@@ -1146,7 +1598,7 @@ impl Driver {
                  (the part after #).",
                 self.label(peer)
             ));
-            return self.on_peer_gone(peer, "could not be reached", true);
+            return self.on_peer_gone(peer, "could not be reached", true, true);
         }
         // Dropping the link closes the connection and detaches its handlers.
         if self.links.remove(peer).is_some() {
@@ -1282,7 +1734,8 @@ impl Driver {
                 id: peer.0.clone(),
                 ready: false,
             });
-            self.fail_transfers_with(&peer, "the connection to the server closed");
+            self.fail_incoming_with(&peer, "the connection to the server closed");
+            self.park_outgoing(&peer);
         }
     }
 
@@ -1435,6 +1888,15 @@ impl Driver {
     fn flush_chat(&mut self) {
         while let Some(out) = self.chat.poll_output() {
             match out {
+                ChatOutput::Send { to, frame }
+                    if matches!(frame, Frame::ChatAck { .. })
+                        && self.persisting()
+                        && self.saved_generation != Some(self.chat.generation()) =>
+                {
+                    // Acked once the state that shows it is saved.
+                    self.held_acks
+                        .push((self.chat.generation(), to, frame.encode()));
+                }
                 ChatOutput::Send { to, frame } => {
                     if self.has_link(&to)
                         && let Err(e) = self.link_send(&to, Channel::Chat, frame.encode())
@@ -1471,6 +1933,7 @@ impl Driver {
             }
         }
         self.arm_chat_timer();
+        self.chat_changed();
     }
 
     fn arm_chat_timer(&mut self) {
@@ -1526,6 +1989,9 @@ impl Driver {
                     hash: None,
                     url: None,
                     note: Some("hashing".into()),
+                    resumed_from: None,
+                    sent: 0,
+                    stored: 0,
                 };
                 self.dispatch(Action::Transfer(view.clone()));
                 self.outgoing.insert(
@@ -1535,6 +2001,8 @@ impl Driver {
                         file: file.clone(),
                         sender: None,
                         send_error: None,
+                        sent_before: 0,
+                        away: None,
                         view,
                     },
                 );
@@ -1615,8 +2083,12 @@ impl Driver {
         input(sender, self.link_buffered(&peer));
         let mut changed = false;
         let mut finished = None;
+        let mut broken = false;
         while let Some(out) = sender.poll_output() {
             match out {
+                // Away (or the channel just broke): the offer goes out again
+                // when the peer is back.
+                SenderOutput::Send(_) if broken || (!linked && t.away.is_some()) => {}
                 SenderOutput::Send(_) if !linked => {
                     t.send_error
                         .get_or_insert_with(|| "the peer is gone".into());
@@ -1626,8 +2098,13 @@ impl Driver {
                     match self.link_send(&peer, Channel::File, frame.encode()) {
                         Ok(()) => sender.buffered_amount(self.link_buffered(&peer)),
                         Err(e) => {
-                            t.send_error.get_or_insert(e);
-                            sender.cancel();
+                            // The channel is closing (the peer reloads or
+                            // went away; its close event is on the way):
+                            // wait for the peer rather than give up.
+                            crate::util::warn(&format!(
+                                "file frame to {peer} not sent ({e}): the transfer waits for the peer"
+                            ));
+                            broken = true;
                         }
                     }
                 }
@@ -1650,6 +2127,25 @@ impl Driver {
                 }
                 SenderOutput::Finished(result) => finished = Some(result),
             }
+        }
+        if t.away.is_some() && sender.state() != SenderState::Offered {
+            // The peer is back and accepted again, from what it had.
+            t.away = None;
+            t.view.note = None;
+            let from = sender.confirmed();
+            if from > 0 {
+                t.view.resumed_from = Some(from);
+            }
+            changed = true;
+        }
+        let sent = t.sent_before + sender.bytes_sent();
+        if sent != t.view.sent {
+            t.view.sent = sent;
+            changed = true;
+        }
+        if broken && finished.is_none() {
+            self.outgoing.insert(id, t);
+            return self.park(vec![id]);
         }
         match finished {
             None => {
@@ -1701,11 +2197,17 @@ impl Driver {
             hash: None,
             url: None,
             note: None,
+            resumed_from: None,
+            sent: 0,
+            stored: 0,
         };
+        let resume_name = partial_name(&peer, &offer);
+        let size = offer.size;
         let receiver = FileReceiver::new(offer, self.config.clone(), now_ms());
         self.dispatch(Action::Transfer(view.clone()));
+        let key = (peer, id);
         self.incoming.insert(
-            (peer, id),
+            key.clone(),
             Incoming {
                 receiver,
                 sink: None,
@@ -1713,26 +2215,62 @@ impl Driver {
                 view,
             },
         );
+        // Accepted before (this page was reloaded, or the sender was
+        // away)? Then the user already said yes: resume from what is stored.
+        let weak = self.weak.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            if let Some((offset, hasher)) = storage::resumable_prefix(&resume_name, size).await {
+                with(&weak, move |d| d.resume_incoming(key, offset, hasher));
+            }
+        });
+    }
+
+    /// A file sink that keeps what it stored across a reload.
+    fn sink_for(&self, key: &(PeerId, TransferId), offer: &FileOffer) -> IncomingFile {
+        let weak = self.weak.clone();
+        let k = key.clone();
+        IncomingFile::resumable(
+            partial_name(&key.0, offer),
+            offer.size,
+            offer.mime.clone(),
+            move |ev| {
+                let k = k.clone();
+                with(&weak, move |d| d.on_sink(k, ev));
+            },
+        )
+    }
+
+    /// A re-offered transfer this page had accepted: accept it again from
+    /// the `offset` bytes already stored (hashed into `hasher`).
+    fn resume_incoming(&mut self, key: (PeerId, TransferId), offset: u64, hasher: blake3::Hasher) {
+        let sink = match self.incoming.get(&key) {
+            Some(t) if t.sink.is_none() && t.receiver.state() == ReceiverState::Offered => {
+                self.sink_for(&key, t.receiver.offer())
+            }
+            _ => return, // the user answered first
+        };
+        if let Some(t) = self.incoming.get_mut(&key) {
+            t.sink = Some(sink);
+            t.view.resumed_from = Some(offset);
+            t.view.stored = offset;
+        }
+        self.drive_incoming(&key, move |t| {
+            t.receiver.accept_from(offset, hasher, now_ms())
+        });
     }
 
     fn accept(&mut self, peer: PeerId, transfer: String) {
         let Some(id) = parse_transfer(&transfer) else {
             return;
         };
-        let key = (peer.clone(), id);
-        let me = self.me.clone().map(|m| m.0).unwrap_or_default();
-        let weak = self.weak.clone();
-        let Some(t) = self.incoming.get_mut(&key) else {
-            return;
+        let key = (peer, id);
+        let sink = match self.incoming.get(&key) {
+            Some(t) if t.sink.is_none() => Some(self.sink_for(&key, t.receiver.offer())),
+            Some(_) => None,
+            None => return,
         };
-        if t.sink.is_none() {
-            let k = key.clone();
-            let file_name = format!("{me}-{peer}-{id}");
-            let mime = t.receiver.offer().mime.clone();
-            t.sink = Some(IncomingFile::new(file_name, mime, move |ev| {
-                let k = k.clone();
-                with(&weak, move |d| d.on_sink(k, ev));
-            }));
+        if let (Some(t), Some(sink)) = (self.incoming.get_mut(&key), sink) {
+            t.sink = Some(sink);
         }
         self.drive_incoming(&key, |t| t.receiver.accept(now_ms()));
     }
@@ -1848,6 +2386,13 @@ impl Driver {
                     }
                 }
                 self.dispatch(Action::Transfer(t.view));
+            }
+            SinkEvent::Committed(bytes) => {
+                if let Some(t) = self.incoming.get_mut(&key) {
+                    t.view.stored = bytes;
+                    let view = t.view.clone();
+                    self.dispatch(Action::Transfer(view));
+                }
             }
             SinkEvent::Failed(why) if verified => {
                 // Not stored, so the sender must not hear "verified".

@@ -191,6 +191,15 @@ pub struct TransferView {
     pub url: Option<String>,
     /// A short note (e.g. "hashing…", "saving…").
     pub note: Option<String>,
+    /// The offset this transfer resumed at after an interruption (a
+    /// reload, the peer away), when it did not start over from zero.
+    pub resumed_from: Option<u64>,
+    /// Sender: chunk bytes handed to the transport in all, re-sends and
+    /// earlier attempts included.
+    pub sent: u64,
+    /// Receiver: bytes from the start stored for good (a reload keeps
+    /// them; 0 where the browser cannot resume).
+    pub stored: u64,
 }
 
 /// An error shown in a `role="alert"` element until dismissed.
@@ -449,6 +458,9 @@ mod tests {
             hash: None,
             url: None,
             note: None,
+            resumed_from: None,
+            sent: 0,
+            stored: 0,
         }
     }
 

@@ -12,7 +12,7 @@ use js_sys::{Function, Promise, Uint8Array};
 use parlor_client_wasm::files;
 use parlor_client_wasm::history::{Entry, History, HistoryDb, MAX_HISTORY};
 use parlor_client_wasm::state::{MessageView, Status};
-use parlor_client_wasm::storage::{IncomingFile, SinkEvent};
+use parlor_client_wasm::storage::{self, IncomingFile, SinkEvent};
 use parlor_client_wasm::util::{hex, random_bytes};
 use wasm_bindgen::{JsCast as _, JsValue};
 use wasm_bindgen_futures::JsFuture;
@@ -294,4 +294,98 @@ async fn chunks_written_at_their_offsets_read_back_as_the_file() {
         .await
         .expect("read");
     assert!(got == bytes, "the stored file differs");
+}
+
+/// Polls `resumable_prefix` until it reports at least `want` bytes.
+async fn prefix_at_least(name: &str, size: u64, want: u64) -> (u64, blake3::Hasher) {
+    for _ in 0..200 {
+        if let Some((offset, hasher)) = storage::resumable_prefix(name, size).await
+            && offset >= want
+        {
+            return (offset, hasher);
+        }
+        gloo_sleep(25).await;
+    }
+    panic!("the prefix of {name} never reached {want} bytes");
+}
+
+async fn gloo_sleep(ms: i32) {
+    let promise = Promise::new(&mut |resolve, _| {
+        let _ = web_sys::window()
+            .expect("window")
+            .set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+    });
+    let _ = JsFuture::from(promise).await;
+}
+
+#[wasm_bindgen_test]
+async fn a_resumable_file_keeps_its_full_segments_and_resumes_from_them() {
+    let name = unique("resumable");
+    let seg = storage::segment_size(0);
+    let size = 2 * seg + 1_000;
+    let bytes = pattern(size as usize);
+    assert!(storage::resumable_prefix(&name, size).await.is_none());
+    // One and a half segments, and then the page "goes away": nothing ever
+    // closes the second segment.
+    let (sink, _, _) = event_sink();
+    let first =
+        IncomingFile::resumable(name.clone(), size, "application/octet-stream".into(), sink);
+    let stop = (seg + seg / 2) as usize;
+    for start in (0..stop).step_by(65_000) {
+        let end = (start + 65_000).min(stop);
+        first.write(start as u64, bytes[start..end].to_vec());
+    }
+    let (offset, hasher) = prefix_at_least(&name, size, seg).await;
+    assert_eq!(offset, seg, "only the full segment is kept");
+    assert_eq!(
+        hasher.finalize(),
+        blake3::hash(&bytes[..seg as usize]),
+        "the prefix hash"
+    );
+    drop(first);
+
+    // A new sink carries on from there and finishes the file.
+    let (sink, saved, events) = event_sink();
+    let second =
+        IncomingFile::resumable(name.clone(), size, "application/octet-stream".into(), sink);
+    for start in (seg as usize..size as usize).step_by(65_000) {
+        let end = (start + 65_000).min(size as usize);
+        second.write(start as u64, bytes[start..end].to_vec());
+    }
+    second.finish();
+    JsFuture::from(saved).await.expect("an event");
+    // Committed events come as segments fill, then Saved.
+    let mut url = None;
+    for _ in 0..400 {
+        let found = events.borrow().iter().find_map(|ev| match ev {
+            SinkEvent::Saved { url } => Some(url.clone()),
+            _ => None,
+        });
+        if found.is_some() {
+            url = found;
+            break;
+        }
+        gloo_sleep(25).await;
+    }
+    let url = url.expect("the file was saved");
+    let seen = events.borrow().clone();
+    assert!(
+        seen.iter()
+            .all(|ev| matches!(ev, SinkEvent::Committed(_) | SinkEvent::Saved { .. })),
+        "{seen:?}"
+    );
+    let response: web_sys::Response =
+        JsFuture::from(web_sys::window().expect("window").fetch_with_str(&url))
+            .await
+            .expect("fetch the saved file")
+            .unchecked_into();
+    let buf = JsFuture::from(response.array_buffer().expect("body"))
+        .await
+        .expect("body bytes");
+    let got = Uint8Array::new(&buf).to_vec();
+    assert_eq!(got.len(), bytes.len());
+    assert!(got == bytes, "the saved file differs");
+    let (whole, hasher) = prefix_at_least(&name, size, size).await;
+    assert_eq!(whole, size);
+    assert_eq!(hasher.finalize(), blake3::hash(&bytes));
 }

@@ -574,6 +574,9 @@ async fn a_page_detects_a_tampering_signaling_server() {
     )
     .await
     .unwrap();
+    // Joined (the page reads its saved state first): the CLI comes second
+    // and makes the offer the proxy alters.
+    my_id(&page).await;
     let mut cli = Peer::spawn("cli", &["chat", &link]).unwrap();
     cli.peer_id().await.unwrap();
     let alert = page
@@ -608,4 +611,290 @@ async fn a_page_detects_a_tampering_signaling_server() {
     );
     cli.kill().await;
     page.close().await;
+}
+
+// ---- a reload loses nothing ---------------------------------------------------
+
+/// The page's own peer id (`<main data-peer-id>`), once welcomed.
+async fn my_id(page: &Page) -> String {
+    page.wait_js(
+        "own peer id",
+        "(() => { const m = document.querySelector('main.room[data-peer-id]'); return m ? m.dataset.peerId : null; })()",
+        PAGE_TIMEOUT,
+    )
+    .await
+    .unwrap()
+    .as_str()
+    .unwrap()
+    .to_owned()
+}
+
+/// Waits until `page` lists no remote peer (the other one left).
+async fn wait_alone(page: &Page) {
+    page.wait_js(
+        "the other peer gone",
+        "document.querySelectorAll('li[data-peer-id]').length === 0",
+        PAGE_TIMEOUT,
+    )
+    .await
+    .unwrap();
+}
+
+/// The `data-status` of each own message, in order.
+async fn own_statuses(page: &Page) -> Vec<String> {
+    let v = page
+        .client
+        .execute(
+            "return [...document.querySelectorAll('li.message[data-from=me]')].map(e => e.dataset.status || '');",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
+/// Waits until every own message on `page` is delivered.
+async fn wait_all_delivered(page: &Page) {
+    page.wait_js(
+        "every own message delivered",
+        "(() => { const m = [...document.querySelectorAll('li.message[data-from=me]')]; \
+         return m.length > 0 && m.every(e => e.dataset.status === 'delivered'); })()",
+        PAGE_TIMEOUT,
+    )
+    .await
+    .unwrap();
+}
+
+/// What `page` shows of its peers, transfers and notices (for failures).
+async fn describe(page: &Page) -> String {
+    let v = page
+        .client
+        .execute(
+            "return JSON.stringify({ \
+               peers: [...document.querySelectorAll('li[data-peer-id]')].map(e => e.dataset.peerId + ':' + e.dataset.state), \
+               transfers: [...document.querySelectorAll('[data-transfer-id]')].map(e => ({...e.dataset, text: e.textContent})), \
+               notices: [...document.querySelectorAll('[role=alert]')].map(e => e.textContent) });",
+            vec![],
+        )
+        .await;
+    format!("{v:?}")
+}
+
+/// A transfer's `data-*` attribute `attr` on `page` (by file name).
+async fn transfer_attr(page: &Page, name: &str, attr: &str) -> Option<String> {
+    let script = format!(
+        "const t = [...document.querySelectorAll('[data-transfer-id]')].find(e => e.dataset.name === {n}); \
+         return t ? (t.getAttribute({a}) ?? null) : null;",
+        n = json!(name),
+        a = json!(format!("data-{attr}"))
+    );
+    let v = page.client.execute(&script, vec![]).await.unwrap();
+    v.as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_back_from_a_reload_keeps_its_id_and_gets_what_was_sent_meanwhile() {
+    let _serial = parlor_tests::exclusive().await;
+    if !browser::enabled("a_page_back_from_a_reload_keeps_its_id_and_gets_what_was_sent_meanwhile")
+    {
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    let step = |what: &str| eprintln!("[{:>6.1?}] {what}", t0.elapsed());
+    let server = server().await;
+    let (a, link) = start_room(&server).await;
+    let b = join(&link).await;
+    a.wait_peers_connected(1).await.unwrap();
+    b.wait_peers_connected(1).await.unwrap();
+    a.say("before the reload").await.unwrap();
+    b.wait_message("before the reload").await.unwrap();
+    b.say("b was here").await.unwrap();
+    a.wait_message("b was here").await.unwrap();
+    wait_all_delivered(&a).await;
+    let b_id = my_id(&b).await;
+    step("let b_id = my_id");
+
+    // B goes away (a reload, held open: leave the page, come back to it in
+    // the same tab), and while it is away A writes three messages.
+    b.goto("about:blank").await.unwrap();
+    wait_alone(&a).await;
+    step("wait_alone");
+    for i in 1..=3 {
+        a.say(&format!("while b was away {i}")).await.unwrap();
+    }
+    // Nobody has them yet: not delivered, and honest about it.
+    let statuses = own_statuses(&a).await;
+    assert_eq!(statuses.len(), 4, "{statuses:?}");
+    assert_eq!(statuses[0], "delivered", "{statuses:?}");
+    assert!(
+        statuses[1..].iter().all(|s| s != "delivered"),
+        "delivered to a peer that is away? {statuses:?}"
+    );
+
+    b.goto(&link).await.unwrap();
+    step("b.goto");
+    assert_eq!(my_id(&b).await, b_id, "B came back under another peer id");
+    b.wait_message("while b was away 3").await.unwrap();
+    step("b.wait_message");
+    wait_all_delivered(&a).await;
+    step("wait_all_delivered");
+    // Once each, in order, after the history from before the reload.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        b.messages().await.unwrap(),
+        [
+            "before the reload",
+            "b was here",
+            "while b was away 1",
+            "while b was away 2",
+            "while b was away 3"
+        ]
+    );
+    // And A still sees one B (same id), connected.
+    a.wait_peers_connected(1).await.unwrap();
+    let listed = a.peer_states().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unacked_message_survives_a_reload_of_its_sender() {
+    let _serial = parlor_tests::exclusive().await;
+    if !browser::enabled("an_unacked_message_survives_a_reload_of_its_sender") {
+        return;
+    }
+    let server = server().await;
+    let (a, link) = start_room(&server).await;
+    let b = join(&link).await;
+    a.wait_peers_connected(1).await.unwrap();
+    b.wait_peers_connected(1).await.unwrap();
+    b.say("hello a").await.unwrap();
+    a.wait_message("hello a").await.unwrap();
+    let (a_id, b_id) = (my_id(&a).await, my_id(&b).await);
+
+    // A is away; B writes to it, then reloads before A could ack.
+    a.goto("about:blank").await.unwrap();
+    wait_alone(&b).await;
+    b.say("for a while it was away").await.unwrap();
+    let statuses = own_statuses(&b).await;
+    assert_eq!(statuses.last().map(String::as_str), Some("sending"));
+    // Past the save debounce (the reload also saves on pagehide, best effort).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    b.client.refresh().await.unwrap();
+    assert_eq!(my_id(&b).await, b_id, "B came back under another peer id");
+    b.wait_message("for a while it was away").await.unwrap();
+
+    // A comes back: it gets the message from B's saved outbox, once.
+    a.goto(&link).await.unwrap();
+    assert_eq!(my_id(&a).await, a_id, "A came back under another peer id");
+    a.wait_message("for a while it was away").await.unwrap();
+    wait_all_delivered(&b).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        a.messages().await.unwrap(),
+        ["hello a", "for a while it was away"]
+    );
+    assert_eq!(
+        b.messages().await.unwrap(),
+        ["hello a", "for a while it was away"]
+    );
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transfer_resumes_after_the_receiving_page_reloads() {
+    let _serial = parlor_tests::exclusive().await;
+    if !browser::enabled("a_transfer_resumes_after_the_receiving_page_reloads") {
+        return;
+    }
+    const SIZE: usize = 32 * 1024 * 1024;
+    let server = server().await;
+    let (a, link) = start_room(&server).await;
+    let b = join(&link).await;
+    a.wait_peers_connected(1).await.unwrap();
+    b.wait_peers_connected(1).await.unwrap();
+    let b_id = my_id(&b).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("resumed.bin");
+    let hash = random_file(&src, SIZE).unwrap();
+    a.send_files(&[&src]).await.unwrap();
+    accept(&b, "resumed.bin").await;
+    // Reload B once about a third has arrived and at least one segment of
+    // it is stored for good (`data-stored`: what a reload keeps).
+    let script = format!(
+        "(() => {{ const t = [...document.querySelectorAll('[data-transfer-id]')].find(e => e.dataset.name === 'resumed.bin'); \
+         return t && Number(t.dataset.done) >= {third} && Number(t.dataset.stored) > 0 ? Number(t.dataset.stored) : null; }})()",
+        third = SIZE / 3
+    );
+    let stored = b
+        .wait_js(
+            "a third received and some stored",
+            &script,
+            TRANSFER_TIMEOUT,
+        )
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap();
+    b.client.refresh().await.unwrap();
+    assert_eq!(my_id(&b).await, b_id, "B came back under another peer id");
+
+    // The same offer comes back and B takes it up where its storage ends,
+    // without asking (it had accepted).
+    let resumed = match b
+        .wait_js(
+            "the transfer resumed",
+            "(() => { const t = [...document.querySelectorAll('[data-transfer-id]')].find(e => e.dataset.name === 'resumed.bin'); \
+             return t && t.dataset.resumedFrom ? t.dataset.resumedFrom : null; })()",
+            PAGE_TIMEOUT,
+        )
+        .await
+    {
+        Ok(v) => v.as_str().unwrap().parse::<u64>().unwrap(),
+        Err(e) => panic!(
+            "{e}\nA: {}\nB: {}",
+            describe(&a).await,
+            describe(&b).await
+        ),
+    };
+    // At least what was stored for good before the reload (B may store
+    // more before it goes), never the whole file.
+    assert!(
+        resumed >= stored && resumed < SIZE as u64,
+        "resumed from {resumed}, had stored {stored} before the reload"
+    );
+    let got = wait_transfer(&b, "resumed.bin", "done", TRANSFER_TIMEOUT).await;
+    assert_eq!(got, hash, "receiver verified a different hash");
+    wait_transfer(&a, "resumed.bin", "done", PAGE_TIMEOUT).await;
+    // The sender resent only what B had not kept: in all it sent what
+    // went before the reload plus the rest from B's offset, not the whole
+    // file twice.
+    let sent: u64 = transfer_attr(&a, "resumed.bin", "sent")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    let a_resumed: u64 = transfer_attr(&a, "resumed.bin", "resumed-from")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "receiver had stored {stored} bytes before the reload, resumed from {resumed}; the sender sent {sent} bytes in all for {SIZE}"
+    );
+    assert_eq!(
+        a_resumed, resumed,
+        "sender and receiver disagree on the offset"
+    );
+    assert!(
+        sent < 2 * SIZE as u64,
+        "sent {sent} bytes for a {SIZE}-byte file"
+    );
+    let saved = save(&b, "resumed.bin").await;
+    assert_eq!(hash_file(&saved).unwrap(), hash, "downloaded file differs");
+    a.close().await;
+    b.close().await;
 }

@@ -124,11 +124,6 @@ pub fn transfer_item(props: &ItemProps) -> Html {
         TransferState::Cancelled => t.st_cancelled,
         TransferState::Declined => t.st_declined,
     };
-    let note = tr.note.as_deref().map(|n| match n {
-        "hashing" => t.hashing,
-        "saving" => t.saving,
-        _ => "",
-    });
     let (dir, dir_class) = match tr.direction {
         Direction::Send => (t.to, "send"),
         Direction::Receive => (t.from, "receive"),
@@ -138,6 +133,13 @@ pub fn transfer_item(props: &ItemProps) -> Html {
     } else {
         tr.peer_name.clone()
     };
+    let note = tr.note.as_deref().map(|n| match n {
+        "hashing" => t.hashing.to_owned(),
+        "saving" => t.saving.to_owned(),
+        "away" => t.away.replace("{peer}", &peer),
+        "resuming" => t.resuming.to_owned(),
+        _ => String::new(),
+    });
     let speed = (tr.state == TransferState::Active && tr.bytes_per_sec > 0.0).then(|| {
         let eta = tr
             .eta_ms
@@ -150,7 +152,10 @@ pub fn transfer_item(props: &ItemProps) -> Html {
     html! {
         <li class={classes!("transfer", dir_class, tr.state.as_str())} data-transfer-id={tr.id.clone()}
             data-direction={dir_class} data-name={tr.name.clone()} data-size={tr.size.to_string()}
-            data-done={tr.done.to_string()} data-state={tr.state.as_str()} data-hash={tr.hash.clone()}>
+            data-done={tr.done.to_string()} data-state={tr.state.as_str()} data-hash={tr.hash.clone()}
+            data-resumed-from={tr.resumed_from.map(|o| o.to_string())}
+            data-sent={(tr.direction == Direction::Send).then(|| tr.sent.to_string())}
+            data-stored={(tr.direction == Direction::Receive).then(|| tr.stored.to_string())}>
             <div class="transfer-head">
                 <span class="file-name">{ &tr.name }</span>
                 <span class="size">{ human_bytes(tr.size as f64) }</span>
