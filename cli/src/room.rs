@@ -555,7 +555,10 @@ impl Room {
             return;
         }
         if let Some(fingerprint) = sdp_fingerprint(&sdp) {
-            self.remote_fingerprints.insert(from.clone(), fingerprint);
+            let previous = self.remote_fingerprints.insert(from.clone(), fingerprint.clone());
+            if previous.is_some_and(|p| p != fingerprint) && self.links.contains_key(&from) {
+                self.peer_restarted(&from).await;
+            }
         }
         let answer = match self.link_for(&from, false).await {
             Ok(link) => link.accept_offer(sdp).await,
@@ -567,6 +570,49 @@ impl Room {
                 message: format!("offer from {from}: {err:#}"),
             }),
         }
+    }
+
+    /// Transfers from `peer` cannot finish now (it left or restarted; the
+    /// `.part` files stay, and a new offer of the same file resumes them).
+    fn fail_incoming_from(&mut self, peer: &PeerId, why: &str) {
+        let dead_in: Vec<_> = self
+            .incoming
+            .keys()
+            .filter(|(p, _)| p == peer)
+            .cloned()
+            .collect();
+        for key in dead_in {
+            if let Some(t) = self.incoming.remove(&key) {
+                self.fail_receive(format!(
+                    "{} stopped: peer {why}; partial data kept in {}",
+                    t.receiver.offer().name,
+                    t.part.part_path.display()
+                ));
+            }
+        }
+    }
+
+    /// An offer under a new DTLS certificate from a peer we have a link to:
+    /// not an ICE restart but a new connection — the peer restarted (a page
+    /// reload, a new process) under the same id, faster than the server
+    /// noticed it leave. The old link goes; transfers to it are offered
+    /// again once the new one is up (it kept at most a partial file).
+    async fn peer_restarted(&mut self, peer: &PeerId) {
+        tracing::info!(%peer, "peer restarted under the same id: new connection");
+        if let Some(link) = self.links.remove(peer) {
+            link.close().await;
+        }
+        self.connected.remove(peer);
+        self.was_connected.remove(peer);
+        self.restarting.remove(peer);
+        self.connect_deadlines.remove(peer);
+        self.progress_deadlines.remove(peer);
+        self.chat.link_down(peer);
+        for t in self.outgoing.values_mut().filter(|t| &t.peer == peer) {
+            t.reoffer_on_return = true;
+        }
+        self.fail_incoming_from(peer, "restarted");
+        self.check_receive_done();
     }
 
     async fn on_answer_sdp(&mut self, from: PeerId, sdp: String) {
@@ -1381,22 +1427,7 @@ impl Room {
         self.chat.peer_left(peer, now);
         self.flush_chat().await;
 
-        // Transfers with that peer cannot finish now.
-        let dead_in: Vec<_> = self
-            .incoming
-            .keys()
-            .filter(|(p, _)| p == peer)
-            .cloned()
-            .collect();
-        for key in dead_in {
-            if let Some(t) = self.incoming.remove(&key) {
-                self.fail_receive(format!(
-                    "{} stopped: peer {why}; partial data kept in {}",
-                    t.receiver.offer().name,
-                    t.part.part_path.display()
-                ));
-            }
-        }
+        self.fail_incoming_from(peer, why);
         // `send` waits for its receiver to come back and then offers again;
         // the receiver continues from what it has on disk.
         if let Mode::Send { target, .. } = &self.mode
