@@ -33,8 +33,7 @@ use parlor_core::{
 use parlor_protocol::{
     CancelReason, ClientMessage, ErrorCode, FileOffer, Frame, IceServer, MessageId,
     PROTOCOL_VERSION, PakeError, PakeMessage, PakeSession, PakeStep, PeerId, PeerSignal,
-    RelayCipher, RelayPayload, RoomId, RoomKey, ServerMessage, ShortCode, SignalCipher,
-    TransferId,
+    RelayCipher, RelayPayload, RoomId, RoomKey, ServerMessage, ShortCode, SignalCipher, TransferId,
 };
 use web_sys::File;
 
@@ -43,7 +42,8 @@ use crate::params::RelayMode;
 use crate::rtc::{self, Channel, PeerEvent, PeerLink};
 use crate::signaling::{self, SignalEvent, Signaling};
 use crate::state::{
-    Action, CodeStatus, Direction, LinkState, MessageView, ServerStatus, Status, TransferState, TransferView,
+    Action, CodeStatus, Direction, LinkState, MessageView, ServerStatus, Status, TransferState,
+    TransferView,
 };
 use crate::storage::{self, IncomingFile, SinkEvent};
 use crate::util::{crypto_random_bytes, hex, now_ms, random_bytes, wall_ms};

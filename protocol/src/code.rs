@@ -275,7 +275,10 @@ enum Phase {
     /// Our SPAKE2 message is out; waiting for theirs.
     Started(Spake2<Ed25519Group>),
     /// Keys derived and our confirmation sent; waiting for theirs.
-    Keyed { room_key: RoomKey, confirm_key: [u8; 32] },
+    Keyed {
+        room_key: RoomKey,
+        confirm_key: [u8; 32],
+    },
     /// Confirmed, or failed: nothing more to do.
     Over,
 }
@@ -351,8 +354,7 @@ impl PakeSession {
         match (std::mem::replace(&mut self.phase, Phase::Over), msg) {
             (Phase::Started(spake), PakeMessage::Start(theirs)) => {
                 let secret = spake.finish(&theirs).map_err(|_| PakeError::BadStart)?;
-                let room_key =
-                    RoomKey::from_random(blake3::derive_key(ROOM_KEY_CONTEXT, &secret));
+                let room_key = RoomKey::from_random(blake3::derive_key(ROOM_KEY_CONTEXT, &secret));
                 let confirm_key = blake3::derive_key(CONFIRM_KEY_CONTEXT, &secret);
                 let ours = confirmation(&confirm_key, &self.me);
                 self.phase = Phase::Keyed {
@@ -517,7 +519,17 @@ mod tests {
             ShortCode::parse("7-apple-rivr"),
             Err(CodeError::UnknownWord("rivr".into()))
         );
-        for bad in ["", "7", "7-apple", "apple-river", "7-apple-river-x", "-apple-river", "7--river", "7-app1e-river", "x7-apple-river"] {
+        for bad in [
+            "",
+            "7",
+            "7-apple",
+            "apple-river",
+            "7-apple-river-x",
+            "-apple-river",
+            "7--river",
+            "7-app1e-river",
+            "x7-apple-river",
+        ] {
             assert_eq!(ShortCode::parse(bad), Err(CodeError::Format), "{bad:?}");
         }
         assert_eq!(ShortCode::parse("0-apple-river"), Err(CodeError::Nameplate));
@@ -548,7 +560,11 @@ mod tests {
         let confirm = PakeMessage::Confirm([9; 32]);
         assert_eq!(PakeMessage::decode(&confirm.encode()).unwrap(), confirm);
         for bad in ["", "!!!", "AAAA", &"A".repeat(MAX_PAKE_BODY_CHARS + 1)] {
-            assert_eq!(PakeMessage::decode(bad), Err(PakeError::Malformed), "{bad:?}");
+            assert_eq!(
+                PakeMessage::decode(bad),
+                Err(PakeError::Malformed),
+                "{bad:?}"
+            );
         }
         // Trailing bytes after a valid message are refused too.
         let mut bytes = postcard::to_allocvec(&confirm).unwrap();

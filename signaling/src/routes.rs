@@ -216,10 +216,7 @@ fn create_code(app: Arc<App>) -> warp::reply::Response {
 
 /// `POST /api/code/{N}/open`: the nameplate's room, once.
 fn open_code(nameplate: u32, app: Arc<App>) -> warp::reply::Response {
-    match app
-        .nameplates()
-        .open(nameplate, std::time::Instant::now())
-    {
+    match app.nameplates().open(nameplate, std::time::Instant::now()) {
         Some(room) => {
             app.metrics().code_opened();
             tracing::debug!(nameplate, "code opened");

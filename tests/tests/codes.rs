@@ -19,7 +19,13 @@ async fn a_file_sent_with_a_short_code_arrives_intact() {
     let hash = random_file(&src, 1024 * 1024).unwrap();
     let mut sender = Peer::spawn(
         "sender",
-        &["send", "--code", "--server", &server.base, src.to_str().unwrap()],
+        &[
+            "send",
+            "--code",
+            "--server",
+            &server.base,
+            src.to_str().unwrap(),
+        ],
     )
     .unwrap();
     let code = sender.code().await.unwrap();
@@ -55,9 +61,12 @@ async fn a_file_sent_with_a_short_code_arrives_intact() {
         sender.history
     );
     // Used once, gone.
-    let (status, _) = http_post(&server.base, &format!("/api/code/{}/open", parsed.nameplate))
-        .await
-        .unwrap();
+    let (status, _) = http_post(
+        &server.base,
+        &format!("/api/code/{}/open", parsed.nameplate),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 404);
 }
 
@@ -70,7 +79,13 @@ async fn a_wrong_code_fails_on_both_sides_and_burns_the_nameplate() {
     random_file(&src, 64 * 1024).unwrap();
     let mut sender = Peer::spawn(
         "sender",
-        &["send", "--code", "--server", &server.base, src.to_str().unwrap()],
+        &[
+            "send",
+            "--code",
+            "--server",
+            &server.base,
+            src.to_str().unwrap(),
+        ],
     )
     .unwrap();
     let code = ShortCode::parse(&sender.code().await.unwrap()).unwrap();
@@ -147,7 +162,10 @@ async fn a_mistyped_word_is_refused_before_the_code_is_used() {
     assert!(!typist.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
     let error = typist.wait_event("error").await.unwrap();
     assert!(
-        error["message"].as_str().unwrap().contains("not one of the code words"),
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("not one of the code words"),
         "{error}"
     );
     // The code still works, and chat over it does too.

@@ -33,7 +33,12 @@ async fn a_code_maps_to_a_fresh_room_once() {
     // Single use: the second open finds nothing.
     let (status, body) = http_post(server.addr, "/api/code/1/open", "").await;
     assert_eq!(status, 404);
-    assert!(json(&body)["error"].as_str().unwrap().contains("no such code"));
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("no such code")
+    );
     let (status, _) = http_post(server.addr, "/api/code/77/open", "").await;
     assert_eq!(status, 404);
     // Not a number: no route (warp prefers the web app's 405 for POST).
@@ -47,8 +52,14 @@ async fn a_code_maps_to_a_fresh_room_once() {
     assert_eq!(status, 405);
 
     let (_, _, metrics) = http_get(server.addr, "/metrics").await;
-    assert!(metrics.lines().any(|l| l == "parlor_codes_created_total 3"), "{metrics}");
-    assert!(metrics.lines().any(|l| l == "parlor_codes_opened_total 1"), "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l == "parlor_codes_created_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l == "parlor_codes_opened_total 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -78,12 +89,8 @@ async fn the_code_api_checks_origin_and_rate() {
         ..test_config()
     })
     .await;
-    let (status, body) = http_post(
-        server.addr,
-        "/api/code",
-        "Origin: https://evil.example\r\n",
-    )
-    .await;
+    let (status, body) =
+        http_post(server.addr, "/api/code", "Origin: https://evil.example\r\n").await;
     assert_eq!(status, 403, "{body}");
     let own = format!("Origin: http://{}\r\n", server.addr);
     // Bursts of three times the rate, then 429.
