@@ -2,11 +2,13 @@
 //! other CLIs over WebRTC data channels, speaking the same protocol
 //! (`parlor-protocol`) and driving the same state machines (`parlor-core`).
 //!
-//! Modules: [`signal`] (WebSocket to the server), [`rtc`] (webrtc-rs peer
+//! Modules: [`code`] (short codes: nameplates and the SPAKE2 phase),
+//! [`signal`] (WebSocket to the server), [`rtc`] (webrtc-rs peer
 //! connections), [`room`] (the driver loop), [`files`] (hashing, safe names,
 //! `.part` files), [`report`] (human / `--json` output), [`state`] (what
 //! survives a restart: resume token, chat outbox, partial files).
 
+mod code;
 mod files;
 mod report;
 mod room;
@@ -20,7 +22,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use parlor_protocol::{InviteLink, RoomId, RoomKey};
+use parlor_protocol::{InviteLink, RoomId, RoomKey, ShortCode};
 
 use crate::report::{Event, Reporter};
 use crate::room::{Mode, PathPolicy, Room, RoomAccess};
@@ -74,11 +76,16 @@ enum ForceRelay {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create a room, print its invite link, and send FILEs to whoever joins.
+    /// Create a room, print its invite link (or a short code), and send
+    /// FILEs to whoever joins.
     Send {
         /// Parlor server to use.
         #[arg(long, env = "PARLOR_SERVER", default_value = "http://127.0.0.1:8080")]
         server: String,
+        /// Print a short code to type on the other side (like
+        /// `7-apple-river`, single use) instead of an invite link.
+        #[arg(long)]
+        code: bool,
         /// Files to send.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -92,21 +99,29 @@ enum Command {
         #[arg(long, hide = true)]
         low_watermark: Option<u64>,
     },
-    /// Join INVITE_URL and save the files offered there.
+    /// Join a room by invite link or short code and save the files offered there.
     Receive {
-        /// The invite link (`http(s)://HOST/r/ROOM#KEY`).
-        invite_url: String,
+        /// The invite link (`http(s)://HOST/r/ROOM#KEY`) or a short code
+        /// (`7-apple-river`, used on `--server`).
+        invite: String,
         /// Directory to write files into.
         #[arg(long, default_value = ".")]
         out: PathBuf,
-    },
-    /// Chat line by line on stdin/stdout; creates a room when no link is given.
-    Chat {
-        /// The invite link to join.
-        invite_url: Option<String>,
-        /// Parlor server to use when creating a room.
+        /// Parlor server to use for a short code.
         #[arg(long, env = "PARLOR_SERVER", default_value = "http://127.0.0.1:8080")]
         server: String,
+    },
+    /// Chat line by line on stdin/stdout; creates a room when no link or
+    /// code is given.
+    Chat {
+        /// The invite link or short code to join.
+        invite: Option<String>,
+        /// Parlor server to use when creating a room or using a code.
+        #[arg(long, env = "PARLOR_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// When creating a room: print a short code instead of an invite link.
+        #[arg(long)]
+        code: bool,
     },
 }
 
@@ -138,9 +153,10 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
         Some(ForceRelay::Server) => PathPolicy::ServerOnly,
     };
     let mut config = parlor_core::TransferConfig::default();
-    let (mode, link, created) = match cli.command {
+    let (mode, access) = match cli.command {
         Command::Send {
             server,
+            code,
             files,
             chunk_size,
             high_watermark,
@@ -162,14 +178,18 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
                     target: None,
                     active: false,
                 },
-                new_room(&server),
-                true,
+                Access::create(server, code),
             )
         }
-        Command::Receive { invite_url, out } => {
+        Command::Receive {
+            invite,
+            out,
+            server,
+        } => {
+            // Checked before anything is sent: a typo must not use up the code.
+            let access = Access::join(&invite, server)?;
             std::fs::create_dir_all(&out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
-            let link = InviteLink::parse(&invite_url)?;
             (
                 Mode::Receive {
                     out_dir: out,
@@ -177,55 +197,86 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
                     failed: 0,
                     senders: HashSet::new(),
                 },
-                link,
-                false,
+                access,
             )
         }
         Command::Chat {
-            invite_url: Some(url),
-            ..
-        } => (Mode::Chat, InviteLink::parse(&url)?, false),
-        Command::Chat {
-            invite_url: None,
+            invite: Some(invite),
             server,
-        } => (Mode::Chat, new_room(&server), true),
+            ..
+        } => (Mode::Chat, Access::join(&invite, server)?),
+        Command::Chat {
+            invite: None,
+            server,
+            code,
+        } => (Mode::Chat, Access::create(server, code)),
     };
+    // Where to go: the room, and its key or the code to derive it from.
+    let (base, room, secret) = match access {
+        Access::Link { link, created } => (link.base, link.room, Secret::Key(link.key, created)),
+        Access::NewCode { server } => {
+            let (nameplate, room) = code::create(&server).await?;
+            let code = ShortCode::random(nameplate, rand::random());
+            (server, room, Secret::Code(code, true))
+        }
+        Access::Code { server, code } => {
+            let room = code::open(&server, &code).await?;
+            (server, room, Secret::Code(code, false))
+        }
+    };
+    let base = base.trim_end_matches('/').to_owned();
+    let ws_url = parlor_protocol::ids::websocket_url(&base);
     let store = if cli.ephemeral {
         None
     } else {
-        open_state(cli.data_dir.or_else(state::default_data_dir), &link, report)
+        open_state(cli.data_dir.or_else(state::default_data_dir), &room, report)
     };
     let (chat, resume) = restore_chat(store.as_ref(), report);
-    let (signaling, joined) = signal::Signaling::join(
-        &link.websocket_url(),
-        &link.room,
-        &cli.name,
-        resume.as_deref(),
-    )
-    .await?;
+    let (mut signaling, joined) =
+        signal::Signaling::join(&ws_url, &room, &cli.name, resume.as_deref()).await?;
     if policy == PathPolicy::TurnOnly && !rtc::has_usable_turn(&joined.ice_servers) {
         anyhow::bail!(
             "--force-relay turn: the server offers no TURN relay this peer can use \
              (a turn: URL over UDP with credentials)"
         );
     }
-    if created {
-        report.emit(Event::Invite {
-            link: &link.to_string(),
-        });
+    match &secret {
+        Secret::Key(key, true) => {
+            let link = InviteLink {
+                base: base.clone(),
+                room: room.clone(),
+                key: key.clone(),
+            };
+            report.emit(Event::Invite {
+                link: &link.to_string(),
+            });
+        }
+        Secret::Code(code, true) => report.emit(Event::Code {
+            code: &code.to_string(),
+            server: &base,
+        }),
+        _ => {}
     }
     let peers: Vec<&str> = joined.peers.iter().map(|p| p.id.0.as_str()).collect();
     report.emit(Event::Joined {
-        room: link.room.as_str(),
+        room: room.as_str(),
         peer_id: &joined.peer_id.0,
         peers,
     });
+    let key = match secret {
+        Secret::Key(key, _) => key,
+        Secret::Code(code, _) => {
+            let key = code::exchange(&mut signaling, &joined, &code, &room).await?;
+            report.emit(Event::CodeMatched);
+            key
+        }
+    };
     let json = report.is_json();
     let access = RoomAccess {
-        ws_url: link.websocket_url(),
-        room: link.room.clone(),
+        ws_url,
+        room,
         name: cli.name.clone(),
-        key: link.key.clone(),
+        key,
     };
     let room = Room::start(
         mode,
@@ -245,7 +296,7 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
 /// with `--ephemeral`.
 fn open_state(
     data_dir: Option<PathBuf>,
-    link: &InviteLink,
+    room: &RoomId,
     report: &mut Reporter,
 ) -> Option<state::RoomState> {
     let Some(dir) = data_dir else {
@@ -254,7 +305,7 @@ fn open_state(
         });
         return None;
     };
-    match state::RoomState::open(&dir, &link.room) {
+    match state::RoomState::open(&dir, room) {
         Ok(store) => Some(store),
         Err(err) => {
             report.emit(Event::Error {
@@ -289,6 +340,50 @@ fn restore_chat(
             (fresh, None)
         }
     }
+}
+
+/// How the command gets into its room.
+enum Access {
+    /// An invite link (`created`: a fresh room of ours).
+    Link { link: InviteLink, created: bool },
+    /// A fresh short code from `server`.
+    NewCode { server: String },
+    /// A short code typed by the user, on `server`.
+    Code { server: String, code: ShortCode },
+}
+
+impl Access {
+    /// A room of our own on `server`, with a link or (`code`) a short code.
+    fn create(server: String, code: bool) -> Self {
+        if code {
+            Self::NewCode { server }
+        } else {
+            Self::Link {
+                link: new_room(&server),
+                created: true,
+            }
+        }
+    }
+
+    /// What the user gave us: a short code (`7-apple-river`, on `server`)
+    /// or an invite link.
+    fn join(invite: &str, server: String) -> Result<Self> {
+        if ShortCode::looks_like_code(invite) {
+            let code = ShortCode::parse(invite)?;
+            return Ok(Self::Code { server, code });
+        }
+        Ok(Self::Link {
+            link: InviteLink::parse(invite)?,
+            created: false,
+        })
+    }
+}
+
+/// The room key, or the code it is derived from; `true`: we created it
+/// (and print it).
+enum Secret {
+    Key(RoomKey, bool),
+    Code(ShortCode, bool),
 }
 
 /// A fresh room on `server` with 128 random bits of room id and 256 of key.

@@ -15,6 +15,15 @@ use serde::Serialize;
 pub enum Event<'a> {
     /// The invite link of a room we created.
     Invite { link: &'a str },
+    /// The short code of a room we created (`send --code`).
+    Code {
+        code: &'a str,
+        /// The server's base URL (for the human hint only).
+        #[serde(skip)]
+        server: &'a str,
+    },
+    /// Both sides proved they typed the same code; the room key is agreed.
+    CodeMatched,
     /// We joined the room.
     Joined {
         room: &'a str,
@@ -139,6 +148,15 @@ impl Reporter {
                 println!("{link}");
                 self.note("Share this link; waiting for someone to join…");
             }
+            Event::Code { code, server } => {
+                println!(
+                    "Code: {code}  (on the other side: parlor receive {code}, or type it on {}/ in \
+                     a browser)",
+                    server.trim_end_matches('/')
+                );
+                self.note("Waiting for someone to use the code…");
+            }
+            Event::CodeMatched => self.note("The code matched; connecting…"),
             Event::Joined { peers, .. } => self.note(&format!(
                 "Joined the room ({} other peer(s) present)",
                 peers.len()

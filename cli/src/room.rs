@@ -555,7 +555,9 @@ impl Room {
             return;
         }
         if let Some(fingerprint) = sdp_fingerprint(&sdp) {
-            let previous = self.remote_fingerprints.insert(from.clone(), fingerprint.clone());
+            let previous = self
+                .remote_fingerprints
+                .insert(from.clone(), fingerprint.clone());
             if previous.is_some_and(|p| p != fingerprint) && self.links.contains_key(&from) {
                 self.peer_restarted(&from).await;
             }

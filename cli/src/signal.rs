@@ -4,6 +4,7 @@
 //! the relay bytes not yet written, which is the relay's "buffered amount"
 //! for file flow control.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -84,6 +85,9 @@ impl RelayBuffer {
 pub struct Signaling {
     outgoing: mpsc::Sender<Outgoing>,
     incoming: mpsc::Receiver<Incoming>,
+    /// Read early (by the short-code phase) and handed back: delivered by
+    /// [`Self::recv`] before anything newer.
+    pending: VecDeque<Incoming>,
     relay: Arc<RelayBuffer>,
 }
 
@@ -211,6 +215,7 @@ impl Signaling {
             Self {
                 outgoing: out_tx,
                 incoming: in_rx,
+                pending: VecDeque::new(),
                 relay,
             },
             joined,
@@ -244,6 +249,17 @@ impl Signaling {
     /// The next message or relay packet from the server; `None` once the
     /// connection is gone.
     pub async fn recv(&mut self) -> Option<Incoming> {
+        if let Some(early) = self.pending.pop_front() {
+            return Some(early);
+        }
         self.incoming.recv().await
+    }
+
+    /// Hands back messages read by [`Self::recv`] (in the order read), to be
+    /// received again before anything newer.
+    pub fn unread(&mut self, messages: Vec<Incoming>) {
+        for msg in messages.into_iter().rev() {
+            self.pending.push_front(msg);
+        }
     }
 }

@@ -33,8 +33,8 @@ use parlor_core::{
 };
 use parlor_protocol::{
     CancelReason, ClientMessage, ErrorCode, FileOffer, Frame, IceServer, MessageId,
-    PROTOCOL_VERSION, PeerId, PeerSignal, RelayCipher, RelayPayload, RoomId, RoomKey,
-    ServerMessage, SignalCipher, TransferId,
+    PROTOCOL_VERSION, PakeError, PakeMessage, PakeSession, PakeStep, PeerId, PeerSignal,
+    RelayCipher, RelayPayload, RoomId, RoomKey, ServerMessage, ShortCode, SignalCipher, TransferId,
 };
 use wasm_bindgen::JsCast as _;
 use wasm_bindgen::closure::Closure;
@@ -45,7 +45,8 @@ use crate::params::RelayMode;
 use crate::rtc::{self, Channel, PeerEvent, PeerLink};
 use crate::signaling::{self, SignalEvent, Signaling};
 use crate::state::{
-    Action, Direction, LinkState, MessageView, ServerStatus, Status, TransferState, TransferView,
+    Action, CodeStatus, Direction, LinkState, MessageView, ServerStatus, Status, TransferState,
+    TransferView,
 };
 use crate::storage::{self, IncomingFile, SinkEvent};
 use crate::util::{crypto_random_bytes, hex, now_ms, random_bytes, wall_ms};
@@ -115,6 +116,19 @@ struct Incoming {
     view: TransferView,
 }
 
+/// A room joined by short code, until the room key is agreed: the page
+/// joins the room without a key, runs SPAKE2 with the one other peer over
+/// `pake` messages ([`parlor_protocol::code`]), and only then sets up
+/// ciphers and connections, exactly as with the key of an invite link.
+struct CodePhase {
+    code: ShortCode,
+    /// The exchange with the other peer, once there is one.
+    session: Option<PakeSession>,
+    /// Whether we make the offer afterwards: the peer was in our welcome
+    /// (we are the newcomer), as in every room.
+    we_offer: bool,
+}
+
 /// The driver; see the module docs.
 pub struct Driver {
     weak: Weak<RefCell<Driver>>,
@@ -157,6 +171,8 @@ pub struct Driver {
     refused: HashSet<PeerId>,
     /// Peers already told off for unsealed signaling (one notice each).
     told_unsealed: HashSet<PeerId>,
+    /// Joined by short code and the key not agreed yet.
+    code: Option<CodePhase>,
     chat: ChatSession,
     chat_timer: Option<Timeout>,
     stats_timer: Option<Interval>,
@@ -269,10 +285,13 @@ fn with(weak: &Weak<RefCell<Driver>>, f: impl FnOnce(&mut Driver) + 'static) {
 impl RoomHandle {
     /// Starts the driver for `room`: connects to the server and joins.
     /// `key` (the invite link's `#KEY`) seals server-relay packets;
-    /// `relay_mode` comes from the page's `?relay=`.
+    /// without one, `code` (a short code whose nameplate was opened for
+    /// `room`) derives it with the other peer first. `relay_mode` comes from
+    /// the page's `?relay=`.
     pub fn start(
         room: RoomId,
         key: Option<RoomKey>,
+        code: Option<ShortCode>,
         relay_mode: RelayMode,
         dispatch: impl Fn(Action) + 'static,
     ) -> Self {
@@ -313,6 +332,11 @@ impl RoomHandle {
                 signal_cipher,
                 refused: HashSet::new(),
                 told_unsealed: HashSet::new(),
+                code: code.filter(|_| key.is_none()).map(|code| CodePhase {
+                    code,
+                    session: None,
+                    we_offer: false,
+                }),
                 chat: ChatSession::new(),
                 chat_timer: None,
                 stats_timer: None,
@@ -352,14 +376,15 @@ impl RoomHandle {
                     d.state_loaded(record);
                 });
             });
-            if !rtc::supported() && d.cipher.is_some() {
+            let keyed = d.cipher.is_some() || d.code.is_some();
+            if !rtc::supported() && keyed {
                 // No WebRTC here: the server relay still reaches everyone.
                 crate::util::warn(
                     "no WebRTC in this browser: every peer goes through the server relay",
                 );
                 d.relay_mode = RelayMode::Server;
             }
-            if d.relay_mode == RelayMode::Server && d.cipher.is_none() {
+            if d.relay_mode == RelayMode::Server && !keyed {
                 d.error(
                     "?relay=server needs the whole invite link, including its key (the part \
                      after #), to seal what goes through the server."
@@ -821,6 +846,13 @@ impl Driver {
                     // back); peers we have no link to get an offer.
                     self.attempt = 0;
                     self.ice_servers = ice_servers;
+                    if self.code.is_some() {
+                        for peer in peers {
+                            self.add_peer(&peer.id, peer.name);
+                            self.start_code_exchange(peer.id, true);
+                        }
+                        return;
+                    }
                     for peer in peers {
                         self.add_peer(&peer.id, peer.name);
                         if self.relayed.contains(&peer.id) {
@@ -869,6 +901,15 @@ impl Driver {
                 self.dispatch(Action::Welcome(peer_id.0.clone()));
                 self.me = Some(peer_id);
                 self.chat_changed();
+                if self.code.is_some() {
+                    // No key yet: agree on one with the peer first.
+                    self.dispatch(Action::Code(CodeStatus::Waiting));
+                    for peer in peers {
+                        self.add_peer(&peer.id, peer.name);
+                        self.start_code_exchange(peer.id, true);
+                    }
+                    return;
+                }
                 // Newcomers make the offers; peers already present wait.
                 for peer in peers {
                     self.add_peer(&peer.id, peer.name);
@@ -881,13 +922,25 @@ impl Driver {
             }
             ServerMessage::PeerJoined { peer } => {
                 self.add_peer(&peer.id, peer.name);
+                if self.code.is_some() {
+                    return self.start_code_exchange(peer.id, false);
+                }
                 if self.relay_mode == RelayMode::Server {
                     self.go_relay(&peer.id);
                 }
             }
             ServerMessage::PeerLeft { peer_id } => {
+                let exchanging = (self.code.as_ref())
+                    .and_then(|c| c.session.as_ref())
+                    .is_some_and(|s| *s.peer() == peer_id);
+                if exchanging {
+                    self.code_failed(CodeStatus::Failed(
+                        "the other side left before the code was checked".into(),
+                    ));
+                }
                 self.on_peer_gone(&peer_id, "left the room", false, false)
             }
+            ServerMessage::Pake { from, body } => self.on_pake(from, &body),
             ServerMessage::Signal { from, sealed } => self.on_sealed_signal(from, &sealed),
             ServerMessage::Offer { from, .. }
             | ServerMessage::Answer { from, .. }
@@ -937,6 +990,84 @@ impl Driver {
             ServerMessage::Ping => self.signal(ClientMessage::Pong),
             _ => {}
         }
+    }
+
+    // ---- short codes -----------------------------------------------------
+
+    /// Starts the code exchange with `peer` unless one is running (a code
+    /// room is for two: the first other peer is the one).
+    fn start_code_exchange(&mut self, peer: PeerId, we_offer: bool) {
+        let Some(me) = self.me.clone() else { return };
+        let Some(phase) = self.code.as_mut() else {
+            return;
+        };
+        if phase.session.is_some() {
+            return;
+        }
+        let Some(seed) = crypto_random_bytes::<32>() else {
+            return self.code_failed(CodeStatus::Failed(
+                "this browser has no secure random numbers (crypto.getRandomValues)".into(),
+            ));
+        };
+        let (session, start) = PakeSession::start(&phase.code, &self.room, me, peer.clone(), seed);
+        phase.session = Some(session);
+        phase.we_offer = we_offer;
+        self.dispatch(Action::Code(CodeStatus::Checking));
+        self.signal(ClientMessage::Pake {
+            to: peer,
+            body: start.encode(),
+        });
+    }
+
+    /// A `pake` message: the next step of the exchange.
+    fn on_pake(&mut self, from: PeerId, body: &str) {
+        let Some(session) = (self.code.as_mut())
+            .and_then(|c| c.session.as_mut())
+            .filter(|s| *s.peer() == from)
+        else {
+            return crate::util::warn(&format!("code exchange message from {from} ignored"));
+        };
+        match PakeMessage::decode(body).and_then(|m| session.receive(m)) {
+            Ok(PakeStep::Send(reply)) => self.signal(ClientMessage::Pake {
+                to: from,
+                body: reply.encode(),
+            }),
+            Ok(PakeStep::Done(key)) => self.code_matched(from, key),
+            Err(PakeError::Mismatch) => self.code_failed(CodeStatus::Mismatch),
+            Err(e) => self.code_failed(CodeStatus::Failed(e.to_string())),
+        }
+    }
+
+    /// Both sides hold `key`: from here on the room is like any other.
+    fn code_matched(&mut self, peer: PeerId, key: RoomKey) {
+        let Some(phase) = self.code.take() else {
+            return;
+        };
+        self.cipher = crypto_random_bytes().map(|p| RelayCipher::new(&key, p));
+        self.signal_cipher = crypto_random_bytes().map(|p| SignalCipher::new(&key, p));
+        self.dispatch(Action::Code(CodeStatus::Matched));
+        // The address becomes this room's invite link: a reload rejoins it.
+        if let Some(history) = web_sys::window().and_then(|w| w.history().ok()) {
+            let url = format!("/r/{}#{key}", self.room);
+            let _ = history.replace_state_with_url(&wasm_bindgen::JsValue::NULL, "", Some(&url));
+        }
+        if self.relay_mode == RelayMode::Server {
+            self.go_relay(&peer);
+        } else if phase.we_offer {
+            self.offer_to(peer);
+        }
+    }
+
+    /// The exchange failed: nothing connects; the page says why and leaves
+    /// the room.
+    fn code_failed(&mut self, status: CodeStatus) {
+        crate::util::warn(&format!("code exchange failed: {status:?}"));
+        self.code = None;
+        self.fatal = true;
+        self.signaling = None;
+        self.reconnect_timer = None;
+        self.dispatch(Action::Code(status));
+        self.dispatch(Action::Server(ServerStatus::Failed));
     }
 
     /// Seals an offer, answer or candidate for `to` with the room key and

@@ -7,6 +7,24 @@ use std::rc::Rc;
 
 use yew::Reducible;
 
+/// Where a room joined by short code stands in the key exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CodeStatus {
+    /// Not a code room (or nothing to show).
+    #[default]
+    Off,
+    /// Joined; waiting for the other side.
+    Waiting,
+    /// Exchanging with the other side.
+    Checking,
+    /// Both sides hold the same key.
+    Matched,
+    /// The other side derived another key: a wrong code (or a guess).
+    Mismatch,
+    /// The exchange failed otherwise, for this reason.
+    Failed(String),
+}
+
 /// The signaling connection as the user sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ServerStatus {
@@ -228,6 +246,8 @@ pub struct RoomState {
     pub transfers: Vec<TransferView>,
     /// Peers typing right now (ids, in the order they started).
     pub typing: Vec<String>,
+    /// The short-code exchange, in a room joined by code.
+    pub code: CodeStatus,
     /// Errors on show.
     pub notices: Vec<Notice>,
     next_notice: u32,
@@ -240,6 +260,8 @@ pub enum Action {
     Welcome(String),
     /// Signaling state changed.
     Server(ServerStatus),
+    /// The short-code exchange moved on.
+    Code(CodeStatus),
     /// A peer appeared (or its name changed).
     PeerUpsert {
         /// Id.
@@ -328,6 +350,12 @@ impl Reducible for RoomState {
                 s.server = ServerStatus::Joined;
             }
             Action::Server(status) => s.server = status,
+            // A settled outcome stays: late events cannot make it look pending.
+            Action::Code(status) => {
+                if !matches!(s.code, CodeStatus::Mismatch | CodeStatus::Failed(_)) {
+                    s.code = status;
+                }
+            }
             Action::PeerUpsert { id, name } => match s.peers.iter_mut().find(|p| p.id == id) {
                 Some(p) => p.name = name,
                 None => s.peers.push(PeerView {
@@ -429,6 +457,26 @@ mod tests {
             s = s.reduce(a);
         }
         Rc::unwrap_or_clone(s)
+    }
+
+    #[test]
+    fn a_failed_code_exchange_stays_failed() {
+        let s = reduce(
+            RoomState::default(),
+            vec![
+                Action::Code(CodeStatus::Waiting),
+                Action::Code(CodeStatus::Checking),
+            ],
+        );
+        assert_eq!(s.code, CodeStatus::Checking);
+        let s = reduce(
+            s,
+            vec![
+                Action::Code(CodeStatus::Mismatch),
+                Action::Code(CodeStatus::Waiting),
+            ],
+        );
+        assert_eq!(s.code, CodeStatus::Mismatch);
     }
 
     fn own(id: &str) -> MessageView {

@@ -10,12 +10,15 @@
 //! - [`sealed`]: SDP and ICE candidates sealed end to end inside signaling.
 //! - [`seal`]: XChaCha20-Poly1305 sealing under keys derived from the room
 //!   key, which never reaches the server.
+//! - [`code`]: short codes typed by hand (`7-apple-river`) and the SPAKE2
+//!   exchange that turns one into a room key.
 //! - [`ids`]: room ids, room keys, peer ids and the invite link that carries
 //!   them.
 //!
 //! This crate only describes and encodes messages; it does no IO.
 #![warn(missing_docs)]
 
+pub mod code;
 pub mod frame;
 pub mod ids;
 pub mod relay;
@@ -23,6 +26,7 @@ pub mod seal;
 pub mod sealed;
 pub mod signaling;
 
+pub use code::{CodeError, PakeError, PakeMessage, PakeSession, PakeStep, ShortCode};
 pub use frame::{
     CancelReason, ChatMessage, FileOffer, Frame, FrameError, MAX_FRAME_BYTES, MessageId, TransferId,
 };

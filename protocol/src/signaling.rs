@@ -93,6 +93,15 @@ pub enum ClientMessage {
         /// base64url of the sealed [`crate::sealed::PeerSignal`].
         sealed: String,
     },
+    /// A short-code key-exchange message for peer `to` (see [`crate::code`]):
+    /// forwarded unread like `signal`, bounded to
+    /// [`crate::code::MAX_PAKE_BODY_CHARS`] base64url characters.
+    Pake {
+        /// The addressee, a peer of the same room.
+        to: PeerId,
+        /// base64url of a postcard [`crate::code::PakeMessage`].
+        body: String,
+    },
     /// Application-level keep-alive; the server answers [`ServerMessage::Pong`].
     Ping,
     /// Answer to a server [`ServerMessage::Ping`].
@@ -158,6 +167,13 @@ pub enum ServerMessage {
         from: PeerId,
         /// base64url of the sealed [`crate::sealed::PeerSignal`].
         sealed: String,
+    },
+    /// A short-code key-exchange message from peer `from`.
+    Pake {
+        /// The sender.
+        from: PeerId,
+        /// base64url of a postcard [`crate::code::PakeMessage`].
+        body: String,
     },
     /// Something the client sent was refused. The connection stays open unless
     /// the server also closes it (then the close frame carries the reason).
@@ -381,6 +397,14 @@ mod tests {
                 to: peer("p2"),
                 candidate,
             },
+            ClientMessage::Signal {
+                to: peer("p1"),
+                sealed: "c2VhbGVk".into(),
+            },
+            ClientMessage::Pake {
+                to: peer("p1"),
+                body: crate::code::PakeMessage::Confirm([1; 32]).encode(),
+            },
             ClientMessage::Ping,
             ClientMessage::Pong,
         ] {
@@ -418,6 +442,10 @@ mod tests {
                 from: peer("p1"),
                 sdp: "v=0".into(),
             },
+            ServerMessage::Pake {
+                from: peer("p1"),
+                body: crate::code::PakeMessage::Start(vec![2; 33]).encode(),
+            },
             ServerMessage::error(ErrorCode::RoomFull, "room is full"),
             ServerMessage::Ping,
             ServerMessage::Pong,
@@ -444,6 +472,26 @@ mod tests {
         assert_eq!(
             ServerMessage::error(ErrorCode::UnknownPeer, "no").to_json(),
             r#"{"type":"error","code":"unknown_peer","message":"no"}"#
+        );
+    }
+
+    #[test]
+    fn pake_wire_format_is_stable() {
+        assert_eq!(
+            ClientMessage::Pake {
+                to: peer("p1"),
+                body: "AAE".into()
+            }
+            .to_json(),
+            r#"{"type":"pake","to":"p1","body":"AAE"}"#
+        );
+        assert_eq!(
+            ServerMessage::Pake {
+                from: peer("p2"),
+                body: "AAE".into()
+            }
+            .to_json(),
+            r#"{"type":"pake","from":"p2","body":"AAE"}"#
         );
     }
 

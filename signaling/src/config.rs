@@ -101,6 +101,15 @@ pub const DEFAULT_IP_CONNECT_RATE: u32 = 10;
 /// usable speed without letting one room take the server's whole uplink.
 pub const DEFAULT_RELAY_MAX_BANDWIDTH: u64 = 10 * 1024 * 1024;
 
+/// Default `--code-ttl-secs`: a short code is read out or typed within
+/// minutes; ten leave time for a slow start without keeping nameplates long.
+pub const DEFAULT_CODE_TTL_SECS: u64 = 10 * 60;
+
+/// Default `--max-codes`: nameplates waiting to be opened at once. One costs
+/// a few dozen bytes; the cap stops a client from exhausting the small
+/// numbers (and memory). Beyond it `POST /api/code` answers 503.
+pub const DEFAULT_MAX_CODES: usize = 10_000;
+
 /// `parlor-server`: introduces Parlor peers to each other (forwards WebRTC
 /// offers, answers and ICE candidates over a WebSocket) and serves the web app.
 /// It never sees chat messages or files: those go peer to peer.
@@ -268,6 +277,17 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub relay_max_bandwidth: u64,
 
+    /// Seconds a short code's nameplate (`POST /api/code`) waits to be
+    /// opened before it expires.
+    #[arg(long, env = "PARLOR_CODE_TTL_SECS", default_value_t = DEFAULT_CODE_TTL_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub code_ttl_secs: u64,
+
+    /// Short-code nameplates waiting at once; more get 503.
+    #[arg(long, env = "PARLOR_MAX_CODES", default_value_t = DEFAULT_MAX_CODES,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_codes: usize,
+
     /// Log filter, e.g. `info` or `parlor_signaling=debug` (logs go to stderr).
     #[arg(long, env = "PARLOR_LOG", default_value = DEFAULT_LOG)]
     pub log: String,
@@ -304,6 +324,8 @@ impl Default for Config {
             turn_max_bandwidth: DEFAULT_TURN_MAX_BANDWIDTH,
             no_server_relay: false,
             relay_max_bandwidth: DEFAULT_RELAY_MAX_BANDWIDTH,
+            code_ttl_secs: DEFAULT_CODE_TTL_SECS,
+            max_codes: DEFAULT_MAX_CODES,
             log: DEFAULT_LOG.to_owned(),
         }
     }

@@ -23,6 +23,8 @@
 //!   bandwidth caps.
 //! - [`metrics`]: Prometheus metrics, one registry per instance.
 //! - [`web`]: the static web app, or a "not built yet" page.
+//! - [`codes`]: short-code nameplates (`POST /api/code`, single-use
+//!   `POST /api/code/N/open`), in memory with a TTL and a cap.
 //! - [`routes`]: the warp filters, handlers and the `recover` function.
 //!
 //! Architecture invariants:
@@ -44,6 +46,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+pub mod codes;
 pub mod config;
 pub mod limit;
 pub mod metrics;

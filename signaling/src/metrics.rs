@@ -6,7 +6,10 @@
 //!   the live state at scrape time, so they can never drift);
 //! - counters `parlor_connections_total`, `parlor_signaling_messages_total`
 //!   (label `type`: the client message type) and `parlor_errors_total` (label
-//!   `code`: [`ErrorCode::as_str`]).
+//!   `code`: [`ErrorCode::as_str`]);
+//! - counters `parlor_relay_packets_total`, `parlor_relay_bytes_total` (the
+//!   server relay) and `parlor_codes_created_total`,
+//!   `parlor_codes_opened_total` (short-code nameplates).
 //!
 //! The 0.0.4 text format is used rather than OpenMetrics because there a
 //! counter `parlor_connections` (sample `parlor_connections_total`) and the
@@ -38,6 +41,8 @@ pub struct Metrics {
     errors: Family<Labels, Counter>,
     relay_packets: Counter,
     relay_bytes: Counter,
+    codes_created: Counter,
+    codes_opened: Counter,
 }
 
 impl Default for Metrics {
@@ -58,6 +63,8 @@ impl Metrics {
         let errors = Family::<Labels, Counter>::default();
         let relay_packets = Counter::default();
         let relay_bytes = Counter::default();
+        let codes_created = Counter::default();
+        let codes_opened = Counter::default();
         registry.register(
             "parlor_connections",
             "Open signaling WebSockets",
@@ -95,6 +102,16 @@ impl Metrics {
             "Bytes (sealed envelopes) forwarded by the WebSocket server relay",
             relay_bytes.clone(),
         );
+        registry.register(
+            "parlor_codes_created",
+            "Short-code nameplates allocated (POST /api/code)",
+            codes_created.clone(),
+        );
+        registry.register(
+            "parlor_codes_opened",
+            "Short-code nameplates opened (single use)",
+            codes_opened.clone(),
+        );
         Self {
             registry,
             connections,
@@ -105,7 +122,19 @@ impl Metrics {
             errors,
             relay_packets,
             relay_bytes,
+            codes_created,
+            codes_opened,
         }
+    }
+
+    /// Counts an allocated short-code nameplate.
+    pub fn code_created(&self) {
+        self.codes_created.inc();
+    }
+
+    /// Counts an opened short-code nameplate.
+    pub fn code_opened(&self) {
+        self.codes_opened.inc();
     }
 
     /// Counts one packet of `bytes` forwarded by the server relay.

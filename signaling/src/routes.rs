@@ -6,6 +6,8 @@
 //! | `GET /ws` | the signaling WebSocket ([`crate::session`]) |
 //! | `GET /healthz` | `200 ok` |
 //! | `GET /metrics` | Prometheus text ([`crate::metrics`]) |
+//! | `POST /api/code` | `{"nameplate": N, "room": ROOM}` ([`crate::codes`]) |
+//! | `POST /api/code/{N}/open` | `{"room": ROOM}` once, then `404` |
 //! | `GET /`, `GET /r/{room}`, app files | the web app ([`crate::web`]) |
 //! | anything else | `404` |
 
@@ -41,9 +43,21 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .and(warp::get())
         .and(with_app(Arc::clone(&app)))
         .map(metrics);
+    let create_code = warp::path!("api" / "code")
+        .and(warp::post())
+        .and(client_checks(Arc::clone(&app)))
+        .and(with_app(Arc::clone(&app)))
+        .map(create_code);
+    let open_code = warp::path!("api" / "code" / u32 / "open")
+        .and(warp::post())
+        .and(client_checks(Arc::clone(&app)))
+        .and(with_app(Arc::clone(&app)))
+        .map(open_code);
     let web = web::routes(app.config().web_dir.clone());
     ws.or(healthz)
         .or(metrics)
+        .or(create_code)
+        .or(open_code)
         .or(web)
         .recover(recover)
         .with(warp::reply::with::headers(web::security_headers()))
@@ -141,6 +155,78 @@ async fn websocket(
             session::serve(socket, app, conn).await;
             drop(ip_guard);
         }))
+}
+
+/// The checks of `/ws` for the code API: a browser page of another site is
+/// refused (403), and the address's connection rate applies (429; one
+/// request takes one token of the same bucket as a WebSocket).
+fn client_checks(app: Arc<App>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::addr::remote()
+        .and(warp::header::optional::<String>("origin"))
+        .and(warp::header::optional::<String>("host"))
+        .and(with_app(app))
+        .and_then(
+            |remote: Option<SocketAddr>,
+             origin: Option<String>,
+             host: Option<String>,
+             app: Arc<App>| async move {
+                if !origin_allowed(
+                    origin.as_deref(),
+                    host.as_deref(),
+                    &app.config().allowed_origins,
+                ) {
+                    return Err(warp::reject::custom(Refused::Origin(
+                        origin.unwrap_or_default(),
+                    )));
+                }
+                let ip = remote.map_or(IpAddr::from([0, 0, 0, 0]), |r| r.ip());
+                match app.ip_limits().admit(ip, std::time::Instant::now()) {
+                    // Counts towards the rate only, not the open connections.
+                    Ok(guard) => {
+                        drop(guard);
+                        Ok(())
+                    }
+                    Err(refusal) => Err(warp::reject::custom(Refused::from(refusal))),
+                }
+            },
+        )
+        .untuple_one()
+}
+
+fn json_error(status: StatusCode, message: &str) -> warp::reply::Response {
+    let body = warp::reply::json(&serde_json::json!({ "error": message }));
+    warp::reply::with_status(body, status).into_response()
+}
+
+/// `POST /api/code`: a fresh room and the smallest free nameplate for it.
+fn create_code(app: Arc<App>) -> warp::reply::Response {
+    match app
+        .nameplates()
+        .allocate(rand::random(), std::time::Instant::now())
+    {
+        Ok((nameplate, room)) => {
+            app.metrics().code_created();
+            tracing::debug!(nameplate, "code created");
+            warp::reply::json(&serde_json::json!({ "nameplate": nameplate, "room": room }))
+                .into_response()
+        }
+        Err(err) => json_error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
+    }
+}
+
+/// `POST /api/code/{N}/open`: the nameplate's room, once.
+fn open_code(nameplate: u32, app: Arc<App>) -> warp::reply::Response {
+    match app.nameplates().open(nameplate, std::time::Instant::now()) {
+        Some(room) => {
+            app.metrics().code_opened();
+            tracing::debug!(nameplate, "code opened");
+            warp::reply::json(&serde_json::json!({ "room": room })).into_response()
+        }
+        None => json_error(
+            StatusCode::NOT_FOUND,
+            "no such code: it was used already, has expired, or the number is wrong",
+        ),
+    }
 }
 
 /// `GET /metrics`.

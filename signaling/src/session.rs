@@ -345,6 +345,28 @@ impl Session {
                 )
                 .await
             }
+            ClientMessage::Pake { to, body } => {
+                // Bounded and checked, but never decoded: the server cannot
+                // read anything from it (SPAKE2 messages look random).
+                if !parlor_protocol::code::is_pake_body(&body) {
+                    return self.refuse(
+                        ErrorCode::InvalidField,
+                        format!(
+                            "pake body must be 1 to {} base64url characters",
+                            parlor_protocol::code::MAX_PAKE_BODY_CHARS
+                        ),
+                    );
+                }
+                debug!(kind, %to, "forwarding");
+                self.forward(
+                    to,
+                    ServerMessage::Pake {
+                        from: self.id.clone(),
+                        body,
+                    },
+                )
+                .await
+            }
             ClientMessage::Ping => self.push(Outbound::Message(ServerMessage::Pong)),
             ClientMessage::Pong => ControlFlow::Continue(()),
             // A message type added to the protocol after this server was built.
@@ -661,6 +683,7 @@ fn message_type(msg: &ClientMessage) -> &'static str {
         ClientMessage::Hello { .. } => "hello",
         ClientMessage::Offer { .. } => "offer",
         ClientMessage::Signal { .. } => "signal",
+        ClientMessage::Pake { .. } => "pake",
         ClientMessage::Answer { .. } => "answer",
         ClientMessage::Candidate { .. } => "candidate",
         ClientMessage::Ping => "ping",

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use parlor_protocol::{IceServer, PeerId};
 use tokio::sync::watch;
 
+use crate::codes::Nameplates;
 use crate::config::{Config, ConfigError};
 use crate::limit::{IpLimits, RoomRelayLimits};
 use crate::metrics::Metrics;
@@ -28,6 +29,8 @@ pub struct App {
     peer_ids: PeerIds,
     relay_limits: RoomRelayLimits,
     ip_limits: Arc<IpLimits>,
+    /// Short-code nameplates waiting to be opened.
+    nameplates: Nameplates,
     /// Open WebSockets. A watch channel rather than an atomic so that
     /// shutdown can wait for zero, and so that check-and-increment happens
     /// under one lock (`send_if_modified`).
@@ -74,6 +77,10 @@ impl App {
                 config.max_connections_per_ip,
                 config.ip_connect_rate,
                 config.ip_connect_rate.saturating_mul(3),
+            ),
+            nameplates: Nameplates::new(
+                std::time::Duration::from_secs(config.code_ttl_secs),
+                config.max_codes,
             ),
             turn,
             config,
@@ -128,6 +135,11 @@ impl App {
     /// The per-address WebSocket limits.
     pub fn ip_limits(&self) -> &Arc<IpLimits> {
         &self.ip_limits
+    }
+
+    /// The short-code nameplates.
+    pub fn nameplates(&self) -> &Nameplates {
+        &self.nameplates
     }
 
     /// The peer id generator.

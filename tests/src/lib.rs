@@ -277,6 +277,15 @@ impl Peer {
             .ok_or_else(|| anyhow!("invite without link"))
     }
 
+    /// The short code printed by `send --code` / `chat --code`.
+    pub async fn code(&mut self) -> Result<String> {
+        let v = self.wait_event("code").await?;
+        v["code"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("code event without code"))
+    }
+
     /// This peer's id (from its `joined` event).
     pub async fn peer_id(&mut self) -> Result<String> {
         let v = self.wait_event("joined").await?;
@@ -405,4 +414,32 @@ pub fn hash_file(path: &std::path::Path) -> Result<String> {
     let mut hasher = blake3::Hasher::new();
     hasher.update_reader(std::fs::File::open(path)?)?;
     Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// `POST path` on the server at `base` (`http://HOST:PORT`) without a body:
+/// the status and the body.
+pub async fn http_post(base: &str, path: &str) -> Result<(u16, String)> {
+    use tokio::io::AsyncReadExt as _;
+    let authority = base
+        .strip_prefix("http://")
+        .context("base is not http://")?;
+    let mut stream = tokio::net::TcpStream::connect(authority).await?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(EVENT_TIMEOUT, stream.read_to_end(&mut response))
+        .await
+        .context("no HTTP answer")??;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("garbled HTTP answer")?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    Ok((status, body.to_owned()))
 }

@@ -898,3 +898,122 @@ async fn a_transfer_resumes_after_the_receiving_page_reloads() {
     a.close().await;
     b.close().await;
 }
+
+// ---- short codes --------------------------------------------------------------
+
+/// Opens `/` and types `code` into the "Have a code?" field.
+async fn type_code(server: &Server, code: &str) -> Page {
+    let page = Page::open().await.unwrap();
+    page.goto(&format!("{}/", server.base)).await.unwrap();
+    let input = page.find("#code-input").await.unwrap();
+    input.send_keys(code).await.unwrap();
+    page.find("button[aria-label='Join with code']")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    page
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_types_a_short_code_from_the_cli_and_receives_the_file() {
+    let _serial = parlor_tests::exclusive().await;
+    if !browser::enabled("a_page_types_a_short_code_from_the_cli_and_receives_the_file") {
+        return;
+    }
+    let server = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("by-code.bin");
+    let hash = random_file(&src, 3 * 1024 * 1024 + 5).unwrap();
+    let mut sender = Peer::spawn(
+        "cli-sender",
+        &[
+            "send",
+            "--code",
+            "--server",
+            &server.base,
+            src.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let code = sender.code().await.unwrap();
+    let page = type_code(&server, &code).await;
+    page.wait_js(
+        "the code to match",
+        "document.querySelector('[data-code-status=matched]') !== null",
+        PAGE_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    sender.wait_event("code_matched").await.unwrap();
+    accept(&page, "by-code.bin").await;
+    let got = wait_transfer(&page, "by-code.bin", "done", TRANSFER_TIMEOUT).await;
+    assert_eq!(got, hash);
+    assert!(
+        sender.wait_exit(TRANSFER_TIMEOUT).await.unwrap().success(),
+        "{:?}",
+        sender.history
+    );
+    // The address became the room's invite link (a reload rejoins it).
+    let href = page
+        .client
+        .execute("return location.pathname + location.hash", vec![])
+        .await
+        .unwrap();
+    let href = href.as_str().unwrap();
+    assert!(href.starts_with("/r/") && href.contains('#'), "{href}");
+    page.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_with_a_wrong_code_says_so_and_connects_nothing() {
+    let _serial = parlor_tests::exclusive().await;
+    if !browser::enabled("a_page_with_a_wrong_code_says_so_and_connects_nothing") {
+        return;
+    }
+    let server = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("secret.bin");
+    random_file(&src, 1024).unwrap();
+    let mut sender = Peer::spawn(
+        "cli-sender",
+        &[
+            "send",
+            "--code",
+            "--server",
+            &server.base,
+            src.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let code = parlor_protocol::ShortCode::parse(&sender.code().await.unwrap()).unwrap();
+    let other = parlor_protocol::code::WORDS
+        .iter()
+        .find(|w| **w != code.words[0])
+        .unwrap();
+    let wrong = format!("{}-{other}-{}", code.nameplate, code.words[1]);
+    let page = type_code(&server, &wrong).await;
+    page.wait_js(
+        "the mismatch notice",
+        "document.querySelector('[data-code-status=mismatch]') !== null",
+        PAGE_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert!(!sender.wait_exit(TRANSFER_TIMEOUT).await.unwrap().success());
+    let error = sender.wait_event("error").await.unwrap();
+    assert!(
+        error["message"].as_str().unwrap().contains("did not match"),
+        "{error}"
+    );
+    assert_eq!(sender.count("connected"), 0);
+    assert!(
+        page.peer_states()
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s != "direct")
+    );
+    page.close().await;
+}

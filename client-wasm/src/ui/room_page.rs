@@ -1,7 +1,7 @@
 //! The room page: creates the driver for the room, owns the view store, and
 //! lays out the panels.
 
-use parlor_protocol::{RoomId, RoomKey};
+use parlor_protocol::{RoomId, RoomKey, ShortCode};
 use yew::prelude::*;
 
 use super::chat::Chat;
@@ -12,7 +12,7 @@ use super::{LangCtx, LangSwitch};
 use crate::i18n::Lang;
 use crate::params::RelayMode;
 use crate::room::RoomHandle;
-use crate::state::{Action, RoomState, ServerStatus};
+use crate::state::{Action, CodeStatus, RoomState, ServerStatus};
 
 /// Props of [`RoomPage`].
 #[derive(Properties, PartialEq)]
@@ -21,6 +21,8 @@ pub struct RoomProps {
     pub room: RoomId,
     /// The URL's `#KEY`, when it carried a valid one.
     pub room_key: Option<RoomKey>,
+    /// Joined by short code: the key is agreed with the other peer.
+    pub code: Option<ShortCode>,
     /// The URL's `?relay=`.
     pub relay: RelayMode,
     /// Why the URL's `?relay=` was ignored.
@@ -37,11 +39,17 @@ pub fn room_page(props: &RoomProps) -> Html {
         let dispatcher = state.dispatcher();
         let handle = handle.clone();
         use_effect_with(
-            (props.room.clone(), props.room_key.clone(), props.relay),
-            move |(room, key, relay)| {
-                let h = RoomHandle::start(room.clone(), key.clone(), *relay, move |a| {
-                    dispatcher.dispatch(a)
-                });
+            (
+                props.room.clone(),
+                props.room_key.clone(),
+                props.code.clone(),
+                props.relay,
+            ),
+            move |(room, key, code, relay)| {
+                let h =
+                    RoomHandle::start(room.clone(), key.clone(), code.clone(), *relay, move |a| {
+                        dispatcher.dispatch(a)
+                    });
                 handle.set(Some(h.clone()));
                 move || h.shutdown()
             },
@@ -103,6 +111,25 @@ pub fn room_page(props: &RoomProps) -> Html {
         }
     });
 
+    let code_status = match &state.code {
+        CodeStatus::Off => Html::default(),
+        CodeStatus::Waiting => {
+            html! { <p class="code-status" data-code-status="waiting">{ t.code_waiting }</p> }
+        }
+        CodeStatus::Checking => {
+            html! { <p class="code-status" data-code-status="checking">{ t.code_checking }</p> }
+        }
+        CodeStatus::Matched => {
+            html! { <p class="code-status" data-code-status="matched">{ t.code_matched }</p> }
+        }
+        CodeStatus::Mismatch => html! {
+            <div class="alert" role="alert" data-code-status="mismatch">{ t.code_mismatch }</div>
+        },
+        CodeStatus::Failed(why) => html! {
+            <div class="alert" role="alert" data-code-status="failed">{ format!("{} {why}", t.code_failed) }</div>
+        },
+    };
+
     // Named like the messages: the display name, else `#ID`.
     let typing: Vec<String> = state
         .typing
@@ -121,9 +148,10 @@ pub fn room_page(props: &RoomProps) -> Html {
                 <LangSwitch />
             </header>
             <div class="alerts">
-                if props.room_key.is_none() {
+                if props.room_key.is_none() && props.code.is_none() {
                     <div class="alert" role="alert">{ t.no_key }</div>
                 }
+                { code_status }
                 if let Some(e) = &props.relay_error {
                     <div class="alert" role="alert">{ e.clone() }</div>
                 }

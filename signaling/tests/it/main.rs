@@ -4,6 +4,7 @@
 //! relay driven by the `turn` crate's client.
 #![allow(clippy::unwrap_used)]
 
+mod codes;
 mod hostile;
 mod http;
 mod lifecycle;

@@ -1,0 +1,207 @@
+//! Short codes (`parlor send --code`, `parlor receive 7-apple-river`): the
+//! nameplate API of the server and the SPAKE2 phase that runs between
+//! joining the room and starting it, turning the code's words into the room
+//! key (see [`parlor_protocol::code`]).
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use parlor_protocol::{
+    ClientMessage, PakeMessage, PakeSession, PakeStep, PeerId, RoomId, RoomKey, ServerMessage,
+    ShortCode,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::signal::{Incoming, Joined, Signaling};
+
+/// How long the sender waits for somebody to type its code: the server's
+/// default nameplate lifetime, after which the code cannot be opened anyway.
+pub const PEER_WAIT: Duration = Duration::from_secs(10 * 60);
+/// How long the exchange may take once the other side is there (two
+/// messages each way through the server).
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on an HTTP answer of the code API.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest HTTP answer read from the code API.
+const MAX_HTTP_RESPONSE: u64 = 16 * 1024;
+
+/// `POST /api/code` on `server`: a nameplate and its fresh room.
+pub async fn create(server: &str) -> Result<(u32, RoomId)> {
+    let body = post(server, "/api/code")
+        .await
+        .context("cannot create a code")?;
+    let nameplate = body["nameplate"]
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| anyhow!("the server's answer has no nameplate: {body}"))?;
+    let room = room_of(&body)?;
+    Ok((nameplate, room))
+}
+
+/// `POST /api/code/N/open` on `server`: the code's room (once).
+pub async fn open(server: &str, code: &ShortCode) -> Result<RoomId> {
+    let body = post(server, &format!("/api/code/{}/open", code.nameplate))
+        .await
+        .with_context(|| format!("cannot use the code {code}"))?;
+    room_of(&body)
+}
+
+fn room_of(body: &serde_json::Value) -> Result<RoomId> {
+    let room = body["room"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the server's answer has no room: {body}"))?;
+    RoomId::parse(room).context("the server's answer has an invalid room id")
+}
+
+/// A minimal HTTP/1.1 POST without a body to `server` (`http://HOST[:PORT]`;
+/// this build speaks no TLS, like its WebSocket client), returning the JSON
+/// body of a 200 answer, or the server's `{"error": ...}` as the error.
+async fn post(server: &str, path: &str) -> Result<serde_json::Value> {
+    let authority = server
+        .trim_end_matches('/')
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("--server must be an http:// URL (got {server})"))?;
+    let authority = authority.split('/').next().unwrap_or(authority);
+    let addr = if authority.contains(':') && !authority.ends_with(']') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let exchange = async {
+        let mut stream = TcpStream::connect(&addr)
+            .await
+            .with_context(|| format!("cannot reach the Parlor server at {server}"))?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\n\
+             Accept: application/json\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream
+            .take(MAX_HTTP_RESPONSE)
+            .read_to_end(&mut response)
+            .await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(HTTP_TIMEOUT, exchange)
+        .await
+        .map_err(|_| anyhow!("the Parlor server at {server} did not answer"))??;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("garbled answer from the Parlor server"))?;
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("garbled answer from the Parlor server"))?;
+    let json: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_default();
+    if status != 200 {
+        let why = json["error"].as_str().unwrap_or("no reason given");
+        bail!("the server said {status}: {why}");
+    }
+    Ok(json)
+}
+
+/// The SPAKE2 phase: finds the other peer (present at join, or the first to
+/// join), exchanges `pake` messages with it, and returns the room key once
+/// both sides proved they hold it. Messages not part of the exchange are
+/// handed back to `signaling` in order, for the room to see.
+pub async fn exchange(
+    signaling: &mut Signaling,
+    joined: &Joined,
+    code: &ShortCode,
+    room: &RoomId,
+) -> Result<RoomKey> {
+    let mut held = Vec::new();
+    let result = exchange_inner(signaling, joined, code, room, &mut held).await;
+    signaling.unread(held);
+    result
+}
+
+async fn exchange_inner(
+    signaling: &mut Signaling,
+    joined: &Joined,
+    code: &ShortCode,
+    room: &RoomId,
+    held: &mut Vec<Incoming>,
+) -> Result<RoomKey> {
+    let me = joined.peer_id.clone();
+    let mut session: Option<PakeSession> = None;
+    let start = |peer: PeerId| {
+        let (session, msg) = PakeSession::start(code, room, me.clone(), peer, rand::random());
+        (session, msg)
+    };
+    if let Some(peer) = joined.peers.first() {
+        let (s, msg) = start(peer.id.clone());
+        send(signaling, &peer.id, &msg).await?;
+        session = Some(s);
+    }
+    let mut deadline = tokio::time::Instant::now()
+        + if session.is_some() {
+            EXCHANGE_TIMEOUT
+        } else {
+            PEER_WAIT
+        };
+    loop {
+        let next = tokio::time::timeout_at(deadline, signaling.recv()).await;
+        let incoming = match next {
+            Ok(Some(incoming)) => incoming,
+            Ok(None) => bail!("lost the connection to the server while checking the code"),
+            Err(_) if session.is_none() => bail!(
+                "nobody used the code within {} minutes; make a new one",
+                PEER_WAIT.as_secs() / 60
+            ),
+            Err(_) => bail!("the other side did not finish checking the code; try a new one"),
+        };
+        let msg = match incoming {
+            Incoming::Message(msg) => msg,
+            relay @ Incoming::Relay(_) => {
+                held.push(relay);
+                continue;
+            }
+        };
+        match msg {
+            ServerMessage::Pake { from, body } => {
+                let Some(s) = session.as_mut().filter(|s| *s.peer() == from) else {
+                    tracing::warn!(%from, "code exchange message from another peer ignored");
+                    continue;
+                };
+                let msg = PakeMessage::decode(&body)?;
+                match s.receive(msg)? {
+                    PakeStep::Send(reply) => send(signaling, &from, &reply).await?,
+                    PakeStep::Done(key) => return Ok(key),
+                }
+            }
+            ServerMessage::PeerJoined { peer } => {
+                if session.is_none() {
+                    let (s, msg) = start(peer.id.clone());
+                    send(signaling, &peer.id, &msg).await?;
+                    session = Some(s);
+                    deadline = tokio::time::Instant::now() + EXCHANGE_TIMEOUT;
+                }
+                held.push(Incoming::Message(ServerMessage::PeerJoined { peer }));
+            }
+            ServerMessage::PeerLeft { peer_id }
+                if session.as_ref().is_some_and(|s| *s.peer() == peer_id) =>
+            {
+                bail!("the other side left before the code was checked")
+            }
+            ServerMessage::Ping => signaling.send(ClientMessage::Pong).await?,
+            ServerMessage::Error { code, message } => {
+                bail!("server: {message} ({})", code.as_str())
+            }
+            other => held.push(Incoming::Message(other)),
+        }
+    }
+}
+
+async fn send(signaling: &Signaling, to: &PeerId, msg: &PakeMessage) -> Result<()> {
+    signaling
+        .send(ClientMessage::Pake {
+            to: to.clone(),
+            body: msg.encode(),
+        })
+        .await
+}
