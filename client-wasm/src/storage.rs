@@ -434,25 +434,7 @@ async fn open(name: &str, layout: Layout) -> Target {
 }
 
 async fn open_opfs(name: &str) -> Result<Target, String> {
-    let navigator = web_sys::window().ok_or("no window")?.navigator();
-    if get(&navigator, "storage").is_undefined() {
-        return Err("navigator.storage is missing".into());
-    }
-    let storage = navigator.storage();
-    if get(&storage, "getDirectory").is_undefined() {
-        return Err("navigator.storage.getDirectory is missing".into());
-    }
-    let root: FileSystemDirectoryHandle = JsFuture::from(storage.get_directory())
-        .await
-        .map_err(|e| js_error(&e))?
-        .unchecked_into();
-    let opts = FileSystemGetDirectoryOptions::new();
-    opts.set_create(true);
-    let dir: FileSystemDirectoryHandle =
-        JsFuture::from(root.get_directory_handle_with_options(INCOMING_DIR, &opts))
-            .await
-            .map_err(|e| js_error(&e))?
-            .unchecked_into();
+    let dir = incoming_dir(true).await?;
     let opts = FileSystemGetFileOptions::new();
     opts.set_create(true);
     let handle: FileSystemFileHandle =
