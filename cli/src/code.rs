@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use http_body_util::BodyExt as _;
 use parlor_protocol::{
     ClientMessage, PakeMessage, PakeSession, PakeStep, PeerId, RoomId, RoomKey, ServerMessage,
     ShortCode,
 };
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::signal::{Incoming, Joined, Signaling};
@@ -24,7 +24,7 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on an HTTP answer of the code API.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest HTTP answer read from the code API.
-const MAX_HTTP_RESPONSE: u64 = 16 * 1024;
+const MAX_HTTP_RESPONSE: usize = 16 * 1024;
 
 /// `POST /api/code` on `server`: a nameplate and its fresh room.
 pub async fn create(server: &str) -> Result<(u32, RoomId)> {
@@ -54,52 +54,53 @@ fn room_of(body: &serde_json::Value) -> Result<RoomId> {
     RoomId::parse(room).context("the server's answer has an invalid room id")
 }
 
-/// A minimal HTTP/1.1 POST without a body to `server` (`http://HOST[:PORT]`;
-/// this build speaks no TLS, like its WebSocket client), returning the JSON
-/// body of a 200 answer, or the server's `{"error": ...}` as the error.
+/// An HTTP/1.1 POST without a body to `server` (`http://HOST[:PORT]`; this
+/// build speaks no TLS, like its WebSocket client), through hyper; returns
+/// the JSON body of a 200 answer, or the server's `{"error": ...}` as the
+/// error.
 async fn post(server: &str, path: &str) -> Result<serde_json::Value> {
-    let authority = server
-        .trim_end_matches('/')
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("--server must be an http:// URL (got {server})"))?;
-    let authority = authority.split('/').next().unwrap_or(authority);
-    let addr = if authority.contains(':') && !authority.ends_with(']') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
+    let url = url::Url::parse(server).with_context(|| format!("invalid --server {server}"))?;
+    if url.scheme() != "http" {
+        bail!("--server must be an http:// URL (got {server})");
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| anyhow!("--server {server} has no host"))?
+        .to_owned();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let authority = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.clone(),
     };
     let exchange = async {
-        let mut stream = TcpStream::connect(&addr)
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let stream = TcpStream::connect((host, port))
             .await
             .with_context(|| format!("cannot reach the Parlor server at {server}"))?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\n\
-             Accept: application/json\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream
-            .take(MAX_HTTP_RESPONSE)
-            .read_to_end(&mut response)
-            .await?;
-        anyhow::Ok(response)
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        let connection = tokio::spawn(connection);
+        let request = hyper::Request::post(path)
+            .header(hyper::header::HOST, &authority)
+            .header(hyper::header::ACCEPT, "application/json")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = http_body_util::Limited::new(response.into_body(), MAX_HTTP_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| anyhow!("reading the answer: {e}"))?
+            .to_bytes();
+        connection.abort();
+        anyhow::Ok((status, body))
     };
-    let response = tokio::time::timeout(HTTP_TIMEOUT, exchange)
+    let (status, body) = tokio::time::timeout(HTTP_TIMEOUT, exchange)
         .await
         .map_err(|_| anyhow!("the Parlor server at {server} did not answer"))??;
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("garbled answer from the Parlor server"))?;
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("garbled answer from the Parlor server"))?;
-    let json: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_default();
-    if status != 200 {
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if status != hyper::StatusCode::OK {
         let why = json["error"].as_str().unwrap_or("no reason given");
-        bail!("the server said {status}: {why}");
+        bail!("the server said {}: {why}", status.as_u16());
     }
     Ok(json)
 }
