@@ -718,23 +718,29 @@ impl Driver {
         self.slot = storage::new_tab_slot(self.room.as_str());
         self.resume_token = None;
         self.restored_id = None;
-        self.held_acks.clear();
         self.save_timer = None;
+        self.start_as_new_peer("is now talking to the other tab");
+        self.saved_generation = None;
+        self.attempt = 0;
+        self.reconnect_timer = None;
+        self.connect();
+    }
+
+    /// We carry on under a new peer id: every peer we knew is gone for us
+    /// (`why` says so), and a new identity numbers its messages afresh.
+    fn start_as_new_peer(&mut self, why: &str) {
         let old: HashSet<PeerId> = (self.names.keys())
             .chain(self.links.keys())
             .chain(self.relayed.iter())
             .cloned()
             .collect();
         for p in old {
-            self.on_peer_gone(&p, "is now talking to the other tab", false, true);
+            self.on_peer_gone(&p, why, false, true);
         }
         self.names.clear();
         self.dispatch(Action::ClearPeers);
         self.chat = ChatSession::new();
-        self.saved_generation = None;
-        self.attempt = 0;
-        self.reconnect_timer = None;
-        self.connect();
+        self.held_acks.clear();
     }
 
     // ---- signaling -------------------------------------------------------
@@ -872,19 +878,7 @@ impl Driver {
                 if self.me.is_some() {
                     // Rejoined under a new id: the others saw us leave and
                     // dropped their connections, so start over with everyone.
-                    let old: HashSet<PeerId> = (self.names.keys())
-                        .chain(self.links.keys())
-                        .chain(self.relayed.iter())
-                        .cloned()
-                        .collect();
-                    for p in old {
-                        self.on_peer_gone(&p, "was disconnected while we reconnected", false, true);
-                    }
-                    self.names.clear();
-                    self.dispatch(Action::ClearPeers);
-                    // A new identity numbers its messages afresh.
-                    self.chat = ChatSession::new();
-                    self.held_acks.clear();
+                    self.start_as_new_peer("was disconnected while we reconnected");
                 } else if let Some(old) = self.restored_id.take()
                     && old != peer_id
                 {

@@ -2612,12 +2612,32 @@ mod tests {
         /// ends are told the link was reset (as drivers do when they move to
         /// another path).
         fn lose_path(&mut self) {
-            self.to_receiver.clear();
-            self.to_sender.clear();
-            self.held = [None, None];
+            self.drop_in_flight();
             self.sender.link_reset();
             self.receiver.link_reset();
             self.drain();
+        }
+
+        /// Every frame in flight either way is lost.
+        fn drop_in_flight(&mut self) {
+            self.to_receiver.clear();
+            self.to_sender.clear();
+            self.held = [None, None];
+        }
+
+        /// Both ends finished well, the file is `data`, and less than 5% of
+        /// it was sent twice.
+        fn assert_done_resending_little(&self, data: &[u8]) {
+            let hash = *blake3::hash(data).as_bytes();
+            assert_eq!(self.receiver_result, Some(Ok(hash)));
+            assert_eq!(self.sender_result, Some(Ok(())));
+            assert!(self.file == data);
+            let resent = self.sender.bytes_sent() - data.len() as u64;
+            assert!(
+                resent * 20 < data.len() as u64,
+                "re-sent {resent} of {} bytes",
+                data.len()
+            );
         }
     }
 
@@ -2629,17 +2649,8 @@ mod tests {
         pair.run_until(|p| p.receiver.received() >= 20 << 20);
         pair.lose_path();
         pair.run();
-        let hash = *blake3::hash(&data).as_bytes();
-        assert_eq!(pair.receiver_result, Some(Ok(hash)));
-        assert_eq!(pair.sender_result, Some(Ok(())));
-        assert!(pair.file == data);
         // Only what was in flight (about the send window) went twice.
-        let resent = pair.sender.bytes_sent() - data.len() as u64;
-        assert!(
-            resent * 20 < data.len() as u64,
-            "re-sent {resent} of {} bytes",
-            data.len()
-        );
+        pair.assert_done_resending_little(&data);
     }
 
     #[test]
@@ -2651,9 +2662,7 @@ mod tests {
         // The receiver's process dies: in-flight frames and all its state
         // are gone; what it wrote is on disk. It comes back, the sender
         // offers again, and it accepts from what the disk holds.
-        pair.to_receiver.clear();
-        pair.to_sender.clear();
-        pair.held = [None, None];
+        pair.drop_in_flight();
         pair.receiver = FileReceiver::new(
             pair.sender.offer().clone(),
             TransferConfig::default(),
@@ -2671,16 +2680,7 @@ mod tests {
         pair.receiver.accept_from(on_disk, prefix, pair.now);
         pair.drain();
         pair.run();
-        let hash = *blake3::hash(&data).as_bytes();
-        assert_eq!(pair.receiver_result, Some(Ok(hash)));
-        assert_eq!(pair.sender_result, Some(Ok(())));
-        assert!(pair.file == data);
-        let resent = pair.sender.bytes_sent() - data.len() as u64;
-        assert!(
-            resent * 20 < data.len() as u64,
-            "re-sent {resent} of {} bytes",
-            data.len()
-        );
+        pair.assert_done_resending_little(&data);
     }
 
     #[test]
@@ -2691,9 +2691,7 @@ mod tests {
         pair.run_until(|p| p.receiver.received() >= 2 << 20);
         // The sender saw the receiver leave and come back; the receiver
         // itself only lost its connection for a moment.
-        pair.to_receiver.clear();
-        pair.to_sender.clear();
-        pair.held = [None, None];
+        pair.drop_in_flight();
         pair.sender.peer_returned();
         pair.drain();
         pair.run();

@@ -338,40 +338,41 @@ impl RawClient {
 /// `GET path` over a fresh connection; returns the status, headers and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     within("http get", async {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
         let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        let response = String::from_utf8(response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let (status, head, body) = http_exchange(addr, &request).await;
         assert!(
             !head
                 .to_ascii_lowercase()
                 .contains("transfer-encoding: chunked"),
             "{head}"
         );
-        (status, head.to_owned(), body.to_owned())
+        (status, head, body)
     })
     .await
+}
+
+/// Sends `request` over a fresh connection and reads the answer to its end:
+/// status, head and body.
+async fn http_exchange(addr: SocketAddr, request: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8(response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_owned(), body.to_owned())
 }
 
 /// A tiny HTTP POST without a body, with extra header lines (each ending in
 /// `\r\n`); returns the status and the body.
 pub async fn http_post(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     within("http post", async {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
         let request = format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
         );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        let response = String::from_utf8(response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, body.to_owned())
+        let (status, _, body) = http_exchange(addr, &request).await;
+        (status, body)
     })
     .await
 }
