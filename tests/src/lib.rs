@@ -277,6 +277,19 @@ impl Peer {
             .ok_or_else(|| anyhow!("invite without link"))
     }
 
+    /// Starts `parlor send --code --server SERVER FILE` and waits for the
+    /// short code it prints.
+    pub async fn send_by_code(
+        label: &str,
+        server: &str,
+        file: &std::path::Path,
+    ) -> Result<(Self, String)> {
+        let file = file.to_str().context("file path is not UTF-8")?;
+        let mut sender = Self::spawn(label, &["send", "--code", "--server", server, file])?;
+        let code = sender.code().await?;
+        Ok((sender, code))
+    }
+
     /// The short code printed by `send --code` / `chat --code`.
     pub async fn code(&mut self) -> Result<String> {
         let v = self.wait_event("code").await?;

@@ -926,18 +926,9 @@ async fn a_page_types_a_short_code_from_the_cli_and_receives_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("by-code.bin");
     let hash = random_file(&src, 3 * 1024 * 1024 + 5).unwrap();
-    let mut sender = Peer::spawn(
-        "cli-sender",
-        &[
-            "send",
-            "--code",
-            "--server",
-            &server.base,
-            src.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
-    let code = sender.code().await.unwrap();
+    let (mut sender, code) = Peer::send_by_code("cli-sender", &server.base, &src)
+        .await
+        .unwrap();
     let page = type_code(&server, &code).await;
     page.wait_js(
         "the code to match",
@@ -976,18 +967,10 @@ async fn a_page_with_a_wrong_code_says_so_and_connects_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("secret.bin");
     random_file(&src, 1024).unwrap();
-    let mut sender = Peer::spawn(
-        "cli-sender",
-        &[
-            "send",
-            "--code",
-            "--server",
-            &server.base,
-            src.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
-    let code = parlor_protocol::ShortCode::parse(&sender.code().await.unwrap()).unwrap();
+    let (mut sender, code) = Peer::send_by_code("cli-sender", &server.base, &src)
+        .await
+        .unwrap();
+    let code = parlor_protocol::ShortCode::parse(&code).unwrap();
     let other = parlor_protocol::code::WORDS
         .iter()
         .find(|w| **w != code.words[0])

@@ -17,18 +17,9 @@ async fn a_file_sent_with_a_short_code_arrives_intact() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("code.bin");
     let hash = random_file(&src, 1024 * 1024).unwrap();
-    let mut sender = Peer::spawn(
-        "sender",
-        &[
-            "send",
-            "--code",
-            "--server",
-            &server.base,
-            src.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
-    let code = sender.code().await.unwrap();
+    let (mut sender, code) = Peer::send_by_code("sender", &server.base, &src)
+        .await
+        .unwrap();
     let parsed = ShortCode::parse(&code).unwrap();
     assert_eq!(parsed.to_string(), code);
     assert_eq!(parsed.nameplate, 1, "the first code on a fresh server");
@@ -77,18 +68,10 @@ async fn a_wrong_code_fails_on_both_sides_and_burns_the_nameplate() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("secret.bin");
     random_file(&src, 64 * 1024).unwrap();
-    let mut sender = Peer::spawn(
-        "sender",
-        &[
-            "send",
-            "--code",
-            "--server",
-            &server.base,
-            src.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
-    let code = ShortCode::parse(&sender.code().await.unwrap()).unwrap();
+    let (mut sender, code) = Peer::send_by_code("sender", &server.base, &src)
+        .await
+        .unwrap();
+    let code = ShortCode::parse(&code).unwrap();
     // Same nameplate, another second word.
     let other = WORDS
         .iter()
