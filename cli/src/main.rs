@@ -135,6 +135,10 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let mut report = Reporter::new(cli.json);
+    // TURN (and https) need rustls's crypto backend; how the binary was
+    // built must not decide whether one is found.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    report_task_panics(cli.json);
     match run(cli, &mut report).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -144,6 +148,21 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A panic anywhere, a tokio task included, is reported like any other
+/// error (as a JSON `error` event with `--json`) and ends the run with a
+/// failure: a task must never die in silence while the rest carries on
+/// without it.
+fn report_task_panics(json: bool) {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        Reporter::new(json).emit(Event::Error {
+            message: format!("internal error, stopping: {info}"),
+        });
+        std::process::exit(70);
+    }));
 }
 
 async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {

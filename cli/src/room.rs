@@ -9,14 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, anyhow, bail};
+pub use parlor_core::room::PathPolicy;
+use parlor_core::room::{LinkId, PathInput, PathOutput, PathSettings, Paths, Route};
 use parlor_core::{
     ChatOutput, ChatSession, FileReceiver, FileSender, MessageStatus, Millis, ReceiverOutput,
     SenderOutput, SenderState, TransferConfig,
 };
-use parlor_protocol::sealed::sdp_fingerprint;
 use parlor_protocol::{
-    CancelReason, ClientMessage, FileOffer, Frame, IceCandidate, IceServer, MessageId, PeerId,
-    PeerSignal, RelayCipher, RelayPayload, RoomKey, ServerMessage, SignalCipher, TransferId,
+    CancelReason, ClientMessage, FileOffer, Frame, IceServer, MessageId, PeerId, PeerSignal,
+    RelayCipher, RelayPayload, RoomKey, ServerMessage, SignalCipher, TransferId,
 };
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines, Stdin};
 use tokio::sync::mpsc;
@@ -25,7 +26,7 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 
 use crate::files::{self, Outgoing, PartFile};
 use crate::report::{Event, Reporter, hex};
-use crate::rtc::{self, Channel, PeerEvent, PeerLink};
+use crate::rtc::{self, Channel, LinkSetup, PeerEvent, PeerLink};
 use crate::signal::{Incoming, Joined, RelayBuffer, Signaling};
 use crate::state::{Partial, RoomState, Saved};
 
@@ -89,17 +90,6 @@ pub struct RoomAccess {
     pub key: RoomKey,
 }
 
-/// Which paths this peer may use (`--force-relay`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathPolicy {
-    /// Direct, then TURN (ICE picks), then the server relay.
-    Any,
-    /// Only TURN relay candidates, then the server relay.
-    TurnOnly,
-    /// Only the server relay: no WebRTC at all.
-    ServerOnly,
-}
-
 /// What this run of the CLI is for.
 #[derive(Debug)]
 pub enum Mode {
@@ -143,8 +133,10 @@ pub struct Room {
     api: API,
     ice_servers: Vec<IceServer>,
     names: HashMap<PeerId, String>,
-    links: HashMap<PeerId, PeerLink>,
-    connected: HashSet<PeerId>,
+    /// The path to each peer: which link is current, when to fall back.
+    paths: Paths,
+    /// The WebRTC connections [`Self::paths`] asked for, by identity.
+    links: HashMap<LinkId, PeerLink>,
     chat: ChatSession,
     outgoing: HashMap<TransferId, OutgoingTransfer>,
     incoming: HashMap<(PeerId, TransferId), IncomingTransfer>,
@@ -155,35 +147,13 @@ pub struct Room {
     events_rx: mpsc::Receiver<PeerEvent>,
     start: Instant,
     config: TransferConfig,
-    policy: PathPolicy,
     /// Our peer id (server-relay packets are bound to it).
     me: PeerId,
     /// Seals and opens server-relay packets with the room key.
     relay_cipher: RelayCipher,
     /// Seals and opens offers, answers and candidates with the room key.
     signal_cipher: SignalCipher,
-    /// The DTLS fingerprint each peer's sealed SDP announced.
-    remote_fingerprints: HashMap<PeerId, (String, Vec<u8>)>,
-    /// Peers whose signaling was tampered with: never connected to.
-    refused: HashSet<PeerId>,
     relay_buffer: Arc<RelayBuffer>,
-    /// Peers reached through the server relay instead of WebRTC.
-    relayed: HashSet<PeerId>,
-    /// Relayed peers that answered with an authenticated packet: the relay
-    /// link is up (the peer holds the room key and switched too).
-    relay_up: HashSet<PeerId>,
-    /// WebRTC links that must connect by then, or fall to the server relay.
-    connect_deadlines: HashMap<PeerId, tokio::time::Instant>,
-    /// WebRTC links carrying a transfer whose receiver confirmed nothing
-    /// new for [`STALL_TIMEOUT`] fall to the server relay by then (after a
-    /// long outage webrtc-rs's SCTP association can stay stuck in one
-    /// direction while the other still works).
-    progress_deadlines: HashMap<PeerId, tokio::time::Instant>,
-    /// WebRTC links that were connected once (a failure then tries an ICE
-    /// restart before the server relay).
-    was_connected: HashSet<PeerId>,
-    /// Links in an ICE restart: when they connect again, transfers resume.
-    restarting: HashSet<PeerId>,
     /// How to join again, and the token that keeps our peer id.
     access: RoomAccess,
     resume_token: Option<String>,
@@ -201,8 +171,9 @@ pub struct Room {
     saved_generation: Option<u64>,
     /// Files being received, as recorded in `store`.
     partials: Vec<Partial>,
-    /// `send`: the receiver left mid-way; give up unless it is back by then.
-    return_deadline: Option<tokio::time::Instant>,
+    /// `send`: the receiver left mid-way and is waited for (at most
+    /// [`RETURN_WINDOW`], see [`PathOutput::AwayExpired`]).
+    awaiting_return: bool,
 }
 
 impl Room {
@@ -234,8 +205,13 @@ impl Room {
             api: rtc::build_api(),
             ice_servers: joined.ice_servers,
             names: HashMap::new(),
+            paths: Paths::new(PathSettings {
+                connect_timeout: millis(CONNECT_TIMEOUT),
+                stall_timeout: millis(STALL_TIMEOUT),
+                return_window: millis(RETURN_WINDOW),
+                ..PathSettings::new(policy, rand::random())
+            }),
             links: HashMap::new(),
-            connected: HashSet::new(),
             chat,
             outgoing: HashMap::new(),
             incoming: HashMap::new(),
@@ -244,19 +220,10 @@ impl Room {
             events_rx,
             start: Instant::now(),
             config,
-            policy,
-            me: joined.peer_id,
+            me: joined.peer_id.clone(),
             relay_cipher: RelayCipher::new(&access.key, rand::random()),
             signal_cipher: SignalCipher::new(&access.key, rand::random()),
-            remote_fingerprints: HashMap::new(),
-            refused: HashSet::new(),
             relay_buffer,
-            relayed: HashSet::new(),
-            relay_up: HashSet::new(),
-            connect_deadlines: HashMap::new(),
-            progress_deadlines: HashMap::new(),
-            was_connected: HashSet::new(),
-            restarting: HashSet::new(),
             access,
             resume_token: joined.resume_token.clone(),
             reconnect: None,
@@ -268,20 +235,17 @@ impl Room {
             store,
             saved_generation: None,
             partials,
-            return_deadline: None,
+            awaiting_return: false,
         };
         room.persist();
-        // Newcomers make the offers; peers already present wait for them.
+        room.feed(PathInput::Joined {
+            me: joined.peer_id,
+            peers: joined.peers.iter().map(|p| p.id.clone()).collect(),
+        });
+        room.drive_paths().await;
         for peer in joined.peers {
-            room.names.insert(peer.id.clone(), peer.name);
             room.chat.add_peer(peer.id.clone());
-            if policy == PathPolicy::ServerOnly {
-                room.fall_to_relay(&peer.id, "--force-relay server").await;
-                continue;
-            }
-            let link = room.link_for(&peer.id, true).await?;
-            let sdp = link.create_offer(false).await?;
-            room.send_signal(&peer.id, PeerSignal::Offer { sdp }).await;
+            room.names.insert(peer.id, peer.name);
         }
         Ok(room)
     }
@@ -308,12 +272,10 @@ impl Room {
                 .chat
                 .poll_timeout()
                 .map(|t| tokio::time::Instant::from_std(self.start + Duration::from_millis(t)));
-            let connect_timer = self
-                .connect_deadlines
-                .values()
-                .chain(self.progress_deadlines.values())
-                .min()
-                .copied();
+            let path_timer = self
+                .paths
+                .poll_timeout()
+                .map(|t| tokio::time::Instant::from_std(self.start + Duration::from_millis(t)));
             let relay_buffer = Arc::clone(&self.relay_buffer);
             tokio::select! {
                 msg = self.signaling.recv(), if self.signaling_up => match msg {
@@ -324,7 +286,10 @@ impl Room {
                 () = relay_buffer.drained() => self.on_relay_drained().await,
                 rejoined = next_reconnect(&mut self.reconnect) => self.on_rejoined(rejoined).await,
                 () = sleep_until(self.offline_deadline) => self.on_offline_too_long(),
-                () = sleep_until(connect_timer) => self.on_connect_timeout().await,
+                () = sleep_until(path_timer) => {
+                    let now = self.now();
+                    self.paths.handle_timeout(now);
+                }
                 Some(event) = self.events_rx.recv() => self.on_peer_event(event).await,
                 line = next_line(&mut self.stdin) => self.on_stdin(line).await,
                 () = sleep_until(chat_timer) => {
@@ -334,8 +299,8 @@ impl Room {
                 }
                 () = sleep_until(self.flush_deadline) => self.exit = Some(Ok(())),
                 () = sleep_until(self.idle_deadline) => self.on_receive_idle(),
-                () = sleep_until(self.return_deadline) => self.on_return_timeout(),
             }
+            self.drive_paths().await;
         }
     }
 
@@ -363,6 +328,155 @@ impl Room {
         .await;
     }
 
+    /// Feeds one input to the path machine (its outputs are carried out by
+    /// [`Self::drive_paths`], after every event of the run loop).
+    fn feed(&mut self, input: PathInput) {
+        let now = self.now();
+        self.paths.handle(input, now);
+    }
+
+    /// Carries out everything the path machine asks, including what the
+    /// handling of its outputs fed back.
+    async fn drive_paths(&mut self) {
+        while let Some(out) = self.paths.poll_output() {
+            self.on_path_output(out).await;
+        }
+    }
+
+    async fn on_path_output(&mut self, out: PathOutput) {
+        match out {
+            PathOutput::OpenLink {
+                peer,
+                link,
+                offerer,
+            } => {
+                let setup = LinkSetup {
+                    api: &self.api,
+                    ice_servers: &self.ice_servers,
+                    low_watermark: self.config.low_watermark as usize,
+                    relay_only: self.paths.settings().policy == PathPolicy::TurnOnly,
+                    events: &self.events_tx,
+                };
+                let made = PeerLink::new(&setup, peer.clone(), link, offerer).await;
+                match made {
+                    Ok(made) => {
+                        self.links.insert(link, made);
+                    }
+                    Err(err) => {
+                        self.report.emit(Event::Error {
+                            message: format!("connection to {peer}: {err:#}"),
+                        });
+                        self.feed(PathInput::LinkFailed { link });
+                    }
+                }
+            }
+            PathOutput::CloseLink { link } => {
+                if let Some(link) = self.links.remove(&link) {
+                    link.close().await;
+                }
+            }
+            PathOutput::CreateOffer { link, ice_restart } => {
+                let Some(pc) = self.links.get(&link) else {
+                    return;
+                };
+                let peer = pc.peer().clone();
+                match pc.create_offer(ice_restart).await {
+                    Ok(sdp) => self.send_signal(&peer, PeerSignal::Offer { sdp }).await,
+                    Err(err) => {
+                        tracing::info!(%peer, err = %format!("{err:#}"), ice_restart, "no offer");
+                        self.feed(PathInput::LinkFailed { link });
+                    }
+                }
+            }
+            PathOutput::AcceptOffer { link, sdp } => {
+                let Some(pc) = self.links.get_mut(&link) else {
+                    return;
+                };
+                let peer = pc.peer().clone();
+                match pc.accept_offer(sdp).await {
+                    Ok(sdp) => self.send_signal(&peer, PeerSignal::Answer { sdp }).await,
+                    Err(err) => {
+                        self.report.emit(Event::Error {
+                            message: format!("offer from {peer}: {err:#}"),
+                        });
+                        self.feed(PathInput::LinkFailed { link });
+                    }
+                }
+            }
+            PathOutput::AcceptAnswer { link, sdp } => {
+                if let Some(pc) = self.links.get_mut(&link)
+                    && let Err(err) = pc.accept_answer(sdp).await
+                {
+                    let message = format!("answer from {}: {err:#}", pc.peer());
+                    self.report.emit(Event::Error { message });
+                    self.feed(PathInput::LinkFailed { link });
+                }
+            }
+            PathOutput::AddCandidate { link, candidate } => {
+                if let Some(pc) = self.links.get_mut(&link) {
+                    pc.add_candidate(candidate).await;
+                }
+            }
+            PathOutput::Signal { to, signal } => self.send_signal(&to, signal).await,
+            PathOutput::Relay { to, payload } => {
+                let envelope = self.relay_cipher.seal(&self.me, &to, &payload);
+                if self.signaling.send_relay(envelope).await.is_err() {
+                    self.on_signaling_lost();
+                }
+            }
+            PathOutput::Connected { peer, route } => {
+                let path = match route {
+                    Route::ServerRelay => "server-relay",
+                    Route::WebRtc(link) => match self.links.get(&link) {
+                        Some(pc) => pc.path().await,
+                        None => return,
+                    },
+                };
+                self.report.emit(Event::Connected {
+                    peer_id: &peer.0,
+                    path,
+                });
+            }
+            PathOutput::Disconnected { peer } => {
+                tracing::info!(%peer, "connection failed; restarting ICE");
+            }
+            PathOutput::ChatUp { peer } => {
+                let now = self.now();
+                self.chat.link_up(&peer, now);
+                self.flush_chat().await;
+            }
+            PathOutput::ChatDown { peer } => self.chat.link_down(&peer),
+            PathOutput::FilesUp { peer, path_changed } => {
+                if let Mode::Send { target, .. } = &mut self.mode
+                    && target.is_none()
+                {
+                    *target = Some(peer.clone());
+                }
+                let reoffer =
+                    (self.outgoing.values()).any(|t| t.peer == peer && t.reoffer_on_return);
+                if path_changed || reoffer {
+                    self.reset_transfers(&peer).await;
+                }
+            }
+            PathOutput::PeerRestarted { peer } => {
+                tracing::info!(%peer, "peer restarted under the same id: new connection");
+                for t in self.outgoing.values_mut().filter(|t| t.peer == peer) {
+                    t.reoffer_on_return = true;
+                }
+                self.fail_incoming_from(&peer, "restarted");
+                self.check_receive_done();
+            }
+            PathOutput::FellToRelay { peer, why } => {
+                tracing::info!(%peer, why, "switching to the server relay");
+            }
+            PathOutput::Refused { peer, why } => self.on_refused(&peer, &why),
+            PathOutput::Gone { peer, reason } => self.on_peer_gone(&peer, reason.as_str()).await,
+            PathOutput::Returned { peer } => tracing::info!(%peer, "peer is back"),
+            PathOutput::AwayExpired { peer } => self.on_return_timeout(&peer),
+            PathOutput::StartedOver => self.start_over(),
+        }
+    }
+
     fn on_signaling_lost(&mut self) {
         if !self.signaling_up {
             return;
@@ -371,12 +485,8 @@ impl Room {
         self.report.emit(Event::Error {
             message: "lost the connection to the Parlor server; reconnecting".into(),
         });
-        // Relayed links went through the server: down until we are back.
-        for peer in std::mem::take(&mut self.relay_up) {
-            self.chat.link_down(&peer);
-            self.connected.remove(&peer);
-        }
-        // Established data channels keep working without the server.
+        // Relayed links go down; established data channels keep working.
+        self.feed(PathInput::SignalingLost);
         self.offline_deadline = Some(tokio::time::Instant::now() + OFFLINE_GIVE_UP);
         self.start_reconnect();
     }
@@ -411,7 +521,7 @@ impl Room {
         if self.signaling_up {
             return;
         }
-        if self.connected.is_empty() {
+        if !self.paths.any_up() {
             self.exit = Some(Err(anyhow!(
                 "lost the connection to the Parlor server and could not reconnect within {} s",
                 OFFLINE_GIVE_UP.as_secs()
@@ -421,9 +531,10 @@ impl Room {
         }
     }
 
-    /// Back in the room (same peer id when the server honoured our resume
-    /// token): links that are up stay up; peers we have no link to get an
-    /// offer, relayed peers a fresh Switch.
+    /// Back in the room: the path machine keeps links that are up, offers
+    /// to peers without one and re-sends relayed peers a Switch; under a
+    /// new peer id it starts over ([`Self::start_over`]) before the new
+    /// resume token is saved with the (new) chat state.
     async fn on_rejoined(&mut self, rejoined: (Signaling, Joined)) {
         let (signaling, joined) = rejoined;
         self.reconnect = None;
@@ -433,10 +544,6 @@ impl Room {
         self.relay_buffer = self.signaling.relay_buffer();
         self.relay_buffer
             .set_low_watermark(self.config.low_watermark);
-        if joined.resume_token.is_some() && joined.resume_token != self.resume_token {
-            self.resume_token = joined.resume_token.clone();
-            self.persist();
-        }
         self.me = joined.peer_id.clone();
         let peers: Vec<&str> = joined.peers.iter().map(|p| p.id.0.as_str()).collect();
         self.report.emit(Event::Joined {
@@ -444,57 +551,45 @@ impl Room {
             peer_id: &joined.peer_id.0,
             peers,
         });
+        self.feed(PathInput::Joined {
+            me: joined.peer_id.clone(),
+            peers: joined.peers.iter().map(|p| p.id.clone()).collect(),
+        });
+        self.drive_paths().await;
         for peer in joined.peers {
-            self.names.insert(peer.id.clone(), peer.name);
             self.chat.add_peer(peer.id.clone());
-            if self.relayed.contains(&peer.id) {
-                let switch = self
-                    .relay_cipher
-                    .seal(&self.me, &peer.id, &RelayPayload::Switch);
-                let _ = self.signaling.send_relay(switch).await;
-                continue;
-            }
-            if self.links.contains_key(&peer.id) || self.refused.contains(&peer.id) {
-                continue;
-            }
-            if self.policy == PathPolicy::ServerOnly {
-                self.fall_to_relay(&peer.id, "--force-relay server").await;
-                continue;
-            }
-            let offer = match self.link_for(&peer.id, true).await {
-                Ok(link) => link.create_offer(false).await,
-                Err(err) => Err(err),
-            };
-            match offer {
-                Ok(sdp) => self.send_signal(&peer.id, PeerSignal::Offer { sdp }).await,
-                Err(err) => self.report.emit(Event::Error {
-                    message: format!("offer to {}: {err:#}", peer.id),
-                }),
-            }
+            self.names.insert(peer.id, peer.name);
+        }
+        if joined.resume_token.is_some() && joined.resume_token != self.resume_token {
+            self.resume_token = joined.resume_token;
+            self.persist();
         }
     }
 
-    /// The link to `peer`, created on first use; `offerer` decides who
-    /// creates the data channels (only used when creating).
-    async fn link_for(&mut self, peer: &PeerId, offerer: bool) -> Result<&mut PeerLink> {
-        if !self.links.contains_key(peer) {
-            let link = PeerLink::new(
-                &self.api,
-                peer.clone(),
-                &self.ice_servers,
-                self.config.low_watermark as usize,
-                offerer,
-                self.policy == PathPolicy::TurnOnly,
-                self.events_tx.clone(),
-            )
-            .await?;
-            self.links.insert(peer.clone(), link);
-            self.connect_deadlines
-                .insert(peer.clone(), tokio::time::Instant::now() + CONNECT_TIMEOUT);
+    /// We rejoined under a new peer id (the old one expired): every peer we
+    /// knew is gone for us and a new identity numbers its messages afresh;
+    /// our transfers are offered again (receivers resume from their partial
+    /// files).
+    fn start_over(&mut self) {
+        let old: Vec<PeerId> = self.names.keys().cloned().collect();
+        for peer in old {
+            self.fail_incoming_from(&peer, "is unknown to our new identity");
+            let name = self.name(&peer);
+            self.report.emit(Event::PeerLeft {
+                peer_id: &peer.0,
+                name: &name,
+            });
         }
-        self.links
-            .get_mut(peer)
-            .ok_or_else(|| anyhow!("link vanished"))
+        self.names.clear();
+        self.chat = ChatSession::new();
+        self.saved_generation = None;
+        for t in self.outgoing.values_mut() {
+            t.reoffer_on_return = true;
+        }
+        if let Mode::Send { target, .. } = &mut self.mode {
+            *target = None;
+        }
+        self.check_receive_done();
     }
 
     async fn on_signal(&mut self, msg: ServerMessage) {
@@ -505,22 +600,25 @@ impl Room {
                     name: &peer.name,
                 });
                 self.chat.add_peer(peer.id.clone());
+                self.feed(PathInput::PeerJoined {
+                    peer: peer.id.clone(),
+                });
                 self.names.insert(peer.id, peer.name);
             }
-            ServerMessage::PeerLeft { peer_id } => {
-                self.on_peer_gone(&peer_id, "left the room").await
-            }
+            ServerMessage::PeerLeft { peer_id } => self.feed(PathInput::PeerLeft { peer: peer_id }),
             ServerMessage::Signal { from, sealed } => {
-                if self.refused.contains(&from) {
+                if self.paths.is_refused(&from) {
                     return;
                 }
                 match self.signal_cipher.open(&self.me, &from, &sealed) {
-                    Ok(PeerSignal::Offer { sdp }) => self.on_offer_sdp(from, sdp).await,
-                    Ok(PeerSignal::Answer { sdp }) => self.on_answer_sdp(from, sdp).await,
-                    Ok(PeerSignal::Candidate { candidate }) => {
-                        self.on_remote_candidate(from, candidate).await;
+                    Ok(signal) => {
+                        self.chat.add_peer(from.clone());
+                        self.feed(PathInput::Signal { from, signal });
                     }
-                    Err(err) => self.refuse_peer(&from, &err.to_string()).await,
+                    Err(err) => self.feed(PathInput::Refuse {
+                        peer: from,
+                        why: err.to_string(),
+                    }),
                 }
             }
             ServerMessage::Offer { from, .. }
@@ -546,34 +644,6 @@ impl Room {
         }
     }
 
-    /// A sealed offer: answer it (or, on the server relay, say so instead).
-    async fn on_offer_sdp(&mut self, from: PeerId, sdp: String) {
-        self.chat.add_peer(from.clone());
-        if self.policy == PathPolicy::ServerOnly || self.relayed.contains(&from) {
-            // We talk through the server relay; our Switch tells them.
-            self.fall_to_relay(&from, "--force-relay server").await;
-            return;
-        }
-        if let Some(fingerprint) = sdp_fingerprint(&sdp) {
-            let previous = self
-                .remote_fingerprints
-                .insert(from.clone(), fingerprint.clone());
-            if previous.is_some_and(|p| p != fingerprint) && self.links.contains_key(&from) {
-                self.peer_restarted(&from).await;
-            }
-        }
-        let answer = match self.link_for(&from, false).await {
-            Ok(link) => link.accept_offer(sdp).await,
-            Err(e) => Err(e),
-        };
-        match answer {
-            Ok(sdp) => self.send_signal(&from, PeerSignal::Answer { sdp }).await,
-            Err(err) => self.report.emit(Event::Error {
-                message: format!("offer from {from}: {err:#}"),
-            }),
-        }
-    }
-
     /// Transfers from `peer` cannot finish now (it left or restarted; the
     /// `.part` files stay, and a new offer of the same file resumes them).
     fn fail_incoming_from(&mut self, peer: &PeerId, why: &str) {
@@ -594,125 +664,55 @@ impl Room {
         }
     }
 
-    /// An offer under a new DTLS certificate from a peer we have a link to:
-    /// not an ICE restart but a new connection — the peer restarted (a page
-    /// reload, a new process) under the same id, faster than the server
-    /// noticed it leave. The old link goes; transfers to it are offered
-    /// again once the new one is up (it kept at most a partial file).
-    async fn peer_restarted(&mut self, peer: &PeerId) {
-        tracing::info!(%peer, "peer restarted under the same id: new connection");
-        if let Some(link) = self.links.remove(peer) {
-            link.close().await;
-        }
-        self.connected.remove(peer);
-        self.was_connected.remove(peer);
-        self.restarting.remove(peer);
-        self.connect_deadlines.remove(peer);
-        self.progress_deadlines.remove(peer);
-        self.chat.link_down(peer);
-        for t in self.outgoing.values_mut().filter(|t| &t.peer == peer) {
-            t.reoffer_on_return = true;
-        }
-        self.fail_incoming_from(peer, "restarted");
-        self.check_receive_done();
-    }
-
-    async fn on_answer_sdp(&mut self, from: PeerId, sdp: String) {
-        if let Some(fingerprint) = sdp_fingerprint(&sdp) {
-            self.remote_fingerprints.insert(from.clone(), fingerprint);
-        }
-        if let Some(link) = self.links.get_mut(&from)
-            && let Err(err) = link.accept_answer(sdp).await
-        {
-            self.report.emit(Event::Error {
-                message: format!("answer from {from}: {err:#}"),
-            });
-        }
-    }
-
-    async fn on_remote_candidate(&mut self, from: PeerId, candidate: IceCandidate) {
-        if let Some(link) = self.links.get_mut(&from) {
-            link.add_candidate(candidate).await;
-        }
-    }
-
-    /// Signaling from `peer` was tampered with (or the DTLS certificate is
-    /// not the one its sealed SDP announced): warn, and never connect to it,
-    /// neither directly nor through any relay.
-    async fn refuse_peer(&mut self, peer: &PeerId, why: &str) {
+    /// Signaling from `peer` was tampered with (or its DTLS certificate is
+    /// not the one its sealed SDP announced): warn; it is never connected to
+    /// again (the path machine closed its link), and transfers with it fail.
+    fn on_refused(&mut self, peer: &PeerId, why: &str) {
         tracing::warn!(%peer, why, "refusing peer");
         self.report.emit(Event::Error {
             message: format!("security warning: {why}"),
         });
-        self.refused.insert(peer.clone());
-        self.connect_deadlines.remove(peer);
-        if let Some(link) = self.links.remove(peer) {
-            link.close().await;
+        self.fail_incoming_from(peer, "was refused");
+        let refused: Vec<TransferId> = (self.outgoing.iter())
+            .filter(|(_, t)| &t.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in refused {
+            if let Some(t) = self.outgoing.remove(&id) {
+                self.report.emit(Event::TransferFailed {
+                    transfer: id.to_string(),
+                    name: &t.info.name,
+                    reason: format!("security warning: {why}"),
+                });
+                if matches!(self.mode, Mode::Send { .. }) {
+                    self.exit = Some(Err(anyhow!("sending {} failed: {why}", t.info.name)));
+                }
+            }
         }
-        self.relayed.remove(peer);
-        self.relay_up.remove(peer);
-        self.connected.remove(peer);
-        self.chat.link_down(peer);
+        if let Mode::Receive { senders, .. } = &mut self.mode {
+            senders.remove(peer);
+        }
+        self.check_receive_done();
     }
 
     async fn on_peer_event(&mut self, event: PeerEvent) {
-        // Once a peer is on the server relay, its old connection's events
-        // are stale, except for data it still delivered.
-        if self.relayed.contains(event.peer()) && !matches!(event, PeerEvent::Message { .. }) {
+        let link = event.link();
+        // Events of a link that is no longer current (closed, replaced) are
+        // dropped: they must not touch the peer's new path.
+        let Some(peer) = self.paths.peer_of(link).cloned() else {
             return;
-        }
+        };
         match event {
-            PeerEvent::LocalCandidate { peer, candidate } => {
-                if self.signaling_up {
-                    self.send_signal(&peer, PeerSignal::Candidate { candidate })
-                        .await;
-                }
+            PeerEvent::LocalCandidate { candidate, .. } => {
+                self.feed(PathInput::LocalCandidate { link, candidate });
             }
-            PeerEvent::Open {
-                peer,
-                channel: Channel::Chat,
-            } => {
-                let now = self.now();
-                self.chat.link_up(&peer, now);
-                self.flush_chat().await;
+            PeerEvent::Open { channel, .. } => self.feed(PathInput::ChannelOpen { link, channel }),
+            PeerEvent::Closed { channel, .. } => {
+                self.feed(PathInput::ChannelClosed { link, channel });
             }
-            PeerEvent::Open {
-                peer,
-                channel: Channel::File,
-            } => {
-                if let Mode::Send { target, .. } = &mut self.mode
-                    && target.is_none()
-                {
-                    *target = Some(peer.clone());
-                }
-                if self
-                    .outgoing
-                    .values()
-                    .any(|t| t.peer == peer && t.reoffer_on_return)
-                {
-                    self.reset_transfers(&peer).await;
-                }
-            }
-            PeerEvent::Closed { peer, channel } => {
-                if channel == Channel::Chat {
-                    self.chat.link_down(&peer);
-                }
-            }
-            PeerEvent::Message {
-                peer,
-                channel,
-                data,
-            } => {
-                // Data from the peer: the link is alive (no stall fallback).
-                if self.connected.contains(&peer) {
-                    self.connect_deadlines.remove(&peer);
-                }
-                self.on_frame(peer, channel, &data).await;
-            }
-            PeerEvent::BufferedLow { peer } => {
-                let ids: Vec<TransferId> = self
-                    .outgoing
-                    .iter()
+            PeerEvent::Message { channel, data, .. } => self.on_frame(peer, channel, &data).await,
+            PeerEvent::BufferedLow { .. } => {
+                let ids: Vec<TransferId> = (self.outgoing.iter())
                     .filter(|(_, t)| t.peer == peer)
                     .map(|(id, _)| *id)
                     .collect();
@@ -721,61 +721,43 @@ impl Room {
                         .await;
                 }
             }
-            PeerEvent::State { peer, state } => match state {
+            PeerEvent::State { state, .. } => match state {
                 RTCPeerConnectionState::Connected => {
-                    if let Err(why) = self.check_fingerprint(&peer).await {
-                        self.refuse_peer(&peer, &why).await;
-                        return;
-                    }
-                    self.connect_deadlines.remove(&peer);
-                    self.was_connected.insert(peer.clone());
-                    if self.restarting.remove(&peer) {
-                        self.reset_transfers(&peer).await;
-                    }
-                    if self.connected.insert(peer.clone())
-                        && let Some(link) = self.links.get(&peer)
-                    {
-                        let path = link.path().await;
-                        self.report.emit(Event::Connected {
-                            peer_id: &peer.0,
-                            path,
-                        });
+                    match self.check_fingerprint(link, &peer).await {
+                        Ok(()) => self.feed(PathInput::LinkConnected { link }),
+                        Err(why) => self.feed(PathInput::Refuse { peer, why }),
                     }
                 }
-                RTCPeerConnectionState::Failed if self.links.contains_key(&peer) => {
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                     self.report.emit(Event::Disconnected {
                         peer_id: &peer.0,
                         state: &state.to_string(),
                     });
-                    self.connected.remove(&peer);
-                    self.on_link_failed(&peer).await;
-                }
-                RTCPeerConnectionState::Closed if self.links.contains_key(&peer) => {
-                    self.report.emit(Event::Disconnected {
-                        peer_id: &peer.0,
-                        state: &state.to_string(),
+                    self.feed(if state == RTCPeerConnectionState::Failed {
+                        PathInput::LinkFailed { link }
+                    } else {
+                        PathInput::LinkClosed { link }
                     });
-                    self.on_peer_gone(&peer, "connection lost").await;
                 }
                 _ => {}
             },
         }
     }
 
-    /// Checks that the DTLS certificate `peer` presented is the one whose
-    /// fingerprint its sealed SDP announced. (webrtc-rs checks this against
-    /// the remote description too; checking here ties the connection to the
-    /// sealed, authenticated SDP explicitly.)
-    async fn check_fingerprint(&self, peer: &PeerId) -> Result<(), String> {
-        let Some((algorithm, expected)) = self.remote_fingerprints.get(peer) else {
+    /// Checks that the DTLS certificate `peer` presented on `link` is the
+    /// one whose fingerprint its sealed SDP announced. (webrtc-rs checks
+    /// this against the remote description too; checking here ties the
+    /// connection to the sealed, authenticated SDP explicitly.)
+    async fn check_fingerprint(&self, link: LinkId, peer: &PeerId) -> Result<(), String> {
+        let Some((algorithm, expected)) = self.paths.expected_fingerprint(peer) else {
             return Err(format!(
                 "{peer}'s sealed SDP announced no DTLS fingerprint: refusing the connection"
             ));
         };
-        let Some(link) = self.links.get(peer) else {
+        let Some(pc) = self.links.get(&link) else {
             return Ok(());
         };
-        match link.remote_certificate_fingerprint(algorithm).await {
+        match pc.remote_certificate_fingerprint(algorithm).await {
             Some(actual) if &actual == expected => Ok(()),
             Some(_) => Err(format!(
                 "the DTLS certificate of {peer} is not the one its sealed SDP announced: \
@@ -789,13 +771,16 @@ impl Room {
 
     /// Sends an encoded frame to `peer` on whichever path it is on.
     async fn transmit(&mut self, peer: &PeerId, channel: Channel, frame: Vec<u8>) -> Result<()> {
-        if self.relayed.contains(peer) {
-            let payload = RelayPayload::Frame { channel, frame };
-            let envelope = self.relay_cipher.seal(&self.me, peer, &payload);
-            return self.signaling.send_relay(envelope).await;
-        }
-        match self.links.get(peer) {
-            Some(link) => link.send(channel, frame).await,
+        match self.paths.route(peer) {
+            Some(Route::ServerRelay) => {
+                let payload = RelayPayload::Frame { channel, frame };
+                let envelope = self.relay_cipher.seal(&self.me, peer, &payload);
+                self.signaling.send_relay(envelope).await
+            }
+            Some(Route::WebRtc(link)) => match self.links.get(&link) {
+                Some(pc) => pc.send(channel, frame).await,
+                None => bail!("no connection to {peer}"),
+            },
             None => bail!("no connection to {peer}"),
         }
     }
@@ -803,69 +788,14 @@ impl Room {
     /// Bytes sent to `peer`'s file path but not yet gone: the relay's queue
     /// towards the server, or the data channel's buffered amount.
     async fn file_buffered(&self, peer: &PeerId) -> u64 {
-        if self.relayed.contains(peer) {
-            return self.relay_buffer.queued();
-        }
-        match self.links.get(peer) {
-            Some(link) => link.buffered_amount(Channel::File).await,
+        match self.paths.route(peer) {
+            Some(Route::ServerRelay) => self.relay_buffer.queued(),
+            Some(Route::WebRtc(link)) => match self.links.get(&link) {
+                Some(pc) => pc.buffered_amount(Channel::File).await,
+                None => 0,
+            },
             None => 0,
         }
-    }
-
-    /// Moves `peer` to the server relay (once): closes its WebRTC link and
-    /// tells it with a Switch packet. The link counts as up once an
-    /// authenticated packet comes back ([`Self::relay_confirmed`]).
-    async fn fall_to_relay(&mut self, peer: &PeerId, why: &str) {
-        if self.relayed.contains(peer) {
-            return;
-        }
-        if !self.signaling_up {
-            self.on_peer_gone(peer, "connection lost").await;
-            return;
-        }
-        tracing::info!(%peer, why, "switching to the server relay");
-        self.relayed.insert(peer.clone());
-        self.connect_deadlines.remove(peer);
-        self.progress_deadlines.remove(peer);
-        if let Some(link) = self.links.remove(peer) {
-            link.close().await;
-        }
-        self.chat.link_down(peer);
-        let switch = self
-            .relay_cipher
-            .seal(&self.me, peer, &RelayPayload::Switch);
-        if self.signaling.send_relay(switch).await.is_err() {
-            self.on_signaling_lost();
-        }
-    }
-
-    /// The first authenticated packet from a relayed peer: chat and files
-    /// come up on the relay. Unacknowledged chat messages are re-sent; a
-    /// transfer in flight resumes from what the receiver confirms.
-    async fn relay_confirmed(&mut self, peer: &PeerId) {
-        if !self.relay_up.insert(peer.clone()) {
-            return;
-        }
-        // Confirm back, so the peer's side comes up too even when neither
-        // has anything to send (after a reconnect, both were relayed).
-        let switch = self
-            .relay_cipher
-            .seal(&self.me, peer, &RelayPayload::Switch);
-        let _ = self.signaling.send_relay(switch).await;
-        self.connected.insert(peer.clone());
-        self.report.emit(Event::Connected {
-            peer_id: &peer.0,
-            path: "server-relay",
-        });
-        let now = self.now();
-        self.chat.link_up(peer, now);
-        self.flush_chat().await;
-        if let Mode::Send { target, .. } = &mut self.mode
-            && target.is_none()
-        {
-            *target = Some(peer.clone());
-        }
-        self.reset_transfers(peer).await;
     }
 
     /// The path to `peer` changed: what was in flight may be lost. Offers
@@ -889,7 +819,7 @@ impl Room {
             .map(|(id, _)| *id)
             .collect();
         if !outgoing.is_empty() {
-            self.return_deadline = None;
+            self.awaiting_return = false;
         }
         for id in outgoing {
             self.drive_outgoing(id, |t, amount| {
@@ -904,8 +834,9 @@ impl Room {
         }
     }
 
-    /// A relay packet from the server: open it; the first one from a peer
-    /// moves it to the relay too.
+    /// A relay packet from the server: open it and tell the path machine
+    /// (the first one from a peer moves it to the relay too); a frame it
+    /// carries is handled once the path is up.
     async fn on_relay_packet(&mut self, packet: &[u8]) {
         let (from, payload) = match self.relay_cipher.open(&self.me, packet) {
             Ok(opened) => opened,
@@ -917,91 +848,27 @@ impl Room {
                 return;
             }
         };
-        if self.refused.contains(&from) {
-            return;
-        }
-        if !self.names.contains_key(&from) && !self.relayed.contains(&from) {
-            tracing::debug!(%from, "relay packet from a peer not in the room");
+        if self.paths.is_refused(&from) {
             return;
         }
         self.chat.add_peer(from.clone());
-        self.fall_to_relay(&from, "the peer switched to the server relay")
-            .await;
-        self.relay_confirmed(&from).await;
-        if let RelayPayload::Frame { channel, frame } = payload {
+        let now = self.now();
+        let handle = self.paths.relay_packet(&from, &payload, now);
+        self.drive_paths().await;
+        if handle && let RelayPayload::Frame { channel, frame } = payload {
             self.on_frame(from, channel, &frame).await;
         }
     }
 
     /// The relay's send queue drained: let transfers on it go on.
     async fn on_relay_drained(&mut self) {
-        let ids: Vec<TransferId> = self
-            .outgoing
-            .iter()
-            .filter(|(_, t)| self.relay_up.contains(&t.peer))
+        let ids: Vec<TransferId> = (self.outgoing.iter())
+            .filter(|(_, t)| self.paths.route(&t.peer) == Some(Route::ServerRelay))
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
             self.drive_outgoing(id, |t, amount| t.sender.buffered_amount(amount))
                 .await;
-        }
-    }
-
-    /// Links past their connect deadline fall to the server relay.
-    async fn on_connect_timeout(&mut self) {
-        let now = tokio::time::Instant::now();
-        let late: Vec<PeerId> = self
-            .connect_deadlines
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(peer, _)| peer.clone())
-            .collect();
-        for peer in late {
-            self.fall_to_relay(&peer, "WebRTC did not connect in time")
-                .await;
-        }
-        let stalled: Vec<PeerId> = self
-            .progress_deadlines
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(peer, _)| peer.clone())
-            .collect();
-        for peer in stalled {
-            self.progress_deadlines.remove(&peer);
-            self.fall_to_relay(&peer, "the transfer made no progress")
-                .await;
-        }
-    }
-
-    /// ICE failed: a link that worked before gets one ICE restart (made by
-    /// the side that made the first offer; the other waits for it) with a
-    /// fresh deadline; otherwise, or once that deadline passes, the server
-    /// relay takes over.
-    async fn on_link_failed(&mut self, peer: &PeerId) {
-        if !self.signaling_up {
-            self.on_peer_gone(peer, "connection lost").await;
-            return;
-        }
-        if !self.was_connected.remove(peer) {
-            self.fall_to_relay(peer, "ICE failed").await;
-            return;
-        }
-        self.connect_deadlines
-            .insert(peer.clone(), tokio::time::Instant::now() + CONNECT_TIMEOUT);
-        self.restarting.insert(peer.clone());
-        let offer = match self.links.get(peer) {
-            Some(link) if link.is_offerer() => link.create_offer(true).await,
-            _ => return,
-        };
-        match offer {
-            Ok(sdp) => {
-                tracing::info!(%peer, "ICE failed; restarting ICE");
-                self.send_signal(peer, PeerSignal::Offer { sdp }).await;
-            }
-            Err(err) => {
-                tracing::info!(%peer, %err, "ICE restart impossible");
-                self.fall_to_relay(peer, "ICE restart failed").await;
-            }
         }
     }
 
@@ -1241,11 +1108,9 @@ impl Room {
                     if let Err(err) = self.transmit(&t.peer, Channel::File, frame.encode()).await {
                         tracing::info!(err = %format!("{err:#}"), "file frame not sent");
                         stalled = true;
-                        if !self.relayed.contains(&t.peer) {
-                            self.connect_deadlines
-                                .entry(t.peer.clone())
-                                .or_insert_with(|| tokio::time::Instant::now() + STALL_TIMEOUT);
-                        }
+                        self.feed(PathInput::SendFailed {
+                            peer: t.peer.clone(),
+                        });
                         continue;
                     }
                     let amount = self.file_buffered(&t.peer).await;
@@ -1270,7 +1135,11 @@ impl Room {
             self.outgoing.insert(id, t);
             return;
         };
-        self.progress_deadlines.remove(&t.peer);
+        self.feed(PathInput::SendProgress {
+            peer: t.peer.clone(),
+            waiting: false,
+            advanced: false,
+        });
         match result {
             Ok(()) => {
                 self.report.emit(Event::FileSent {
@@ -1298,28 +1167,19 @@ impl Room {
         }
     }
 
-    /// Keeps the progress watchdog of `t`'s link: armed while chunks are
-    /// owed confirmation on a WebRTC link, pushed back by every confirmed
-    /// byte, off otherwise.
+    /// Tells the path machine where `t` stands: bytes owed confirmation
+    /// (and whether some were confirmed since `confirmed_before`), so a
+    /// path on which it stalls is replaced.
     fn watch_progress(&mut self, t: &OutgoingTransfer, confirmed_before: u64) {
         let waiting = matches!(
             t.sender.state(),
             SenderState::Sending | SenderState::AwaitingVerification
-        ) && !t.reoffer_on_return
-            && !self.relayed.contains(&t.peer)
-            && self.links.contains_key(&t.peer);
-        if !waiting {
-            self.progress_deadlines.remove(&t.peer);
-            return;
-        }
-        let next = tokio::time::Instant::now() + STALL_TIMEOUT;
-        if t.sender.confirmed() > confirmed_before {
-            self.progress_deadlines.insert(t.peer.clone(), next);
-        } else {
-            self.progress_deadlines
-                .entry(t.peer.clone())
-                .or_insert(next);
-        }
+        ) && !t.reoffer_on_return;
+        self.feed(PathInput::SendProgress {
+            peer: t.peer.clone(),
+            waiting,
+            advanced: t.sender.confirmed() > confirmed_before,
+        });
     }
 
     /// Applies `input` to an incoming transfer and carries out its outputs.
@@ -1405,19 +1265,12 @@ impl Room {
         self.check_receive_done();
     }
 
+    /// `peer` is unreachable (it left, or its connection was lost): it
+    /// counts as away; chat waits for it, `send` waits for it to come back
+    /// within [`RETURN_WINDOW`] and then offers again.
     async fn on_peer_gone(&mut self, peer: &PeerId, why: &str) {
         let name = self.name(peer);
-        self.progress_deadlines.remove(peer);
-        if let Some(link) = self.links.remove(peer) {
-            link.close().await;
-        }
-        self.relayed.remove(peer);
-        self.relay_up.remove(peer);
-        self.connect_deadlines.remove(peer);
-        self.was_connected.remove(peer);
-        self.restarting.remove(peer);
-        self.remote_fingerprints.remove(peer);
-        if self.names.remove(peer).is_some() || self.connected.remove(peer) {
+        if self.names.remove(peer).is_some() {
             self.report.emit(Event::PeerLeft {
                 peer_id: &peer.0,
                 name: &name,
@@ -1430,8 +1283,7 @@ impl Room {
         self.flush_chat().await;
 
         self.fail_incoming_from(peer, why);
-        // `send` waits for its receiver to come back and then offers again;
-        // the receiver continues from what it has on disk.
+        // The receiver continues from what it has on disk.
         if let Mode::Send { target, .. } = &self.mode
             && target.as_ref() == Some(peer)
             && self.exit.is_none()
@@ -1439,8 +1291,7 @@ impl Room {
             for t in self.outgoing.values_mut().filter(|t| &t.peer == peer) {
                 t.reoffer_on_return = true;
             }
-            if self.return_deadline.is_none() {
-                self.return_deadline = Some(tokio::time::Instant::now() + RETURN_WINDOW);
+            if !std::mem::replace(&mut self.awaiting_return, true) {
                 self.report.emit(Event::WaitingForPeer {
                     peer_id: &peer.0,
                     seconds: RETURN_WINDOW.as_secs(),
@@ -1453,10 +1304,10 @@ impl Room {
         self.check_receive_done();
     }
 
-    /// The receiver did not come back in time.
-    fn on_return_timeout(&mut self) {
-        self.return_deadline = None;
-        if self.exit.is_none() {
+    /// `peer` did not come back in time: `send` gives up if it waited for it.
+    fn on_return_timeout(&mut self, peer: &PeerId) {
+        let waited = matches!(&self.mode, Mode::Send { target: Some(t), .. } if t == peer);
+        if waited && std::mem::take(&mut self.awaiting_return) && self.exit.is_none() {
             self.exit = Some(Err(anyhow!(
                 "the receiver left before every file was sent and did not come back within {} s",
                 RETURN_WINDOW.as_secs()
@@ -1528,10 +1379,8 @@ impl Room {
 
     fn check_chat_flushed(&mut self) {
         if self.flush_deadline.is_some()
-            && self
-                .links
-                .keys()
-                .chain(&self.relayed)
+            && (self.chat.peers())
+                .filter(|p| self.paths.route(p).is_some())
                 .all(|p| self.chat.unacked(p).is_empty())
         {
             self.exit = Some(Ok(()));
@@ -1603,6 +1452,11 @@ impl Room {
         }
         self.check_chat_flushed();
     }
+}
+
+/// `duration` in the core's milliseconds.
+fn millis(duration: Duration) -> Millis {
+    duration.as_millis() as Millis
 }
 
 async fn next_line(stdin: &mut Option<Lines<BufReader<Stdin>>>) -> Option<String> {

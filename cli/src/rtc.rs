@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
+use parlor_core::room::LinkId;
 use parlor_protocol::{IceCandidate, IceServer, PeerId};
 use tokio::sync::mpsc;
 use webrtc::api::API;
@@ -26,43 +27,44 @@ use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 
 pub use parlor_protocol::Channel;
 
-/// Something that happened on a peer connection.
+/// Something that happened on a peer connection, tagged with the link
+/// (connection) it happened on, so events of a closed link can be dropped.
 #[derive(Debug)]
 pub enum PeerEvent {
     /// A local ICE candidate to trickle to the peer.
     LocalCandidate {
-        peer: PeerId,
+        link: LinkId,
         candidate: IceCandidate,
     },
     /// A data channel opened.
-    Open { peer: PeerId, channel: Channel },
+    Open { link: LinkId, channel: Channel },
     /// A data channel closed.
-    Closed { peer: PeerId, channel: Channel },
+    Closed { link: LinkId, channel: Channel },
     /// A message arrived.
     Message {
-        peer: PeerId,
+        link: LinkId,
         channel: Channel,
         data: Bytes,
     },
     /// The file channel's buffer drained to the low watermark.
-    BufferedLow { peer: PeerId },
+    BufferedLow { link: LinkId },
     /// The connection's state changed.
     State {
-        peer: PeerId,
+        link: LinkId,
         state: RTCPeerConnectionState,
     },
 }
 
 impl PeerEvent {
-    /// The remote peer the event is about.
-    pub fn peer(&self) -> &PeerId {
+    /// The link the event is about.
+    pub fn link(&self) -> LinkId {
         match self {
-            Self::LocalCandidate { peer, .. }
-            | Self::Open { peer, .. }
-            | Self::Closed { peer, .. }
-            | Self::Message { peer, .. }
-            | Self::BufferedLow { peer }
-            | Self::State { peer, .. } => peer,
+            Self::LocalCandidate { link, .. }
+            | Self::Open { link, .. }
+            | Self::Closed { link, .. }
+            | Self::Message { link, .. }
+            | Self::BufferedLow { link }
+            | Self::State { link, .. } => *link,
         }
     }
 }
@@ -132,10 +134,25 @@ pub fn build_api() -> API {
     APIBuilder::new().with_setting_engine(settings).build()
 }
 
+/// What every link of a room is made with.
+#[derive(Clone, Copy)]
+pub struct LinkSetup<'a> {
+    /// The webrtc-rs API object.
+    pub api: &'a API,
+    /// STUN/TURN servers from `welcome`.
+    pub ice_servers: &'a [IceServer],
+    /// The file channel's buffered-amount low watermark.
+    pub low_watermark: usize,
+    /// Only TURN relay candidates (`--force-relay turn`).
+    pub relay_only: bool,
+    /// Where the link's events go.
+    pub events: &'a mpsc::Sender<PeerEvent>,
+}
+
 /// One WebRTC connection to one remote peer.
 pub struct PeerLink {
     peer: PeerId,
-    offerer: bool,
+    link: LinkId,
     pc: Arc<RTCPeerConnection>,
     channels: Arc<Mutex<Channels>>,
     remote_description_set: bool,
@@ -146,6 +163,7 @@ impl std::fmt::Debug for PeerLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerLink")
             .field("peer", &self.peer)
+            .field("link", &self.link)
             .finish_non_exhaustive()
     }
 }
@@ -155,14 +173,19 @@ impl PeerLink {
     /// creates both data channels; the answerer receives them in-band.
     /// `relay_only` restricts ICE to TURN relay candidates (`--force-relay turn`).
     pub async fn new(
-        api: &API,
+        setup: &LinkSetup<'_>,
         peer: PeerId,
-        ice_servers: &[IceServer],
-        low_watermark: usize,
+        link: LinkId,
         offerer: bool,
-        relay_only: bool,
-        events: mpsc::Sender<PeerEvent>,
     ) -> Result<Self> {
+        let LinkSetup {
+            api,
+            ice_servers,
+            low_watermark,
+            relay_only,
+            events,
+        } = *setup;
+        let events = events.clone();
         let config = RTCConfiguration {
             ice_servers: rtc_ice_servers(ice_servers),
             ice_transport_policy: if relay_only {
@@ -179,10 +202,8 @@ impl PeerLink {
         );
 
         let tx = events.clone();
-        let id = peer.clone();
         pc.on_ice_candidate(Box::new(move |candidate| {
             let tx = tx.clone();
-            let peer = id.clone();
             Box::pin(async move {
                 let Some(candidate) = candidate else { return };
                 match candidate.to_json() {
@@ -193,19 +214,17 @@ impl PeerLink {
                             sdp_m_line_index: init.sdp_mline_index,
                             username_fragment: init.username_fragment,
                         };
-                        let _ = tx.send(PeerEvent::LocalCandidate { peer, candidate }).await;
+                        let _ = tx.send(PeerEvent::LocalCandidate { link, candidate }).await;
                     }
                     Err(err) => tracing::debug!(%err, "unserialisable local candidate"),
                 }
             })
         }));
         let tx = events.clone();
-        let id = peer.clone();
         pc.on_peer_connection_state_change(Box::new(move |state| {
             let tx = tx.clone();
-            let peer = id.clone();
             Box::pin(async move {
-                let _ = tx.send(PeerEvent::State { peer, state }).await;
+                let _ = tx.send(PeerEvent::State { link, state }).await;
             })
         }));
 
@@ -226,15 +245,15 @@ impl PeerLink {
                     .create_data_channel(kind.label(), Some(init))
                     .await
                     .context("creating data channel")?;
-                wire_channel(&channels, dc, &peer, kind, low_watermark, &events);
+                wire_channel(&channels, dc, link, kind, low_watermark, &events);
             }
         } else {
-            let (chans, tx, id) = (Arc::clone(&channels), events, peer.clone());
+            let (chans, tx) = (Arc::clone(&channels), events);
             pc.on_data_channel(Box::new(move |dc: Arc<RTCDataChannel>| {
                 // webrtc-rs calls this before it starts reading the channel,
                 // so handlers set here miss no message.
                 match Channel::from_label(dc.label()) {
-                    Some(kind) => wire_channel(&chans, dc, &id, kind, low_watermark, &tx),
+                    Some(kind) => wire_channel(&chans, dc, link, kind, low_watermark, &tx),
                     None => tracing::debug!(label = dc.label(), "ignoring unknown data channel"),
                 }
                 Box::pin(async {})
@@ -243,7 +262,7 @@ impl PeerLink {
 
         Ok(Self {
             peer,
-            offerer,
+            link,
             pc,
             channels,
             remote_description_set: false,
@@ -251,9 +270,9 @@ impl PeerLink {
         })
     }
 
-    /// Whether this side made the offer (and so makes ICE-restart offers).
-    pub fn is_offerer(&self) -> bool {
-        self.offerer
+    /// The remote peer.
+    pub fn peer(&self) -> &PeerId {
+        &self.peer
     }
 
     /// Makes an offer and sets it as the local description; `ice_restart`
@@ -432,7 +451,7 @@ struct Channels {
 fn wire_channel(
     channels: &Arc<Mutex<Channels>>,
     dc: Arc<RTCDataChannel>,
-    peer: &PeerId,
+    link: LinkId,
     kind: Channel,
     low_watermark: usize,
     events: &mpsc::Sender<PeerEvent>,
@@ -444,7 +463,7 @@ fn wire_channel(
             Channel::File => slots.file = Some(Arc::clone(&dc)),
         }
     }
-    let (tx, p, weak) = (events.clone(), peer.clone(), Arc::downgrade(&dc));
+    let (tx, weak) = (events.clone(), Arc::downgrade(&dc));
     dc.on_open(Box::new(move || {
         Box::pin(async move {
             // The low-watermark callback is attached once open: webrtc-rs
@@ -453,44 +472,44 @@ fn wire_channel(
                 && let Some(dc) = weak.upgrade()
             {
                 dc.set_buffered_amount_low_threshold(low_watermark).await;
-                let (tx, peer) = (tx.clone(), p.clone());
+                let tx = tx.clone();
                 dc.on_buffered_amount_low(Box::new(move || {
-                    let (tx, peer) = (tx.clone(), peer.clone());
+                    let tx = tx.clone();
                     Box::pin(async move {
-                        let _ = tx.send(PeerEvent::BufferedLow { peer }).await;
+                        let _ = tx.send(PeerEvent::BufferedLow { link }).await;
                     })
                 }))
                 .await;
             }
             let _ = tx
                 .send(PeerEvent::Open {
-                    peer: p,
+                    link,
                     channel: kind,
                 })
                 .await;
         })
     }));
-    let (tx, p) = (events.clone(), peer.clone());
+    let tx = events.clone();
     dc.on_close(Box::new(move || {
-        let (tx, peer) = (tx.clone(), p.clone());
+        let tx = tx.clone();
         Box::pin(async move {
             let _ = tx
                 .send(PeerEvent::Closed {
-                    peer,
+                    link,
                     channel: kind,
                 })
                 .await;
         })
     }));
-    let (tx, p) = (events.clone(), peer.clone());
+    let tx = events.clone();
     dc.on_message(Box::new(move |msg| {
-        let (tx, peer) = (tx.clone(), p.clone());
+        let tx = tx.clone();
         // Awaiting the bounded channel here pauses the SCTP reader while the
         // driver is busy, which is the backpressure we want.
         Box::pin(async move {
             let _ = tx
                 .send(PeerEvent::Message {
-                    peer,
+                    link,
                     channel: kind,
                     data: msg.data,
                 })

@@ -151,6 +151,9 @@ pub struct Driver {
     /// Seals and opens server-relay packets; `None` without a room key
     /// (or without `crypto.getRandomValues`): then the relay is unusable.
     cipher: Option<RelayCipher>,
+    /// This page load's instance, sent in every relay `Switch` so a peer
+    /// tells a reloaded page apart from a re-sent Switch.
+    epoch: u64,
     /// Peers whose link is on the server relay (no `RTCPeerConnection`).
     relayed: HashSet<PeerId>,
     /// Relayed peers that answered with an authenticated packet: only then
@@ -308,6 +311,7 @@ impl RoomHandle {
         let rc = Rc::new_cyclic(|weak| {
             RefCell::new(Driver {
                 weak: weak.clone(),
+                epoch: crypto_random_bytes().map_or(0, u64::from_ne_bytes),
                 room,
                 name: storage::display_name(),
                 dispatch: Rc::new(dispatch),
@@ -862,7 +866,7 @@ impl Driver {
                     for peer in peers {
                         self.add_peer(&peer.id, peer.name);
                         if self.relayed.contains(&peer.id) {
-                            if let Err(e) = self.relay_send(&peer.id, &RelayPayload::Switch) {
+                            if let Err(e) = self.relay_send(&peer.id, &self.switch(false)) {
                                 crate::util::warn(&format!("server relay: Switch not sent: {e}"));
                             }
                         } else if !self.has_link(&peer.id) {
@@ -1700,6 +1704,14 @@ impl Driver {
         }
     }
 
+    /// This page's relay `Switch`; `reply` when it confirms one received.
+    fn switch(&self, reply: bool) -> RelayPayload {
+        RelayPayload::Switch {
+            epoch: self.epoch,
+            reply,
+        }
+    }
+
     /// Seals `payload` for `to` and sends it as one binary message.
     fn relay_send(&mut self, to: &PeerId, payload: &RelayPayload) -> Result<(), String> {
         let (Some(me), Some(cipher), Some(signaling)) =
@@ -1731,7 +1743,7 @@ impl Driver {
         }
         self.connected.remove(peer);
         self.relayed.insert(peer.clone());
-        if let Err(e) = self.relay_send(peer, &RelayPayload::Switch) {
+        if let Err(e) = self.relay_send(peer, &self.switch(false)) {
             crate::util::warn(&format!("server relay: Switch to {peer} not sent: {e}"));
         }
         crate::util::warn(&format!("switching to the server relay for {peer}"));
@@ -1746,7 +1758,7 @@ impl Driver {
         }
         // Confirm back, so the peer's side comes up too even when neither
         // has anything to send (after a reconnect, both were relayed).
-        if let Err(e) = self.relay_send(peer, &RelayPayload::Switch) {
+        if let Err(e) = self.relay_send(peer, &self.switch(true)) {
             crate::util::warn(&format!("server relay: Switch to {peer} not sent: {e}"));
         }
         self.set_link_state(peer, LinkState::ServerRelay, None);
@@ -1828,7 +1840,7 @@ impl Driver {
         }
         self.relay_confirmed(&from);
         match payload {
-            RelayPayload::Switch => {}
+            RelayPayload::Switch { .. } => {}
             RelayPayload::Frame { channel, frame } => self.on_frame(from, channel, &frame),
         }
     }

@@ -5,6 +5,9 @@
 //! - [`transfer`]: file transfer — offer/accept, chunking, flow control on the
 //!   transport's buffered amount, receiver-confirmed progress, resume, and the
 //!   final BLAKE3 check.
+//! - [`room`]: what a peer does in a room around them — the path to each
+//!   peer (links with identities, the fallback ladder, the relay `Switch`
+//!   handshake, restarted, refused and away peers).
 //!
 //! Architecture invariant: nothing here does IO, spawns tasks or reads a clock.
 //! Drivers feed events in (a frame arrived, the channel drained, a timer fired
@@ -15,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod chat;
+pub mod room;
 pub mod transfer;
 
 pub use chat::{ChatError, ChatOutput, ChatSession, ChatSnapshot, MessageStatus, SnapshotError};

@@ -50,7 +50,14 @@ pub enum RelayError {
     /// The payload opened but its kind byte is unknown or it is empty.
     #[error("relay payload has unknown kind {0:?}")]
     Kind(Option<u8>),
+    /// A Switch whose body is neither empty nor [`SWITCH_BODY_BYTES`] long.
+    #[error("relay Switch has a {0}-byte body; expected 0 or {SWITCH_BODY_BYTES}")]
+    Switch(usize),
 }
+
+/// A Switch body: the epoch (8 bytes, big-endian) and the reply flag (1 byte).
+/// An empty body (from builds before epochs) reads as epoch 0, no reply.
+pub const SWITCH_BODY_BYTES: usize = 9;
 
 /// Encodes an envelope addressed to (client → server) or coming from
 /// (server → client) `peer`.
@@ -84,8 +91,16 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<(&str, &[u8]), RelayError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayPayload {
     /// "I now talk to you through the server relay": the addressee switches
-    /// its side of the link to the relay too.
-    Switch,
+    /// its side of the link to the relay too and, unless this is itself a
+    /// `reply`, answers with a Switch whose `reply` is set.
+    Switch {
+        /// The sender's instance: chosen at random when a peer starts (a
+        /// page load, a CLI run), so a peer restarted under the same id is
+        /// told apart from one that only re-sends its Switch.
+        epoch: u64,
+        /// This Switch confirms one received; it is never answered.
+        reply: bool,
+    },
     /// An encoded [`crate::Frame`] for one of the two channels.
     Frame {
         /// The channel it would have travelled on.
@@ -118,8 +133,15 @@ impl RelayCipher {
 
     /// The complete envelope carrying `payload` from `me` to `to`.
     pub fn seal(&mut self, me: &PeerId, to: &PeerId, payload: &RelayPayload) -> Vec<u8> {
+        let switch_body;
         let (kind, bytes): (u8, &[u8]) = match payload {
-            RelayPayload::Switch => (KIND_SWITCH, &[]),
+            RelayPayload::Switch { epoch, reply } => {
+                let mut body = [0; SWITCH_BODY_BYTES];
+                body[..8].copy_from_slice(&epoch.to_be_bytes());
+                body[8] = u8::from(*reply);
+                switch_body = body;
+                (KIND_SWITCH, &switch_body)
+            }
             RelayPayload::Frame {
                 channel: Channel::Chat,
                 frame,
@@ -142,7 +164,17 @@ impl RelayCipher {
         let from = PeerId(from.to_owned());
         let mut plain = self.sealer.key().open(&aad(&from, me), body)?;
         let payload = match plain.first().copied() {
-            Some(KIND_SWITCH) => RelayPayload::Switch,
+            Some(KIND_SWITCH) => match plain.get(1..) {
+                Some([]) | None => RelayPayload::Switch {
+                    epoch: 0,
+                    reply: false,
+                },
+                Some([e0, e1, e2, e3, e4, e5, e6, e7, reply @ (0 | 1)]) => RelayPayload::Switch {
+                    epoch: u64::from_be_bytes([*e0, *e1, *e2, *e3, *e4, *e5, *e6, *e7]),
+                    reply: *reply == 1,
+                },
+                Some(body) => return Err(RelayError::Switch(body.len())),
+            },
             Some(kind @ (KIND_CHAT | KIND_FILE)) => {
                 plain.remove(0);
                 RelayPayload::Frame {
@@ -198,9 +230,50 @@ mod tests {
         assert_eq!(to, b);
         assert_eq!(bob.open(&b, &delivered).unwrap(), (a.clone(), payload));
 
-        let switch = alice.seal(&a, &b, &RelayPayload::Switch);
-        let (_, delivered) = server_forward(&switch, &a);
-        assert_eq!(bob.open(&b, &delivered).unwrap().1, RelayPayload::Switch);
+        for switch in [
+            RelayPayload::Switch {
+                epoch: u64::MAX - 7,
+                reply: false,
+            },
+            RelayPayload::Switch {
+                epoch: 1,
+                reply: true,
+            },
+        ] {
+            let envelope = alice.seal(&a, &b, &switch);
+            let (_, delivered) = server_forward(&envelope, &a);
+            assert_eq!(bob.open(&b, &delivered).unwrap().1, switch);
+        }
+    }
+
+    #[test]
+    fn a_switch_without_a_body_is_epoch_zero_and_a_bad_body_is_refused() {
+        let key = RoomKey::from_random([5; 32]);
+        let (a, b) = (peer("aaaa-1"), peer("bbbb-2"));
+        let mut alice = RelayCipher::new(&key, [1; 16]);
+        let bob = RelayCipher::new(&key, [2; 16]);
+        let mut sealed = |plain: &[u8]| {
+            let body = alice.sealer.seal(&aad(&a, &b), plain);
+            encode_envelope(&a, &body)
+        };
+        assert_eq!(
+            bob.open(&b, &sealed(&[KIND_SWITCH])).unwrap().1,
+            RelayPayload::Switch {
+                epoch: 0,
+                reply: false
+            }
+        );
+        assert!(matches!(
+            bob.open(&b, &sealed(&[KIND_SWITCH, 1, 2, 3])),
+            Err(RelayError::Switch(3))
+        ));
+        let mut bad_flag = vec![KIND_SWITCH];
+        bad_flag.extend_from_slice(&[0; 8]);
+        bad_flag.push(2);
+        assert!(matches!(
+            bob.open(&b, &sealed(&bad_flag)),
+            Err(RelayError::Switch(9))
+        ));
     }
 
     #[test]
@@ -208,7 +281,14 @@ mod tests {
         let key = RoomKey::from_random([5; 32]);
         let (a, b, c) = (peer("a"), peer("b"), peer("c"));
         let mut alice = RelayCipher::new(&key, [1; 16]);
-        let envelope = alice.seal(&a, &b, &RelayPayload::Switch);
+        let envelope = alice.seal(
+            &a,
+            &b,
+            &RelayPayload::Switch {
+                epoch: 3,
+                reply: false,
+            },
+        );
         // Claims the packet came from c.
         let (_, forged) = server_forward(&envelope, &c);
         let bob = RelayCipher::new(&key, [2; 16]);

@@ -21,6 +21,8 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // One crypto backend for rustls, whatever else the build enabled.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     config.validate().context("invalid configuration")?;
     let shutdown = shutdown_signal()?;
 

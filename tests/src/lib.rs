@@ -45,17 +45,21 @@ pub fn bin_dir() -> PathBuf {
             dir.pop();
         }
         let release = dir.ends_with("release");
-        // Make sure the binaries under test are current (a no-op when they are).
+        // Make sure the binaries under test are current (a no-op when they
+        // are). They are built as a packager builds them, `cargo build` at
+        // the workspace root: every default member's features unified, this
+        // test crate's (a second rustls backend among them) included.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
+        // (Through the root manifest: run from this crate's directory, a
+        // plain `cargo build` would select only this crate.)
+        let root_manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
         cmd.args([
             "build",
             "--quiet",
-            "-p",
-            "parlor-signaling",
-            "-p",
-            "parlor-cli",
             "--bins",
+            "--manifest-path",
+            root_manifest,
         ]);
         if release {
             cmd.arg("--release");

@@ -1,0 +1,15 @@
+//! What a peer does in a room, around chat delivery and file transfer.
+//!
+//! - [`path`]: the path to each peer — which WebRTC connection (a *link*,
+//!   with an identity) is current, the fallback ladder (direct/TURN → one
+//!   ICE restart → the server relay), the `Switch` handshake with epochs,
+//!   deadlines, refused peers, restarted peers, peers away and back.
+//!
+//! The drivers (the page, the CLI) turn IO into inputs and outputs into IO;
+//! every decision about a peer's path is made here once.
+
+pub mod path;
+
+pub use path::{
+    GoneReason, LinkChannel, LinkId, PathInput, PathOutput, PathPolicy, PathSettings, Paths, Route,
+};
