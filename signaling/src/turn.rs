@@ -79,7 +79,8 @@ use crate::metrics::{TurnMetrics, TurnRefusal};
 mod guard;
 mod quota;
 
-use guard::{Guard, GuardedListener, PendingSlot};
+pub use guard::NONCE_ROTATION;
+use guard::{Guard, GuardedListener, Nonces, PendingSlot};
 pub use quota::{ASSUMED_FD_LIMIT, FdBudget, descriptor_limit};
 use quota::{AllocationCounts, AllocationSlot, Quotas};
 
@@ -667,6 +668,7 @@ async fn new_server(
             quotas: config.quotas(),
             counts: allocations.clone(),
             pending,
+            nonces: Nonces::default(),
             metrics: config.metrics.clone(),
         },
     });

@@ -16,20 +16,31 @@
 //!   for the message just read belongs to the allocation the crate is
 //!   about to ask for.
 //!
-//! Requests without MESSAGE-INTEGRITY, or missing USERNAME, REALM or NONCE,
-//! pass: the crate answers them itself (401 with a nonce; 400).
+//! - nonces: the crate mints a nonce for every unauthenticated request and
+//!   every unknown nonce (401, 438), and keeps each in a map it never
+//!   prunes, so a flood of cheap unauthenticated requests grows memory
+//!   without bound (about 100 bytes a request, measured). The guard records
+//!   the nonces the crate sends ([`Nonces`]) and answers those requests
+//!   itself with the newest one while it is younger than
+//!   [`NONCE_ROTATION`]: the crate mints about one nonce per rotation.
+//!
+//! Requests with MESSAGE-INTEGRITY but missing USERNAME, REALM or NONCE
+//! pass: the crate answers them itself (400), as it does the first
+//! unauthenticated request after a rotation (401 with a fresh nonce).
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use stun::attributes::{
     ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS,
 };
 use stun::error_code::{
-    CODE_ALLOC_QUOTA_REACHED, CODE_FORBIDDEN, CODE_UNAUTHORIZED, ErrorCode, ErrorCodeAttribute,
+    CODE_ALLOC_QUOTA_REACHED, CODE_FORBIDDEN, CODE_STALE_NONCE, CODE_UNAUTHORIZED, ErrorCode,
+    ErrorCodeAttribute,
 };
 use stun::integrity::MessageIntegrity;
 use stun::message::{
@@ -48,6 +59,72 @@ use crate::metrics::{TurnMetrics, TurnRefusal};
 
 use super::quota::{AllocationCounts, AllocationSlot, Quotas};
 use super::{REALM, TurnSecret, check_username, credential, lock, unix_secs};
+
+/// How long the guard hands out the newest nonce the crate minted before it
+/// lets the crate mint another.
+pub const NONCE_ROTATION: Duration = Duration::from_secs(30 * 60);
+
+/// How long a nonce the crate minted is taken to be valid: under the
+/// crate's lifetime of an hour, so the crate never finds one stale that the
+/// guard passed as valid (if it did, it would just mint one more).
+const NONCE_VALIDITY: Duration = Duration::from_secs(55 * 60);
+
+/// Nonces remembered; an older one is answered with 438 and the newest.
+const KNOWN_NONCES: usize = 16;
+
+/// The nonces the crate sent (in 401 and 438 answers), newest last.
+#[derive(Debug, Default)]
+pub(super) struct Nonces(Mutex<VecDeque<(String, Instant)>>);
+
+impl Nonces {
+    fn record(&self, nonce: String, now: Instant) {
+        let mut known = lock(&self.0);
+        if known.iter().any(|(n, _)| *n == nonce) {
+            return;
+        }
+        known.push_back((nonce, now));
+        while known.len() > KNOWN_NONCES {
+            known.pop_front();
+        }
+    }
+
+    /// The nonce to hand out now, if the newest is young enough.
+    fn current(&self, now: Instant) -> Option<String> {
+        lock(&self.0)
+            .back()
+            .filter(|(_, minted)| now.saturating_duration_since(*minted) < NONCE_ROTATION)
+            .map(|(nonce, _)| nonce.clone())
+    }
+
+    /// Whether the crate still takes `nonce`.
+    fn is_valid(&self, nonce: &str, now: Instant) -> bool {
+        lock(&self.0).iter().any(|(n, minted)| {
+            n == nonce && now.saturating_duration_since(*minted) < NONCE_VALIDITY
+        })
+    }
+}
+
+/// The nonce of a 401 or 438 error response the crate is sending.
+fn minted_nonce(packet: &[u8]) -> Option<String> {
+    const ERROR_CLASS: u16 = 0x0110;
+    let typ = u16::from_be_bytes([*packet.first()?, *packet.get(1)?]);
+    if typ & ERROR_CLASS != ERROR_CLASS || !stun::message::is_message(packet) {
+        return None;
+    }
+    let mut msg = Message {
+        raw: packet.to_vec(),
+        ..Message::default()
+    };
+    msg.decode().ok()?;
+    let mut code = ErrorCodeAttribute::default();
+    code.get_from(&msg).ok()?;
+    if code.code != CODE_UNAUTHORIZED && code.code != CODE_STALE_NONCE {
+        return None;
+    }
+    TextAttribute::get_from_as(&msg, ATTR_NONCE)
+        .ok()
+        .map(|nonce| nonce.text)
+}
 
 /// The slot [`Guard`] took for the Allocate request being handled, if any.
 #[derive(Debug, Clone, Default)]
@@ -79,6 +156,7 @@ pub(super) struct Guard {
     pub quotas: Quotas,
     pub counts: AllocationCounts,
     pub pending: PendingSlot,
+    pub nonces: Nonces,
     pub metrics: TurnMetrics,
 }
 
@@ -95,7 +173,7 @@ pub(super) enum Verdict {
 
 /// The outcome of checking an authenticated request's credential.
 enum Auth {
-    /// Not ours to check (no MESSAGE-INTEGRITY, or attributes missing).
+    /// Not ours to check (attributes missing).
     Unchecked,
     /// The credential is good: its username.
     Valid(String),
@@ -136,36 +214,49 @@ impl Guard {
         if msg.typ.class != CLASS_REQUEST || !authenticated.contains(&method) {
             return Verdict::Pass;
         }
+        let now = Instant::now();
+        if !msg.contains(ATTR_MESSAGE_INTEGRITY) {
+            // The challenge: with a nonce the crate knows, if there is one.
+            return match self.nonces.current(now) {
+                Some(nonce) => self.answer(&msg, CODE_UNAUTHORIZED, b"", Some(nonce)),
+                None => Verdict::Pass,
+            };
+        }
+        let Ok(nonce) = TextAttribute::get_from_as(&msg, ATTR_NONCE) else {
+            return Verdict::Pass;
+        };
+        if !self.nonces.is_valid(&nonce.text, now) {
+            return match self.nonces.current(now) {
+                Some(current) => self.answer(&msg, CODE_STALE_NONCE, b"", Some(current)),
+                None => Verdict::Pass,
+            };
+        }
         let username = match self.authenticate(&msg) {
             Auth::Unchecked => return Verdict::Pass,
             Auth::Refused(why) => {
                 debug!(%from, reason = why.as_str(), "TURN request refused: 401");
-                return self.refuse(&msg, why, CODE_UNAUTHORIZED, b"Unauthorized", true);
+                self.metrics.refused(why);
+                return self.answer(&msg, CODE_UNAUTHORIZED, b"Unauthorized", Some(nonce.text));
             }
             Auth::Valid(username) => username,
         };
         let names_peer = method == METHOD_CREATE_PERMISSION || method == METHOD_CHANNEL_BIND;
         if names_peer && let Some(ip) = self.forbidden_peer(&msg) {
             debug!(%from, %ip, "TURN permission refused: peer address denied");
-            return self.refuse(
-                &msg,
-                TurnRefusal::PeerAddress,
-                CODE_FORBIDDEN,
-                b"peer address not allowed",
-                false,
-            );
+            self.metrics.refused(TurnRefusal::PeerAddress);
+            return self.answer(&msg, CODE_FORBIDDEN, b"peer address not allowed", None);
         }
         if method == METHOD_ALLOCATE {
             match self.counts.acquire(&username, from.ip(), self.quotas) {
                 Ok(slot) => self.pending.put(slot),
                 Err(why) => {
                     debug!(%from, username, reason = why.as_str(), "TURN allocation refused: 486");
-                    return self.refuse(
+                    self.metrics.refused(why);
+                    return self.answer(
                         &msg,
-                        why,
                         CODE_ALLOC_QUOTA_REACHED,
                         b"Allocation Quota Reached",
-                        false,
+                        None,
                     );
                 }
             }
@@ -175,13 +266,9 @@ impl Guard {
 
     /// Checks the credential of a request that carries MESSAGE-INTEGRITY.
     fn authenticate(&self, msg: &Message) -> Auth {
-        if !msg.contains(ATTR_MESSAGE_INTEGRITY) {
-            return Auth::Unchecked;
-        }
-        let (Ok(username), Ok(realm), Ok(_nonce)) = (
+        let (Ok(username), Ok(realm)) = (
             TextAttribute::get_from_as(msg, ATTR_USERNAME),
             TextAttribute::get_from_as(msg, ATTR_REALM),
-            TextAttribute::get_from_as(msg, ATTR_NONCE),
         ) else {
             return Auth::Unchecked;
         };
@@ -219,18 +306,16 @@ impl Guard {
             .find(|ip| self.peers.forbids(*ip))
     }
 
-    /// Counts the refusal and builds the error response; a 401 carries
-    /// REALM and the request's NONCE (still valid: the crate made it), so
-    /// a client whose credential was merely stale can retry.
-    fn refuse(
+    /// The error response `code` to `msg`; with `nonce` (for 401 and 438)
+    /// it carries REALM and that nonce, one the crate knows, so the client
+    /// can (re)try with its credential.
+    fn answer(
         &self,
         msg: &Message,
-        why: TurnRefusal,
         code: ErrorCode,
         reason: &[u8],
-        challenge: bool,
+        nonce: Option<String>,
     ) -> Verdict {
-        self.metrics.refused(why);
         let mut attrs: Vec<Box<dyn Setter>> = vec![
             Box::new(Message {
                 transaction_id: msg.transaction_id,
@@ -242,11 +327,9 @@ impl Guard {
                 reason: reason.to_vec(),
             }),
         ];
-        if challenge {
+        if let Some(nonce) = nonce {
             attrs.push(Box::new(TextAttribute::new(ATTR_REALM, REALM.to_owned())));
-            if let Ok(nonce) = TextAttribute::get_from_as(msg, ATTR_NONCE) {
-                attrs.push(Box::new(nonce));
-            }
+            attrs.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce)));
         }
         let mut response = Message::new();
         match response.build(&attrs) {
@@ -310,6 +393,9 @@ impl Conn for GuardedListener {
             // Success: the generator took the slot. Error: nobody will.
             self.guard.pending.release();
         }
+        if let Some(nonce) = minted_nonce(buf) {
+            self.guard.nonces.record(nonce, Instant::now());
+        }
         self.inner.send_to(buf, target).await
     }
 
@@ -327,5 +413,69 @@ impl Conn for GuardedListener {
 
     fn as_any(&self) -> &(dyn Any + Send + Sync) {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_newest_nonce_is_handed_out_until_rotation_and_valid_for_less_than_an_hour() {
+        let nonces = Nonces::default();
+        let t0 = Instant::now();
+        assert_eq!(nonces.current(t0), None);
+        nonces.record("a".into(), t0);
+        nonces.record("b".into(), t0 + Duration::from_secs(1));
+        nonces.record("a".into(), t0 + Duration::from_secs(2)); // known already
+        assert_eq!(
+            nonces.current(t0 + Duration::from_secs(3)).as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            nonces.current(t0 + NONCE_ROTATION + Duration::from_secs(1)),
+            None
+        );
+        assert!(nonces.is_valid("a", t0 + NONCE_ROTATION));
+        assert!(!nonces.is_valid("a", t0 + NONCE_VALIDITY));
+        assert!(!nonces.is_valid("c", t0));
+        for i in 0..KNOWN_NONCES {
+            nonces.record(i.to_string(), t0);
+        }
+        assert!(!nonces.is_valid("b", t0), "the oldest are forgotten");
+    }
+
+    #[test]
+    fn minted_nonces_are_read_from_401_and_438_answers_only() {
+        let build = |code: ErrorCode, class| {
+            let mut msg = Message::new();
+            msg.build(&[
+                Box::new(stun::agent::TransactionId::new()),
+                Box::new(MessageType::new(METHOD_ALLOCATE, class)),
+                Box::new(ErrorCodeAttribute {
+                    code,
+                    reason: vec![],
+                }),
+                Box::new(TextAttribute::new(ATTR_NONCE, "n1".into())),
+            ])
+            .unwrap();
+            msg.raw
+        };
+        assert_eq!(
+            minted_nonce(&build(CODE_UNAUTHORIZED, CLASS_ERROR_RESPONSE)).as_deref(),
+            Some("n1")
+        );
+        assert_eq!(
+            minted_nonce(&build(CODE_STALE_NONCE, CLASS_ERROR_RESPONSE)).as_deref(),
+            Some("n1")
+        );
+        assert_eq!(
+            minted_nonce(&build(CODE_FORBIDDEN, CLASS_ERROR_RESPONSE)),
+            None
+        );
+        assert_eq!(minted_nonce(&build(CODE_UNAUTHORIZED, CLASS_REQUEST)), None);
+        assert_eq!(minted_nonce(&[0x01, 0x13]), None);
+        assert_eq!(minted_nonce(&[]), None);
     }
 }

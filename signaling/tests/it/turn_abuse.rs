@@ -566,6 +566,57 @@ async fn allocations_past_the_quotas_get_486_per_credential_address_and_server()
     alloc("127.0.0.1", a.clone()).await.1.unwrap();
 }
 
+#[tokio::test]
+async fn unauthenticated_floods_share_one_nonce_so_the_crate_mints_no_more() {
+    let relay = relay(|_| {}).await;
+    let (username, password) = credential_for("ada", SECRET);
+    let mut nonces = std::collections::HashSet::new();
+    for i in 0..200 {
+        let tcp = i % 4 == 3;
+        let mut client = if tcp {
+            StunClient::tcp(relay.tcp_addr(), &username, &password).await
+        } else {
+            StunClient::udp(relay.udp_addr(), "127.0.0.1", &username, &password).await
+        };
+        let request = client.request(METHOD_ALLOCATE, CLASS_REQUEST, vec![]);
+        let reply = within("the challenge", client.exchange(&request))
+            .await
+            .unwrap();
+        assert_eq!(answer(&reply), Answer::Error(401));
+        assert_eq!(
+            TextAttribute::get_from_as(&reply, ATTR_REALM).unwrap().text,
+            "parlor"
+        );
+        let nonce = TextAttribute::get_from_as(&reply, ATTR_NONCE).unwrap().text;
+        nonces.insert((tcp, nonce));
+    }
+    // One nonce per listener (the UDP and the TCP server each keep theirs).
+    assert_eq!(nonces.len(), 2, "{nonces:?}");
+    let udp_nonce = nonces
+        .iter()
+        .find(|(tcp, _)| !tcp)
+        .map(|(_, n)| n.clone())
+        .unwrap();
+
+    // A made-up nonce with a good credential: 438 with the current nonce,
+    // with which the allocation then succeeds.
+    let mut client = StunClient::udp(relay.udp_addr(), "127.0.0.1", &username, &password).await;
+    client.realm = "parlor".into();
+    client.nonce = "made-up".into();
+    let (got, reply) = client
+        .call(METHOD_ALLOCATE, || {
+            vec![Box::new(RequestedTransport {
+                protocol: turn::proto::PROTO_UDP,
+            })]
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, Answer::Error(438));
+    client.nonce = TextAttribute::get_from_as(&reply, ATTR_NONCE).unwrap().text;
+    assert_eq!(client.nonce, udp_nonce);
+    within("allocate", client.allocate()).await.unwrap();
+}
+
 /// A `parlor-server` process, started through `prlimit` when `nofile` is
 /// given, its address, and the lines of its stderr so far.
 struct ServerProcess {
