@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parlor_protocol::{ClientMessage, IceServer, ServerMessage};
 use parlor_signaling::TurnServer;
 use parlor_signaling::cidr::{Cidr, DEFAULT_DENIED_PEERS};
-use parlor_signaling::metrics::{TurnMetrics, TurnRefusal};
+use parlor_signaling::metrics::{Metrics, TurnMetrics, TurnRefusal};
+use parlor_signaling::rooms::RoomCounts;
 use parlor_signaling::turn::{PeerRule, TurnConfig, credential, rest_username};
 use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
 use stun::error_code::ErrorCodeAttribute;
@@ -391,9 +392,13 @@ async fn every_denied_address_gets_403_over_udp_and_tcp_and_nothing_reaches_the_
     assert_eq!(metrics.refusals(TurnRefusal::PeerAddress), refused);
 
     // The probe does hear what an allowed relay sends it: the check above
-    // can see a leak.
-    let open =
-        self::relay(|c| c.peers = PeerRule::new(&["127.0.0.0/8".parse().unwrap()], &[])).await;
+    // can see a leak. And the relayed bytes are counted both ways.
+    let open_metrics = TurnMetrics::default();
+    let open = self::relay(|c| {
+        c.peers = PeerRule::new(&["127.0.0.0/8".parse().unwrap()], &[]);
+        c.metrics = open_metrics.clone();
+    })
+    .await;
     let mut client = StunClient::udp(open.udp_addr(), "127.0.0.1", &username, &password).await;
     let relayed = within("allocate", client.allocate()).await.unwrap();
     let target = SocketAddr::from(([127, 0, 0, 1], port));
@@ -404,6 +409,27 @@ async fn every_denied_address_gets_403_over_udp_and_tcp_and_nothing_reaches_the_
         .await
         .unwrap();
     assert_eq!((&buf[..n], from), (&b"allowed"[..], relayed));
+    probe.send_to(b"back!", relayed).await.unwrap();
+    let indication = within("the Data indication", client.read()).await.unwrap();
+    let mut msg = Message {
+        raw: indication,
+        ..Message::default()
+    };
+    msg.decode().unwrap();
+    let mut data = Data::default();
+    data.get_from(&msg).unwrap();
+    assert_eq!(data.0, b"back!");
+    let text = Metrics::with_turn(open_metrics.clone()).render(0, RoomCounts::default());
+    for line in [
+        "parlor_turn_allocations 1",
+        "parlor_turn_relayed_bytes_total{direction=\"to_peer\"} 7",
+        "parlor_turn_relayed_bytes_total{direction=\"from_peer\"} 5",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
 }
 
 #[tokio::test]
