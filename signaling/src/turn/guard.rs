@@ -14,8 +14,7 @@
 //!   taken here and handed to [`super::Relays`] through [`PendingSlot`]:
 //!   each `turn` server handles one message at a time, so the slot taken
 //!   for the message just read belongs to the allocation the crate is
-//!   about to ask for.
-//!
+//!   about to ask for;
 //! - nonces: the crate mints a nonce for every unauthenticated request and
 //!   every unknown nonce (401, 438), and keeps each in a map it never
 //!   prunes, so a flood of cheap unauthenticated requests grows memory
