@@ -10,6 +10,7 @@ use clap::Parser;
 use clap::builder::RangedU64ValueParser;
 use parlor_protocol::IceServer;
 
+use crate::cidr::{Cidr, PeerRule};
 use crate::turn::TurnSecret;
 
 /// Where the server listens unless told otherwise: loopback only, so a
@@ -87,6 +88,13 @@ pub const DEFAULT_TURN_TTL_SECS: u64 = 12 * 60 * 60;
 /// (15-20 MB/s measured on loopback, less over real networks), while one
 /// pair of peers cannot fill a small server's uplink.
 pub const DEFAULT_TURN_MAX_BANDWIDTH: u64 = 10 * 1024 * 1024;
+
+/// TURN allocations all credentials used from one client address may hold
+/// at once: two peers' worth of a full room (each peer gathers one relay
+/// candidate per other peer, plus ICE restarts), so a household or office
+/// behind one NAT still relays, while one anonymous visitor minting
+/// credentials with repeated `hello`s cannot take the relay's descriptors.
+pub const DEFAULT_TURN_MAX_ALLOCATIONS_PER_IP: usize = 64;
 
 /// WebSockets one address may hold open: generous, because a whole office
 /// or campus can share one address behind NAT.
@@ -253,11 +261,49 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub turn_ttl_secs: u64,
 
-    /// Let the TURN relay reach loopback, private and link-local addresses
-    /// (off by default so that it cannot be used to reach the server's own
-    /// network; loopback tests need it).
+    /// Let the TURN relay reach every address, loopback and private ones
+    /// included: switches the peer deny list off (loopback tests need it;
+    /// never on a server reachable from the internet).
     #[arg(long, env = "PARLOR_TURN_ALLOW_PRIVATE")]
     pub turn_allow_private: bool,
+
+    /// A peer address range the TURN relay may reach although the default
+    /// deny list (coturn's: private, loopback, CGNAT, link-local, reserved,
+    /// documentation, benchmarking, multicast, NAT64, ...) contains it, e.g.
+    /// `198.18.0.0/15` for a test network (repeatable; in the environment,
+    /// comma-separated). Wins over `--turn-deny`.
+    #[arg(
+        long = "turn-allow",
+        value_name = "CIDR",
+        env = "PARLOR_TURN_ALLOW",
+        value_delimiter = ','
+    )]
+    pub turn_allow: Vec<Cidr>,
+
+    /// A peer address range the TURN relay refuses in addition to the
+    /// default deny list (repeatable; in the environment, comma-separated).
+    #[arg(
+        long = "turn-deny",
+        value_name = "CIDR",
+        env = "PARLOR_TURN_DENY",
+        value_delimiter = ','
+    )]
+    pub turn_deny: Vec<Cidr>,
+
+    /// TURN allocations one client address (an IPv6 client's /64) may hold
+    /// at once, over all credentials; more get 486 (Allocation Quota
+    /// Reached).
+    #[arg(long, env = "PARLOR_TURN_MAX_ALLOCATIONS_PER_IP",
+          default_value_t = DEFAULT_TURN_MAX_ALLOCATIONS_PER_IP,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub turn_max_allocations_per_ip: usize,
+
+    /// TURN allocations the whole relay may hold at once; more get 486
+    /// [default: from the file-descriptor limit: TURN gets a third of the
+    /// descriptors, three quarters of those for allocations].
+    #[arg(long, value_name = "N", env = "PARLOR_TURN_MAX_ALLOCATIONS",
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub turn_max_allocations: Option<usize>,
 
     /// Bytes per second one TURN allocation may relay; more is dropped.
     #[arg(long, value_name = "BYTES_PER_SEC", env = "PARLOR_TURN_MAX_BANDWIDTH",
@@ -321,6 +367,10 @@ impl Default for Config {
             turn_urls: Vec::new(),
             turn_ttl_secs: DEFAULT_TURN_TTL_SECS,
             turn_allow_private: false,
+            turn_allow: Vec::new(),
+            turn_deny: Vec::new(),
+            turn_max_allocations_per_ip: DEFAULT_TURN_MAX_ALLOCATIONS_PER_IP,
+            turn_max_allocations: None,
             turn_max_bandwidth: DEFAULT_TURN_MAX_BANDWIDTH,
             no_server_relay: false,
             relay_max_bandwidth: DEFAULT_RELAY_MAX_BANDWIDTH,
@@ -365,7 +415,7 @@ impl Config {
     /// Checks what clap's per-flag parsers cannot (and what a [`Config`]
     /// built in code may get wrong).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let nonzero: [(&'static str, u64); 10] = [
+        let nonzero: [(&'static str, u64); 12] = [
             ("--max-peers-per-room", self.max_peers_per_room as u64),
             ("--max-rooms", self.max_rooms as u64),
             ("--max-connections", self.max_connections as u64),
@@ -376,6 +426,14 @@ impl Config {
             ("--hello-timeout-secs", self.hello_timeout_secs),
             ("--turn-ttl-secs", self.turn_ttl_secs),
             ("--turn-max-bandwidth", self.turn_max_bandwidth),
+            (
+                "--turn-max-allocations-per-ip",
+                self.turn_max_allocations_per_ip as u64,
+            ),
+            (
+                "--turn-max-allocations",
+                self.turn_max_allocations.map_or(1, |n| n as u64),
+            ),
         ];
         if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Zero(name));
@@ -419,6 +477,17 @@ impl Config {
                 credential: None,
             })
             .collect()
+    }
+
+    /// The TURN relay's peer rule: everything allowed with
+    /// `--turn-allow-private`, else the default deny list with `--turn-allow`
+    /// and `--turn-deny`.
+    pub fn turn_peer_rule(&self) -> PeerRule {
+        if self.turn_allow_private {
+            PeerRule::allow_all()
+        } else {
+            PeerRule::new(&self.turn_allow, &self.turn_deny)
+        }
     }
 
     /// `--turn-ttl-secs` as a duration.
@@ -516,7 +585,33 @@ mod tests {
             "--turn-url",
             "turn:coturn.example:3478?transport=udp",
             "--turn-allow-private",
+            "--turn-allow",
+            "198.18.0.0/15",
+            "--turn-deny",
+            "8.8.8.0/24",
+            "--turn-max-allocations-per-ip",
+            "5",
+            "--turn-max-allocations",
+            "50",
         ]);
+        assert_eq!(config.turn_allow, ["198.18.0.0/15".parse().unwrap()]);
+        assert_eq!(config.turn_deny, ["8.8.8.0/24".parse().unwrap()]);
+        assert_eq!(config.turn_max_allocations_per_ip, 5);
+        assert_eq!(config.turn_max_allocations, Some(50));
+        assert!(config.turn_peer_rule().allows_all());
+        let ruled = Config {
+            turn_allow_private: false,
+            ..config.clone()
+        }
+        .turn_peer_rule();
+        assert!(!ruled.forbids("198.18.0.11".parse().unwrap()));
+        assert!(ruled.forbids("8.8.8.8".parse().unwrap()));
+        assert!(ruled.forbids("100.100.100.200".parse().unwrap()));
+        assert!(Config::try_parse_from(["parlor-server", "--turn-allow", "10.0.0.0/40"]).is_err());
+        assert!(
+            Config::try_parse_from(["parlor-server", "--turn-max-allocations-per-ip", "0"])
+                .is_err()
+        );
         assert_eq!(config.turn_port, Some(0));
         assert_eq!(config.public_ip, Some("198.18.0.1".parse().unwrap()));
         assert_eq!(config.turn_secret, Some("s3cret".parse().unwrap()));

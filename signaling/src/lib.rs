@@ -19,8 +19,10 @@
 //!   strikes, rate limit, heartbeat, idle and hello timeouts, close.
 //! - [`limit`]: the token bucket (per connection; per TURN allocation).
 //! - [`turn`]: the embedded TURN relay (UDP and TCP), TURN REST credentials,
-//!   the rule against relaying to private addresses, per-credential and
-//!   bandwidth caps.
+//!   allocation caps per credential, per address and from the descriptor
+//!   limit, bandwidth caps, and error codes as TURN clients expect.
+//! - [`cidr`]: address ranges and the relay's peer rule (coturn's deny list,
+//!   `--turn-allow`, `--turn-deny`).
 //! - [`metrics`]: Prometheus metrics, one registry per instance.
 //! - [`web`]: the static web app, or a "not built yet" page.
 //! - [`codes`]: short-code nameplates (`POST /api/code`, single-use
@@ -37,7 +39,11 @@
 //!   overflow disconnects that peer.
 //! - The TURN relay is not an open relay: only holders of an unexpired
 //!   credential from a `welcome` can allocate, and it never relays to or from
-//!   private, loopback or link-local addresses unless `--turn-allow-private`.
+//!   the ranges of coturn's recommended deny list (private, loopback, CGNAT,
+//!   link-local, reserved, ...) unless `--turn-allow` or
+//!   `--turn-allow-private` says so. Nor can one client address exhaust it:
+//!   its allocations are capped per address and in all (from the
+//!   descriptor limit), leaving most descriptors to HTTP and WebSockets.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,6 +52,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+use crate::metrics::TurnMetrics;
+
+pub mod cidr;
 pub mod codes;
 pub mod config;
 pub mod limit;
@@ -81,7 +90,8 @@ pub async fn run(
         .turn_secret
         .clone()
         .unwrap_or_else(TurnSecret::random);
-    let relay = turn::start_embedded(&config, &secret)
+    let turn_metrics = TurnMetrics::default();
+    let relay = turn::start_embedded(&config, &secret, turn_metrics.clone())
         .await
         .context("cannot start the TURN relay")?;
     let advert = TurnAdvert::for_config(&config, secret, relay.as_ref());
@@ -89,7 +99,8 @@ pub async fn run(
         config.max_peers_per_room,
         config.max_rooms,
     ));
-    let app = App::with_turn(config, backend, advert).context("invalid configuration")?;
+    let app = App::with_turn_metrics(config, backend, advert, turn_metrics)
+        .context("invalid configuration")?;
     let served = serve(listener, app, shutdown).await;
     if let Some(relay) = relay {
         relay.close().await;

@@ -9,7 +9,11 @@
 //!   `code`: [`ErrorCode::as_str`]);
 //! - counters `parlor_relay_packets_total`, `parlor_relay_bytes_total` (the
 //!   server relay) and `parlor_codes_created_total`,
-//!   `parlor_codes_opened_total` (short-code nameplates).
+//!   `parlor_codes_opened_total` (short-code nameplates);
+//! - the embedded TURN relay ([`TurnMetrics`]): gauge
+//!   `parlor_turn_allocations`, counters `parlor_turn_relayed_bytes_total`
+//!   (label `direction`: `to_peer` or `from_peer`) and
+//!   `parlor_turn_refusals_total` (label `reason`, see [`TurnRefusal`]).
 //!
 //! The 0.0.4 text format is used rather than OpenMetrics because there a
 //! counter `parlor_connections` (sample `parlor_connections_total`) and the
@@ -23,6 +27,102 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::rooms::RoomCounts;
+
+/// Why the TURN relay refused a client's request: the `reason` label of
+/// `parlor_turn_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TurnRefusal {
+    /// 401: the MESSAGE-INTEGRITY does not match the credential.
+    BadPassword,
+    /// 401: the username is not `EXPIRY:ID`.
+    MalformedUsername,
+    /// 401: the credential's expiry has passed.
+    ExpiredCredential,
+    /// 401: the credential expires further ahead than the server ever issues.
+    ExpiryTooFar,
+    /// 403: a permission, channel or send to a denied peer address.
+    PeerAddress,
+    /// 486: the credential holds its quota of allocations.
+    QuotaCredential,
+    /// 486: the client's address holds its quota of allocations.
+    QuotaAddress,
+    /// 486: the server holds as many allocations as it has descriptors for.
+    QuotaServer,
+    /// A TURN-over-TCP connection refused: too many open.
+    TcpConnections,
+}
+
+impl TurnRefusal {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadPassword => "bad_password",
+            Self::MalformedUsername => "malformed_username",
+            Self::ExpiredCredential => "expired_credential",
+            Self::ExpiryTooFar => "expiry_too_far",
+            Self::PeerAddress => "peer_address",
+            Self::QuotaCredential => "quota_credential",
+            Self::QuotaAddress => "quota_address",
+            Self::QuotaServer => "quota_server",
+            Self::TcpConnections => "tcp_connections",
+        }
+    }
+}
+
+/// The embedded TURN relay's metrics. Cheap to clone (the relay keeps one,
+/// the registry of [`Metrics::with_turn`] another, and both see the same
+/// numbers); all zero while no relay runs.
+#[derive(Debug, Clone, Default)]
+pub struct TurnMetrics {
+    allocations: Gauge,
+    relayed_bytes: Family<Labels, Counter>,
+    refusals: Family<Labels, Counter>,
+}
+
+impl TurnMetrics {
+    /// Counts one more live allocation.
+    pub fn allocation_opened(&self) {
+        self.allocations.inc();
+    }
+
+    /// Counts one allocation fewer.
+    pub fn allocation_closed(&self) {
+        self.allocations.dec();
+    }
+
+    /// Live allocations now.
+    pub fn allocations(&self) -> i64 {
+        self.allocations.get()
+    }
+
+    /// Counts `bytes` relayed from a client to its peer.
+    pub fn relayed_to_peer(&self, bytes: usize) {
+        self.relayed_bytes
+            .get_or_create(&[("direction", "to_peer")])
+            .inc_by(bytes as u64);
+    }
+
+    /// Counts `bytes` relayed from a peer to the client.
+    pub fn relayed_from_peer(&self, bytes: usize) {
+        self.relayed_bytes
+            .get_or_create(&[("direction", "from_peer")])
+            .inc_by(bytes as u64);
+    }
+
+    /// Counts a refusal.
+    pub fn refused(&self, why: TurnRefusal) {
+        self.refusals
+            .get_or_create(&[("reason", why.as_str())])
+            .inc();
+    }
+
+    /// Refusals for `why` so far.
+    pub fn refusals(&self, why: TurnRefusal) -> u64 {
+        self.refusals
+            .get_or_create(&[("reason", why.as_str())])
+            .get()
+    }
+}
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -54,6 +154,12 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry with every metric at zero.
     pub fn new() -> Self {
+        Self::with_turn(TurnMetrics::default())
+    }
+
+    /// A fresh registry that also renders `turn`, the embedded relay's
+    /// metrics.
+    pub fn with_turn(turn: TurnMetrics) -> Self {
         let mut registry = Registry::default();
         let connections = Gauge::default();
         let rooms = Gauge::default();
@@ -111,6 +217,21 @@ impl Metrics {
             "parlor_codes_opened",
             "Short-code nameplates opened (single use)",
             codes_opened.clone(),
+        );
+        registry.register(
+            "parlor_turn_allocations",
+            "Live allocations on the embedded TURN relay",
+            turn.allocations,
+        );
+        registry.register(
+            "parlor_turn_relayed_bytes",
+            "Bytes relayed by the embedded TURN relay, by direction",
+            turn.relayed_bytes,
+        );
+        registry.register(
+            "parlor_turn_refusals",
+            "Requests and connections the embedded TURN relay refused, by reason",
+            turn.refusals,
         );
         Self {
             registry,
@@ -201,6 +322,31 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn turn_metrics_are_rendered_by_the_registry_they_were_given_to() {
+        let turn = TurnMetrics::default();
+        let metrics = Metrics::with_turn(turn.clone());
+        turn.allocation_opened();
+        turn.allocation_opened();
+        turn.allocation_closed();
+        turn.relayed_to_peer(100);
+        turn.relayed_from_peer(7);
+        turn.refused(TurnRefusal::QuotaAddress);
+        let text = metrics.render(0, RoomCounts::default());
+        for line in [
+            "parlor_turn_allocations 1",
+            "parlor_turn_relayed_bytes_total{direction=\"to_peer\"} 100",
+            "parlor_turn_relayed_bytes_total{direction=\"from_peer\"} 7",
+            "parlor_turn_refusals_total{reason=\"quota_address\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert_eq!(turn.refusals(TurnRefusal::QuotaAddress), 1);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! | `POST /api/code/{N}/open` | `{"room": ROOM}` once, then `404` |
 //! | `GET /`, `GET /r/{room}`, app files | the web app ([`crate::web`]) |
 //! | anything else | `404` |
+//!
+//! Every `GET` route but `/ws` answers `HEAD` too.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -36,11 +38,11 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .and_then(websocket);
     let healthz = warp::path("healthz")
         .and(warp::path::end())
-        .and(warp::get())
+        .and(web::get_or_head())
         .map(|| "ok");
     let metrics = warp::path("metrics")
         .and(warp::path::end())
-        .and(warp::get())
+        .and(web::get_or_head())
         .and(with_app(Arc::clone(&app)))
         .map(metrics);
     let create_code = warp::path!("api" / "code")

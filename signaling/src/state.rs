@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::codes::Nameplates;
 use crate::config::{Config, ConfigError};
 use crate::limit::{IpLimits, RoomRelayLimits};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TurnMetrics};
 use crate::rooms::{MemoryRooms, PeerIds, RoomBackend};
 use crate::turn::TurnAdvert;
 
@@ -69,6 +69,17 @@ impl App {
         backend: Arc<dyn RoomBackend>,
         turn: Option<TurnAdvert>,
     ) -> Result<Arc<Self>, ConfigError> {
+        Self::with_turn_metrics(config, backend, turn, TurnMetrics::default())
+    }
+
+    /// Like [`Self::with_turn`], with `/metrics` also rendering
+    /// `turn_metrics`, those the embedded relay counts into.
+    pub fn with_turn_metrics(
+        config: Config,
+        backend: Arc<dyn RoomBackend>,
+        turn: Option<TurnAdvert>,
+        turn_metrics: TurnMetrics,
+    ) -> Result<Arc<Self>, ConfigError> {
         config.validate()?;
         Ok(Arc::new(Self {
             ice_servers: config.ice_server_list(),
@@ -85,7 +96,7 @@ impl App {
             turn,
             config,
             backend,
-            metrics: Metrics::new(),
+            metrics: Metrics::with_turn(turn_metrics),
             peer_ids: PeerIds::new(),
             connections: watch::Sender::new(0),
             shutdown: watch::Sender::new(false),

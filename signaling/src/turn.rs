@@ -1,5 +1,6 @@
 //! The embedded TURN relay: webrtc-rs's `turn` server on UDP and on TCP,
-//! with TURN REST credentials, no relaying into private networks, and caps.
+//! with TURN REST credentials, no relaying into private networks, and caps
+//! that one visitor cannot exhaust.
 //!
 //! - Credentials ([`credential`], [`TurnAdvert`]): the TURN REST scheme that
 //!   coturn checks with `use-auth-secret`. The username is `EXPIRY:PEERID`
@@ -7,21 +8,28 @@
 //!   username))`. The signaling server hands a fresh pair to every peer in its
 //!   `welcome`; the relay ([`TurnServer`]) recomputes the password from the
 //!   username, so it keeps no per-user state, and an external coturn with the
-//!   same secret accepts the same credentials.
-//! - The address rule ([`is_forbidden_peer`]): unless `--turn-allow-private`,
-//!   the relay neither sends to nor accepts from loopback, private (RFC 1918,
-//!   fc00::/7), link-local, unspecified, multicast or broadcast addresses, so
-//!   a credential cannot be used to reach the server's own network. The rule
-//!   is enforced twice: CreatePermission and ChannelBind requests for such
-//!   a peer are answered `403 Forbidden` (and Send indications dropped) before
-//!   the `turn` crate sees them ([`GuardedListener`]), and every relay socket
-//!   the crate gets from our [`RelayAddressGenerator`] refuses them again
-//!   ([`RelayConn`]), since the crate has no peer-address hook of its own.
-//!   198.18.0.0/15 (benchmarking) is deliberately allowed: network-namespace
-//!   tests use it as the public internet.
-//! - Caps: [`MAX_ALLOCATIONS_PER_USER`] allocations per credential, and a
-//!   token bucket of `--turn-max-bandwidth` bytes per second on each relay
-//!   socket (excess packets are dropped, as a congested link would).
+//!   same secret accepts the same credentials. A credential is refused (401)
+//!   once expired and when it expires further ahead than the relay's
+//!   credential lifetime ([`check_username`]).
+//! - The peer rule ([`PeerRule`]): by default the relay neither sends to nor
+//!   accepts from the ranges coturn's example configuration denies
+//!   (loopback, RFC 1918, carrier-grade NAT, link-local, documentation,
+//!   benchmarking, reserved, multicast, NAT64, ...). It is enforced twice:
+//!   CreatePermission and ChannelBind requests for such a peer are answered
+//!   `403 Forbidden` (and Send indications dropped) before the `turn` crate
+//!   sees them (`guard`), and every relay socket the crate gets from our
+//!   [`RelayAddressGenerator`] refuses them again ([`RelayConn`]), since the
+//!   crate has no peer-address hook of its own.
+//! - Caps: allocations per credential ([`MAX_ALLOCATIONS_PER_USER`]), per
+//!   client address over all credentials, and for the whole relay, sized
+//!   from the file-descriptor limit ([`FdBudget`]); past any of them an
+//!   Allocate gets `486 Allocation Quota Reached`. TURN-over-TCP connections
+//!   are capped by the same budget, and each relay socket by a token bucket
+//!   of `--turn-max-bandwidth` bytes per second (excess packets are dropped,
+//!   as a congested link would).
+//! - Error codes: the crate answers bad credentials with 400 and quota
+//!   refusals with 508; the guard in front of it answers 401 and 486, as
+//!   RFC 8656 and coturn do (see `guard`).
 //! - Transports: one `turn::server::Server` reads a UDP socket; a second one
 //!   reads [`TcpMux`], which frames STUN and ChannelData messages over every
 //!   accepted TCP stream (RFC 5766 §11.5, ChannelData padded to 4 bytes) and
@@ -29,16 +37,16 @@
 //!
 //! Why two `Server`s instead of one with two listeners: the crate does not
 //! tell the relay generator who asked for an allocation. Each `Server`
-//! handles its listener's messages one at a time (authentication, then the
-//! relay socket), so the username its [`AuthHandler`] saw last is the one the
-//! allocation belongs to. With two listeners in one `Server` the UDP and TCP
-//! loops would interleave on one shared handler.
+//! handles its listener's messages one at a time (guard, authentication,
+//! then the relay socket), so the quota slot its guard took for the message
+//! read last is the one the allocation gets. With two listeners in one
+//! `Server` the UDP and TCP loops would interleave on one shared slot.
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -49,26 +57,32 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac as _};
 use parlor_protocol::IceServer;
 use sha1::Sha1;
-use stun::attributes::ATTR_XOR_PEER_ADDRESS;
-use stun::error_code::{CODE_FORBIDDEN, ErrorCodeAttribute};
-use stun::message::{
-    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, Getter as _, METHOD_CHANNEL_BIND,
-    METHOD_CREATE_PERMISSION, METHOD_SEND, Message, MessageType,
-};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 use turn::auth::{AuthHandler, generate_auth_key};
-use turn::proto::peeraddr::PeerAddress;
 use turn::relay::RelayAddressGenerator;
 use turn::server::Server;
 use turn::server::config::{ConnConfig, ServerConfig};
 use webrtc_util::Conn;
 
-use crate::config::{Config, DEFAULT_TURN_PORT};
+pub use crate::cidr::PeerRule;
+use crate::config::{
+    Config, DEFAULT_TURN_MAX_ALLOCATIONS_PER_IP, DEFAULT_TURN_MAX_BANDWIDTH, DEFAULT_TURN_PORT,
+    DEFAULT_TURN_TTL_SECS,
+};
 use crate::limit::TokenBucket;
+use crate::metrics::{TurnMetrics, TurnRefusal};
+
+mod guard;
+mod quota;
+
+pub use guard::NONCE_ROTATION;
+use guard::{Guard, GuardedListener, Nonces, PendingSlot};
+pub use quota::{ASSUMED_FD_LIMIT, FdBudget, descriptor_limit};
+use quota::{AllocationCounts, AllocationSlot, Quotas};
 
 /// The realm of TURN's long-term credentials. Clients learn it from the
 /// server's first 401 answer; the password does not depend on it.
@@ -77,6 +91,10 @@ pub const REALM: &str = "parlor";
 /// Bytes of the shared secret made up at start when `--turn-secret` is not
 /// given: 256 bits, far beyond guessing.
 pub const RANDOM_SECRET_BYTES: usize = 32;
+
+/// How much further ahead than the credential lifetime a credential's expiry
+/// may be: clock skew between the servers sharing a `--turn-secret`.
+pub const CREDENTIAL_EXPIRY_SLACK: Duration = Duration::from_secs(60);
 
 /// Allocations one credential (one peer's `welcome`) may hold at once. A peer
 /// opens one WebRTC connection per other peer in its room and each gathers
@@ -91,9 +109,11 @@ pub const MAX_ALLOCATIONS_PER_USER: usize = 32;
 /// packets of a flow whose average is well under the cap.
 pub const BANDWIDTH_BURST_SECS: u64 = 1;
 
-/// TURN-over-TCP connections held at once. Each costs two tasks and two
-/// bounded queues; 1024 is far above what a Parlor deployment relays over
-/// TCP (clients on networks that block UDP) and bounds what idle sockets cost.
+/// TURN-over-TCP connections held at once at most, whatever the
+/// descriptor budget ([`FdBudget`]). Each costs a descriptor, two tasks and
+/// two bounded queues; 1024 is far above what a Parlor deployment relays
+/// over TCP (clients on networks that block UDP) and bounds what idle
+/// sockets cost.
 pub const MAX_TCP_CONNECTIONS: usize = 1024;
 
 /// Time a new TCP connection has to send its first message: a client sends
@@ -166,17 +186,52 @@ pub fn rest_username(expiry_unix_secs: u64, id: &str) -> String {
     format!("{expiry_unix_secs}:{id}")
 }
 
-/// Why the relay refuses a username, or `Ok` if its expiry is after `now`.
-/// Accepts `EXPIRY:ID` and a bare `EXPIRY`, like coturn.
-pub fn check_username(username: &str, now_unix_secs: u64) -> Result<(), &'static str> {
+/// Why the relay refuses a credential's username (answered with 401).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    /// Not `EXPIRY:ID` or `EXPIRY`.
+    #[error("username is not of the form EXPIRY:ID")]
+    Malformed,
+    /// The expiry has passed.
+    #[error("credential expired")]
+    Expired,
+    /// The expiry is further ahead than the relay ever issues.
+    #[error("credential expires further ahead than the credential lifetime")]
+    TooFarAhead,
+}
+
+impl CredentialError {
+    /// The `reason` label this refusal is counted under.
+    pub fn refusal(self) -> TurnRefusal {
+        match self {
+            Self::Malformed => TurnRefusal::MalformedUsername,
+            Self::Expired => TurnRefusal::ExpiredCredential,
+            Self::TooFarAhead => TurnRefusal::ExpiryTooFar,
+        }
+    }
+}
+
+/// Checks a TURN REST username at `now_unix_secs`: its expiry must be in the
+/// future, and at most `lifetime` (the `--turn-ttl-secs` the server issues
+/// with) plus [`CREDENTIAL_EXPIRY_SLACK`] ahead. Accepts `EXPIRY:ID` and a
+/// bare `EXPIRY`, like coturn.
+pub fn check_username(
+    username: &str,
+    now_unix_secs: u64,
+    lifetime: Duration,
+) -> Result<(), CredentialError> {
     let expiry = username
         .split_once(':')
         .map_or(username, |(expiry, _)| expiry);
-    let expiry: u64 = expiry
-        .parse()
-        .map_err(|_| "username is not of the form EXPIRY:ID")?;
+    let expiry: u64 = expiry.parse().map_err(|_| CredentialError::Malformed)?;
     if expiry <= now_unix_secs {
-        return Err("credential expired");
+        return Err(CredentialError::Expired);
+    }
+    let latest = now_unix_secs
+        .saturating_add(lifetime.as_secs())
+        .saturating_add(CREDENTIAL_EXPIRY_SLACK.as_secs());
+    if expiry > latest {
+        return Err(CredentialError::TooFarAhead);
     }
     Ok(())
 }
@@ -244,38 +299,6 @@ impl TurnAdvert {
     }
 }
 
-/// Whether the relay must refuse to exchange packets with `ip` (unless
-/// `--turn-allow-private`): loopback, private (RFC 1918, fc00::/7),
-/// link-local, unspecified (and the rest of 0.0.0.0/8), multicast and
-/// broadcast, also when written as IPv4-mapped IPv6. Everything else is
-/// allowed, notably 198.18.0.0/15, which the project's network-namespace
-/// tests use as the "public internet".
-pub fn is_forbidden_peer(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => forbidden_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => forbidden_v4(v4),
-            None => {
-                let first = v6.segments()[0];
-                v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_multicast()
-                    || first & 0xfe00 == 0xfc00 // unique local, fc00::/7
-                    || first & 0xffc0 == 0xfe80 // link-local, fe80::/10
-            }
-        },
-    }
-}
-
-fn forbidden_v4(ip: Ipv4Addr) -> bool {
-    ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_multicast()
-        || ip.is_broadcast()
-        || ip.octets()[0] == 0 // 0.0.0.0/8, "this network"
-}
-
 /// What one embedded relay needs.
 #[derive(Debug, Clone)]
 pub struct TurnConfig {
@@ -287,12 +310,83 @@ pub struct TurnConfig {
     pub public_ip: IpAddr,
     /// The TURN REST secret.
     pub secret: TurnSecret,
-    /// Relay to and from private addresses too (loopback tests).
-    pub allow_private: bool,
+    /// The longest a credential is issued for: expiries further ahead are
+    /// refused.
+    pub credential_lifetime: Duration,
+    /// Which peers the relay exchanges packets with.
+    pub peers: PeerRule,
     /// Bytes per second through one allocation.
     pub max_bandwidth: u64,
     /// Allocations one username may hold at once.
     pub max_allocations_per_user: usize,
+    /// Allocations one client address may hold at once, over all usernames.
+    pub max_allocations_per_ip: usize,
+    /// Allocations the relay holds at most.
+    pub max_allocations: usize,
+    /// TURN-over-TCP connections the relay holds at most.
+    pub max_tcp_connections: usize,
+    /// Where the relay counts allocations, relayed bytes and refusals.
+    pub metrics: TurnMetrics,
+}
+
+impl TurnConfig {
+    /// A relay on `ip` (listening, relaying and advertised), on a free port,
+    /// with `secret`, the default peer rule and the defaults of
+    /// `parlor-server`: credential lifetime, bandwidth, per-credential and
+    /// per-address caps, and the global caps of this process's [`FdBudget`].
+    pub fn new(ip: IpAddr, secret: TurnSecret) -> Self {
+        let budget = FdBudget::of_this_process();
+        Self {
+            listen_ip: ip,
+            port: 0,
+            public_ip: ip,
+            secret,
+            credential_lifetime: Duration::from_secs(DEFAULT_TURN_TTL_SECS),
+            peers: PeerRule::default(),
+            max_bandwidth: DEFAULT_TURN_MAX_BANDWIDTH,
+            max_allocations_per_user: MAX_ALLOCATIONS_PER_USER,
+            max_allocations_per_ip: DEFAULT_TURN_MAX_ALLOCATIONS_PER_IP,
+            max_allocations: budget.allocations,
+            max_tcp_connections: budget.tcp_connections,
+            metrics: TurnMetrics::default(),
+        }
+    }
+
+    fn quotas(&self) -> Quotas {
+        Quotas {
+            per_user: self.max_allocations_per_user,
+            per_ip: self.max_allocations_per_ip,
+            total: self.max_allocations,
+        }
+    }
+}
+
+/// What is wrong with the address the relay advertises, for the warning at
+/// start, or `None` when remote clients can reach it.
+pub fn advertised_address_problem(listen_ip: IpAddr, public_ip: IpAddr) -> Option<String> {
+    if public_ip.is_loopback() {
+        return Some(format!(
+            "the TURN relay advertises the loopback address {public_ip}, which no remote \
+             client can reach: pass --public-ip with the address clients reach this server \
+             at, and --turn-listen-ip 0.0.0.0 (or that interface's address) so the relay \
+             listens there"
+        ));
+    }
+    if listen_ip.is_loopback() {
+        return Some(format!(
+            "the TURN relay listens on the loopback address {listen_ip} but advertises \
+             {public_ip}: remote clients' packets cannot reach it; pass --turn-listen-ip \
+             0.0.0.0 (or the address of the interface that {public_ip} arrives on)"
+        ));
+    }
+    if PeerRule::default().forbids(public_ip) {
+        return Some(format!(
+            "the TURN relay advertises {public_ip}, a private or special-purpose address \
+             that clients outside its network cannot reach: pass --public-ip with the \
+             server's public address (behind 1:1 NAT, the NAT's)"
+        ));
+    }
+    None
 }
 
 /// Why the relay did not start.
@@ -316,14 +410,17 @@ pub enum TurnError {
     Turn(#[from] turn::Error),
 }
 
-/// Starts the embedded relay as `config` says, or returns `None` when it is
-/// off: `--no-turn`; a listen address of 0.0.0.0/:: without `--public-ip`
-/// (there is no address to advertise; logged); or the default port 3478 is
-/// taken (logged, so that several servers can run on one machine). A port
-/// given with `--turn-port` that cannot be bound is an error.
+/// Starts the embedded relay as `config` says, counting into `metrics`, or
+/// returns `None` when it is off: `--no-turn`; a listen address of
+/// 0.0.0.0/:: without `--public-ip` (there is no address to advertise;
+/// logged); or the default port 3478 is taken (logged, so that several
+/// servers can run on one machine). A port given with `--turn-port` that
+/// cannot be bound is an error. Logs the descriptor budget, and warns when
+/// the advertised address is useless to remote clients.
 pub async fn start_embedded(
     config: &Config,
     secret: &TurnSecret,
+    metrics: TurnMetrics,
 ) -> Result<Option<TurnServer>, TurnError> {
     if config.no_turn {
         return Ok(None);
@@ -338,14 +435,39 @@ pub async fn start_embedded(
         );
         return Ok(None);
     }
+    if let Some(problem) = advertised_address_problem(listen_ip, public_ip) {
+        warn!(%listen_ip, %public_ip, "{problem}");
+    }
+    let budget = FdBudget::of_this_process();
+    let max_allocations = config.turn_max_allocations.unwrap_or(budget.allocations);
+    info!(
+        fd_limit = budget.limit,
+        max_allocations,
+        max_allocations_per_ip = config.turn_max_allocations_per_ip,
+        max_tcp_connections = budget.tcp_connections,
+        "TURN descriptor budget: a third of the file-descriptor limit"
+    );
+    if max_allocations > budget.allocations {
+        warn!(
+            max_allocations,
+            fd_limit = budget.limit,
+            "--turn-max-allocations is above what the file-descriptor limit leaves for TURN; \
+             raise the limit (ulimit -n, LimitNOFILE=) or lower it"
+        );
+    }
     let turn = TurnConfig {
         listen_ip,
         port: config.turn_port.unwrap_or(DEFAULT_TURN_PORT),
         public_ip,
         secret: secret.clone(),
-        allow_private: config.turn_allow_private,
+        credential_lifetime: config.turn_ttl(),
+        peers: config.turn_peer_rule(),
         max_bandwidth: config.turn_max_bandwidth,
         max_allocations_per_user: MAX_ALLOCATIONS_PER_USER,
+        max_allocations_per_ip: config.turn_max_allocations_per_ip,
+        max_allocations,
+        max_tcp_connections: budget.tcp_connections,
+        metrics,
     };
     match TurnServer::start(turn).await {
         Ok(server) => Ok(Some(server)),
@@ -385,10 +507,11 @@ impl TurnServer {
         let (udp_socket, tcp_listener) = bind(config.listen_ip, config.port).await?;
         let udp_addr = udp_socket.local_addr()?;
         let tcp_addr = tcp_listener.local_addr()?;
-        let allocations = AllocationCounts::default();
+        let allocations = AllocationCounts::new(config.metrics.clone());
+        let peers = Arc::new(config.peers.clone());
 
         let udp_conn: Arc<dyn Conn + Send + Sync> = Arc::new(udp_socket);
-        let udp = new_server(&config, udp_conn, &allocations).await?;
+        let udp = new_server(&config, udp_conn, &allocations, &peers).await?;
 
         let (incoming_tx, incoming_rx) = mpsc::channel(TCP_READ_QUEUE);
         let mux = Arc::new(TcpMux {
@@ -397,14 +520,20 @@ impl TurnServer {
             writers: Mutex::default(),
         });
         let tcp_conn: Arc<dyn Conn + Send + Sync> = Arc::clone(&mux) as _;
-        let tcp = new_server(&config, tcp_conn, &allocations).await?;
-        let accept = tokio::spawn(accept_loop(tcp_listener, mux, incoming_tx));
+        let tcp = new_server(&config, tcp_conn, &allocations, &peers).await?;
+        let accept = tokio::spawn(accept_loop(
+            tcp_listener,
+            mux,
+            incoming_tx,
+            config.max_tcp_connections,
+            config.metrics.clone(),
+        ));
 
         info!(
             udp = %udp_addr,
             tcp = %tcp_addr,
             public_ip = %config.public_ip,
-            allow_private = config.allow_private,
+            allow_all_peers = config.peers.allows_all(),
             max_bandwidth = config.max_bandwidth,
             "TURN relay listening"
         );
@@ -444,7 +573,17 @@ impl TurnServer {
 
     /// Allocations `username` holds now (UDP and TCP together).
     pub fn allocations_of(&self, username: &str) -> usize {
-        self.allocations.held(username)
+        self.allocations.of_user(username)
+    }
+
+    /// Allocations made from client address `ip` now, over all usernames.
+    pub fn allocations_from(&self, ip: IpAddr) -> usize {
+        self.allocations.of_ip(ip)
+    }
+
+    /// All allocations now.
+    pub fn allocations(&self) -> usize {
+        self.allocations.total()
     }
 
     /// Stops listening and closes every allocation.
@@ -509,20 +648,29 @@ async fn new_server(
     config: &TurnConfig,
     listener: Arc<dyn Conn + Send + Sync>,
     allocations: &AllocationCounts,
+    peers: &Arc<PeerRule>,
 ) -> Result<Server, TurnError> {
-    let current_user = CurrentUser::default();
+    let pending = PendingSlot::default();
     let relays = Relays {
         listen_ip: config.listen_ip,
         public_ip: config.public_ip,
-        allow_private: config.allow_private,
+        peers: Arc::clone(peers),
         max_bandwidth: config.max_bandwidth,
-        max_allocations_per_user: config.max_allocations_per_user,
-        current_user: current_user.clone(),
-        allocations: allocations.clone(),
+        pending: pending.clone(),
+        metrics: config.metrics.clone(),
     };
     let conn = Arc::new(GuardedListener {
         inner: listener,
-        allow_private: config.allow_private,
+        guard: Guard {
+            secret: config.secret.clone(),
+            credential_lifetime: config.credential_lifetime,
+            peers: Arc::clone(peers),
+            quotas: config.quotas(),
+            counts: allocations.clone(),
+            pending,
+            nonces: Nonces::default(),
+            metrics: config.metrics.clone(),
+        },
     });
     let server = Server::new(ServerConfig {
         conn_configs: vec![ConnConfig {
@@ -532,7 +680,7 @@ async fn new_server(
         realm: REALM.to_owned(),
         auth_handler: Arc::new(RestAuth {
             secret: config.secret.clone(),
-            current_user,
+            credential_lifetime: config.credential_lifetime,
         }),
         // Zero means the crate's default (10 minutes).
         channel_bind_timeout: Duration::ZERO,
@@ -546,25 +694,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The username the listener's server authenticated last: the owner of the
-/// allocation being created (see the module comment).
-#[derive(Debug, Clone, Default)]
-struct CurrentUser(Arc<Mutex<Option<String>>>);
-
-impl CurrentUser {
-    fn set(&self, username: &str) {
-        *lock(&self.0) = Some(username.to_owned());
-    }
-
-    fn get(&self) -> Option<String> {
-        lock(&self.0).clone()
-    }
-}
-
-/// Checks TURN REST usernames and gives the crate the long-term key.
+/// Checks TURN REST usernames and gives the crate the long-term key. The
+/// guard has refused bad credentials with 401 already; this is the check
+/// of last resort (the crate answers its refusals with 400).
 struct RestAuth {
     secret: TurnSecret,
-    current_user: CurrentUser,
+    credential_lifetime: Duration,
 }
 
 impl AuthHandler for RestAuth {
@@ -574,57 +709,14 @@ impl AuthHandler for RestAuth {
         realm: &str,
         src_addr: SocketAddr,
     ) -> Result<Vec<u8>, turn::Error> {
-        if let Err(why) = check_username(username, unix_secs(SystemTime::now())) {
-            debug!(%src_addr, why, "TURN credential refused");
-            return Err(turn::Error::Other(why.to_owned()));
+        let now = unix_secs(SystemTime::now());
+        if let Err(err) = check_username(username, now, self.credential_lifetime) {
+            debug!(%src_addr, %err, "TURN credential refused");
+            return Err(turn::Error::Other(err.to_string()));
         }
-        self.current_user.set(username);
         // A wrong password makes the crate's MESSAGE-INTEGRITY check fail.
         let password = credential(self.secret.as_bytes(), username);
         Ok(generate_auth_key(username, realm, &password))
-    }
-}
-
-/// Allocations per username, across both listeners.
-#[derive(Debug, Clone, Default)]
-struct AllocationCounts(Arc<Mutex<HashMap<String, usize>>>);
-
-impl AllocationCounts {
-    /// Counts one more allocation of `username`, unless it holds `max`.
-    fn acquire(&self, username: &str, max: usize) -> Option<AllocationSlot> {
-        let mut counts = lock(&self.0);
-        let held = counts.entry(username.to_owned()).or_insert(0);
-        if *held >= max {
-            return None;
-        }
-        *held += 1;
-        Some(AllocationSlot {
-            counts: self.clone(),
-            username: username.to_owned(),
-        })
-    }
-
-    fn held(&self, username: &str) -> usize {
-        lock(&self.0).get(username).copied().unwrap_or(0)
-    }
-}
-
-/// One counted allocation; uncounted when dropped.
-#[derive(Debug)]
-struct AllocationSlot {
-    counts: AllocationCounts,
-    username: String,
-}
-
-impl Drop for AllocationSlot {
-    fn drop(&mut self) {
-        let mut counts = lock(&self.counts.0);
-        if let Some(held) = counts.get_mut(&self.username) {
-            *held = held.saturating_sub(1);
-            if *held == 0 {
-                counts.remove(&self.username);
-            }
-        }
     }
 }
 
@@ -632,11 +724,11 @@ impl Drop for AllocationSlot {
 struct Relays {
     listen_ip: IpAddr,
     public_ip: IpAddr,
-    allow_private: bool,
+    peers: Arc<PeerRule>,
     max_bandwidth: u64,
-    max_allocations_per_user: usize,
-    current_user: CurrentUser,
-    allocations: AllocationCounts,
+    /// The quota slot the guard took for the Allocate being handled.
+    pending: PendingSlot,
+    metrics: TurnMetrics,
 }
 
 #[async_trait]
@@ -655,35 +747,27 @@ impl RelayAddressGenerator for Relays {
                 "requested address family is not relayed".into(),
             ));
         }
-        let username = self
-            .current_user
-            .get()
-            .ok_or_else(|| turn::Error::Other("allocation without a user".into()))?;
-        let Some(slot) = self
-            .allocations
-            .acquire(&username, self.max_allocations_per_user)
-        else {
-            warn!(
-                username,
-                max = self.max_allocations_per_user,
-                "TURN allocation refused: too many for one credential"
-            );
-            return Err(turn::Error::Other("too many allocations".into()));
-        };
+        // Every Allocate that reaches this point passed the guard, which
+        // took a slot for it (or answered 486).
+        let slot = self
+            .pending
+            .take()
+            .ok_or_else(|| turn::Error::Other("allocation without a quota slot".into()))?;
         let socket = UdpSocket::bind(SocketAddr::new(self.listen_ip, requested_port)).await?;
         let mut relay_addr = socket.local_addr()?;
         relay_addr.set_ip(self.public_ip);
-        debug!(username, %relay_addr, "TURN allocation");
+        debug!(%relay_addr, "TURN allocation");
         let burst = self.max_bandwidth.saturating_mul(BANDWIDTH_BURST_SECS);
         let conn = RelayConn {
             socket,
-            allow_private: self.allow_private,
+            peers: Arc::clone(&self.peers),
             bucket: Mutex::new(TokenBucket::per_second(
                 self.max_bandwidth,
                 burst,
                 Instant::now(),
             )),
             slot: Mutex::new(Some(slot)),
+            metrics: self.metrics.clone(),
         };
         Ok((Arc::new(conn), relay_addr))
     }
@@ -694,17 +778,19 @@ fn not_supported() -> webrtc_util::Error {
 }
 
 /// A relay socket that refuses forbidden peers, drops packets over the
-/// bandwidth cap, and holds its allocation's slot in the per-user count.
+/// bandwidth cap, counts what it relays, and holds its allocation's quota
+/// slot.
 struct RelayConn {
     socket: UdpSocket,
-    allow_private: bool,
+    peers: Arc<PeerRule>,
     bucket: Mutex<TokenBucket>,
     slot: Mutex<Option<AllocationSlot>>,
+    metrics: TurnMetrics,
 }
 
 impl RelayConn {
     fn allowed(&self, ip: IpAddr) -> bool {
-        self.allow_private || !is_forbidden_peer(ip)
+        !self.peers.forbids(ip)
     }
 
     fn within_bandwidth(&self, bytes: usize) -> bool {
@@ -726,6 +812,7 @@ impl Conn for RelayConn {
         loop {
             let (n, from) = self.socket.recv_from(buf).await?;
             if self.allowed(from.ip()) && self.within_bandwidth(n) {
+                self.metrics.relayed_from_peer(n);
                 return Ok((n, from));
             }
         }
@@ -748,7 +835,9 @@ impl Conn for RelayConn {
             // control slows down.
             return Ok(buf.len());
         }
-        Ok(self.socket.send_to(buf, target).await?)
+        let sent = self.socket.send_to(buf, target).await?;
+        self.metrics.relayed_to_peer(sent);
+        Ok(sent)
     }
 
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
@@ -762,132 +851,6 @@ impl Conn for RelayConn {
     async fn close(&self) -> webrtc_util::Result<()> {
         lock(&self.slot).take();
         Ok(())
-    }
-
-    fn as_any(&self) -> &(dyn Any + Send + Sync) {
-        self
-    }
-}
-
-/// What [`GuardedListener`] does with a message from a client.
-#[derive(Debug, PartialEq, Eq)]
-enum Verdict {
-    /// Hand it to the `turn` server.
-    Pass,
-    /// Drop it silently (an indication).
-    Drop,
-    /// Answer with these bytes instead (a 403 error response).
-    Refuse(Vec<u8>),
-}
-
-/// Looks at a client message before the `turn` server does: a
-/// CreatePermission or ChannelBind request naming a forbidden peer gets
-/// `403 Forbidden`, a Send indication to one is dropped.
-fn inspect(packet: &[u8], allow_private: bool) -> Verdict {
-    if allow_private || !stun::message::is_message(packet) {
-        return Verdict::Pass;
-    }
-    let mut msg = Message {
-        raw: packet.to_vec(),
-        ..Message::default()
-    };
-    if msg.decode().is_err() {
-        return Verdict::Pass; // the server answers malformed messages itself
-    }
-    let method = msg.typ.method;
-    let request = msg.typ.class == CLASS_REQUEST
-        && (method == METHOD_CREATE_PERMISSION || method == METHOD_CHANNEL_BIND);
-    let indication = msg.typ.class == CLASS_INDICATION && method == METHOD_SEND;
-    if !(request || indication) {
-        return Verdict::Pass;
-    }
-    let forbidden = msg
-        .attributes
-        .0
-        .iter()
-        .filter(|attr| attr.typ == ATTR_XOR_PEER_ADDRESS)
-        .filter_map(|attr| {
-            let single = Message {
-                transaction_id: msg.transaction_id,
-                attributes: stun::attributes::Attributes(vec![attr.clone()]),
-                ..Message::default()
-            };
-            let mut peer = PeerAddress::default();
-            peer.get_from(&single).ok().map(|()| peer.ip)
-        })
-        .find(|ip| is_forbidden_peer(*ip));
-    let Some(ip) = forbidden else {
-        return Verdict::Pass;
-    };
-    if indication {
-        return Verdict::Drop;
-    }
-    debug!(%ip, "TURN permission refused: private address");
-    let mut response = Message::new();
-    let built = response.build(&[
-        Box::new(Message {
-            transaction_id: msg.transaction_id,
-            ..Message::default()
-        }),
-        Box::new(MessageType::new(method, CLASS_ERROR_RESPONSE)),
-        Box::new(ErrorCodeAttribute {
-            code: CODE_FORBIDDEN,
-            reason: b"peer address not allowed".to_vec(),
-        }),
-    ]);
-    match built {
-        Ok(()) => Verdict::Refuse(response.raw),
-        Err(_) => Verdict::Drop,
-    }
-}
-
-/// A listener socket that applies [`inspect`] to what clients send.
-struct GuardedListener {
-    inner: Arc<dyn Conn + Send + Sync>,
-    allow_private: bool,
-}
-
-#[async_trait]
-impl Conn for GuardedListener {
-    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
-        self.inner.connect(addr).await
-    }
-
-    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        self.inner.recv(buf).await
-    }
-
-    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        loop {
-            let (n, from) = self.inner.recv_from(buf).await?;
-            match inspect(&buf[..n], self.allow_private) {
-                Verdict::Pass => return Ok((n, from)),
-                Verdict::Drop => {}
-                Verdict::Refuse(response) => {
-                    let _ = self.inner.send_to(&response, from).await;
-                }
-            }
-        }
-    }
-
-    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
-        self.inner.send(buf).await
-    }
-
-    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        self.inner.send_to(buf, target).await
-    }
-
-    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-
-    fn remote_addr(&self) -> Option<SocketAddr> {
-        self.inner.remote_addr()
-    }
-
-    async fn close(&self) -> webrtc_util::Result<()> {
-        self.inner.close().await
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync) {
@@ -1004,14 +967,16 @@ impl Conn for TcpMux {
     }
 }
 
-/// Accepts TURN-over-TCP connections (at most [`MAX_TCP_CONNECTIONS`]) until
+/// Accepts TURN-over-TCP connections (at most `max_connections`) until
 /// aborted; aborting drops the join set, which ends every connection.
 async fn accept_loop(
     listener: TcpListener,
     mux: Arc<TcpMux>,
     incoming: mpsc::Sender<(Vec<u8>, SocketAddr)>,
+    max_connections: usize,
+    metrics: TurnMetrics,
 ) {
-    let limit = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    let limit = Arc::new(Semaphore::new(max_connections));
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -1027,6 +992,7 @@ async fn accept_loop(
                 };
                 let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
                     debug!(%peer, "TURN TCP connection refused: too many");
+                    metrics.refused(TurnRefusal::TcpConnections);
                     continue;
                 };
                 connections.spawn(serve_tcp(stream, peer, Arc::clone(&mux), incoming.clone(), permit));
@@ -1122,46 +1088,59 @@ mod tests {
         let server = advert.ice_server("p1", now);
         assert_eq!(server.username.as_deref(), Some("1060:p1"));
         assert_eq!(server.credential, Some(credential(b"k", "1060:p1")));
-        assert_eq!(check_username("1060:p1", 1_059), Ok(()));
-        assert_eq!(check_username("1060:p1", 1_060), Err("credential expired"));
-        assert!(check_username("p1:1060", 0).is_err());
-        assert_eq!(check_username("1060", 0), Ok(()));
     }
 
     #[test]
-    fn private_addresses_are_forbidden_but_the_benchmark_range_is_not() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "172.31.255.255",
-            "192.168.1.1",
-            "169.254.0.1",
-            "0.0.0.0",
-            "224.0.0.1",
-            "255.255.255.255",
-            "::1",
-            "::",
-            "fc00::1",
-            "fd12::1",
-            "fe80::1",
-            "ff02::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-        ] {
-            assert!(is_forbidden_peer(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in [
-            "198.18.0.1",
-            "198.19.255.254",
-            "8.8.8.8",
-            "172.32.0.1",
-            "192.0.2.2",
-            "2001:db8::1",
-            "::ffff:198.18.0.1",
-        ] {
-            assert!(!is_forbidden_peer(ip.parse().unwrap()), "{ip}");
-        }
+    fn usernames_must_expire_in_the_future_but_not_too_far() {
+        let ttl = Duration::from_secs(60);
+        assert_eq!(check_username("1060:p1", 1_059, ttl), Ok(()));
+        assert_eq!(check_username("1060", 1_000, ttl), Ok(()));
+        assert_eq!(
+            check_username("1060:p1", 1_060, ttl),
+            Err(CredentialError::Expired)
+        );
+        assert_eq!(
+            check_username("p1:1060", 0, ttl),
+            Err(CredentialError::Malformed)
+        );
+        assert_eq!(
+            check_username("99999999999999999999999:p1", 0, ttl),
+            Err(CredentialError::Malformed)
+        );
+        // Expiry = now + TTL + slack is the latest accepted.
+        let slack = CREDENTIAL_EXPIRY_SLACK.as_secs();
+        assert_eq!(
+            check_username(&format!("{}:p1", 1_000 + 60 + slack), 1_000, ttl),
+            Ok(())
+        );
+        assert_eq!(
+            check_username(&format!("{}:p1", 1_001 + 60 + slack), 1_000, ttl),
+            Err(CredentialError::TooFarAhead)
+        );
+        // Centuries ahead.
+        assert_eq!(
+            check_username("99999999999:p1", 1_000, ttl),
+            Err(CredentialError::TooFarAhead)
+        );
+    }
+
+    #[test]
+    fn an_advertised_address_remote_clients_cannot_use_is_named() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let loopback = advertised_address_problem(ip("127.0.0.1"), ip("127.0.0.1")).unwrap();
+        assert!(loopback.contains("--public-ip"), "{loopback}");
+        let private = advertised_address_problem(ip("10.0.0.5"), ip("10.0.0.5")).unwrap();
+        assert!(private.contains("--public-ip"), "{private}");
+        let listen = advertised_address_problem(ip("127.0.0.1"), ip("8.8.8.8")).unwrap();
+        assert!(listen.contains("--turn-listen-ip"), "{listen}");
+        assert_eq!(
+            advertised_address_problem(ip("0.0.0.0"), ip("8.8.8.8")),
+            None
+        );
+        assert_eq!(
+            advertised_address_problem(ip("8.8.8.8"), ip("8.8.8.8")),
+            None
+        );
     }
 
     #[test]
@@ -1185,17 +1164,5 @@ mod tests {
         let second = read_frame(&mut reader).await.unwrap().unwrap();
         assert_eq!(second, [0x40, 0x01, 0x00, 0x04, 9, 9, 9, 9]);
         assert!(read_frame(&mut reader).await.unwrap().is_none());
-    }
-
-    #[test]
-    fn allocation_slots_are_counted_per_user_and_released() {
-        let counts = AllocationCounts::default();
-        let a = counts.acquire("u", 2).unwrap();
-        let _b = counts.acquire("u", 2).unwrap();
-        assert!(counts.acquire("u", 2).is_none());
-        assert!(counts.acquire("v", 2).is_some());
-        drop(a);
-        assert_eq!(counts.held("u"), 1);
-        assert!(counts.acquire("u", 2).is_some());
     }
 }

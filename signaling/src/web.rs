@@ -9,12 +9,19 @@ use std::path::{Path, PathBuf};
 
 use warp::{Filter, Rejection, Reply};
 
+/// `GET` or `HEAD`: every route that answers `GET` answers `HEAD` too (uptime
+/// checks and load balancers use it); hyper sends a `HEAD` answer's headers
+/// without its body.
+pub fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Copy {
+    warp::get().or(warp::head()).unify()
+}
+
 /// Filters for `/`, `/r/{room}` and the app's files under `web_dir`.
 pub fn routes(web_dir: PathBuf) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let index_html = web_dir.join("index.html");
 
     // `/` or `/r/{room}`: pages that show the app.
-    let app_page = warp::get().and(
+    let app_page = get_or_head().and(
         warp::path::end()
             .or(warp::path!("r" / String)
                 .map(|_room: String| ())
@@ -44,7 +51,7 @@ pub fn routes(web_dir: PathBuf) -> impl Filter<Extract = (impl Reply,), Error = 
             .and(built.clone())
             .and_then(move || serve_index(index_html.clone()))
     };
-    let app_files = warp::get().and(built).and(warp::fs::dir(web_dir.clone()));
+    let app_files = get_or_head().and(built).and(warp::fs::dir(web_dir.clone()));
     let page = not_built_page(&web_dir);
     let not_built = app_page.map(move || warp::reply::html(page.clone()));
 

@@ -9,9 +9,7 @@ use parlor_protocol::{ClientMessage, ServerMessage};
 use parlor_signaling::close_code;
 use tokio_tungstenite::tungstenite::Message;
 
-use tokio::io::AsyncBufReadExt as _;
-
-use crate::support::{TestServer, new_room, within};
+use crate::support::{TestServer, listening_addr, new_room, within};
 
 /// Resident memory of process `pid`, in bytes.
 fn rss_bytes(pid: u32) -> u64 {
@@ -42,16 +40,7 @@ async fn a_hostile_client_is_refused_and_closed_while_other_rooms_carry_on() {
         .unwrap();
     let pid = child.id().unwrap();
     let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    within("the listening line", stdout.read_line(&mut line))
-        .await
-        .unwrap();
-    let addr = line
-        .trim_end()
-        .strip_prefix("parlor-server listening on http://")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = listening_addr(&mut stdout).await;
     let server = TestServer::external(addr);
     let room = new_room();
     let (mut ada, _ada_id, _) = server.join(&room, "ada").await;

@@ -3,7 +3,7 @@
 use parlor_protocol::{ClientMessage, ErrorCode, PeerId, ServerMessage};
 use parlor_signaling::Config;
 
-use crate::support::{TestServer, http_get, new_room, test_config};
+use crate::support::{TestServer, http_get, http_request, new_room, test_config};
 
 #[tokio::test]
 async fn healthz_answers_ok() {
@@ -100,8 +100,8 @@ async fn without_a_built_app_the_pages_say_how_to_build_it() {
     assert_eq!(http_get(server.addr, "/app.js").await.0, 404);
 }
 
-#[tokio::test]
-async fn a_built_app_is_served_with_index_html_for_room_links() {
+/// A web dir with an `index.html` and a `parlor.js`.
+fn built_app() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("index.html"),
@@ -109,6 +109,12 @@ async fn a_built_app_is_served_with_index_html_for_room_links() {
     )
     .unwrap();
     std::fs::write(dir.path().join("parlor.js"), "export {}").unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_built_app_is_served_with_index_html_for_room_links() {
+    let dir = built_app();
     let server = TestServer::start(Config {
         web_dir: dir.path().to_owned(),
         ..test_config()
@@ -143,4 +149,62 @@ async fn every_response_carries_the_security_headers() {
             assert!(headers.contains(expected), "{path}: {headers}");
         }
     }
+}
+
+/// The value of header `name` in `head`, lower-cased.
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_ascii_lowercase())
+    })
+}
+
+#[tokio::test]
+async fn head_answers_wherever_get_does_with_the_same_headers_and_no_body() {
+    let dir = built_app();
+    let built = TestServer::start(Config {
+        web_dir: dir.path().to_owned(),
+        ..test_config()
+    })
+    .await;
+    let unbuilt = TestServer::start(test_config()).await;
+    let cases = [
+        (&built, "/"),
+        (&built, "/r/abcdefghijklmnopqrstuv"),
+        (&built, "/parlor.js"),
+        (&built, "/healthz"),
+        (&built, "/metrics"),
+        (&unbuilt, "/"),
+        (&unbuilt, "/r/abcdefghijklmnopqrstuv"),
+    ];
+    for (server, path) in cases {
+        let (get_status, get_head, get_body) = http_get(server.addr, path).await;
+        let (status, head, body) = http_request(server.addr, "HEAD", path).await;
+        assert_eq!(get_status, 200, "GET {path}");
+        assert_eq!(status, 200, "HEAD {path}: {head}");
+        assert_eq!(body, "", "HEAD {path} sent a body");
+        assert_eq!(
+            header(&head, "content-type"),
+            header(&get_head, "content-type"),
+            "HEAD {path}"
+        );
+        assert_eq!(
+            header(&head, "x-content-type-options").as_deref(),
+            Some("nosniff"),
+            "HEAD {path}"
+        );
+        if path != "/metrics" {
+            // The metrics change between the two requests; the rest does not.
+            assert_eq!(
+                header(&head, "content-length"),
+                Some(get_body.len().to_string()),
+                "HEAD {path}: {head}"
+            );
+        }
+    }
+    // What GET does not serve, HEAD does not either.
+    assert_eq!(http_request(built.addr, "HEAD", "/missing.js").await.0, 404);
+    assert_eq!(http_request(built.addr, "HEAD", "/nope").await.0, 404);
+    assert_eq!(http_request(built.addr, "DELETE", "/healthz").await.0, 405);
 }

@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use parlor_protocol::{ClientMessage, PeerId, PeerInfo, RoomId, ServerMessage};
 use parlor_signaling::rooms::{JoinError, Newcomer, RelayDeliveryError, RoomCounts, RouteError};
 use parlor_signaling::{App, MemoryRooms, RoomBackend, close_code};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncReadExt, BufReader};
 
-use crate::support::{TestServer, http_get, new_room, test_config, within};
+use crate::support::{TestServer, http_get, listening_addr, new_room, test_config, within};
 
 #[tokio::test]
 async fn shutdown_closes_every_websocket_with_1001_and_run_returns() {
@@ -127,15 +127,7 @@ async fn the_binary_prints_its_address_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    within("the listening line", stdout.read_line(&mut line))
-        .await
-        .unwrap();
-    let addr = line
-        .trim_end()
-        .strip_prefix("parlor-server listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let addr = listening_addr(&mut stdout).await;
     assert_ne!(addr.port(), 0);
     assert_eq!(http_get(addr, "/healthz").await.2, "ok");
 

@@ -13,3 +13,4 @@ mod relay;
 mod signaling;
 mod support;
 mod turn;
+mod turn_abuse;

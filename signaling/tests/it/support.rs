@@ -351,6 +351,32 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     .await
 }
 
+/// Reads a `parlor-server` process's first stdout line, `parlor-server
+/// listening on http://ADDR`, and returns ADDR.
+pub async fn listening_addr(stdout: &mut (impl tokio::io::AsyncBufRead + Unpin)) -> SocketAddr {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut line = String::new();
+    within("the listening line", stdout.read_line(&mut line))
+        .await
+        .unwrap();
+    line.trim_end()
+        .strip_prefix("parlor-server listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// `METHOD path` without a body over a fresh connection; returns the status,
+/// headers and body.
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+    within("http request", async {
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        http_exchange(addr, &request).await
+    })
+    .await
+}
+
 /// Sends `request` over a fresh connection and reads the answer to its end:
 /// status, head and body.
 async fn http_exchange(addr: SocketAddr, request: &str) -> (u16, String, String) {

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use parlor_signaling::turn::{
-    MAX_ALLOCATIONS_PER_USER, TurnConfig, credential, frame_len, rest_username,
+    MAX_ALLOCATIONS_PER_USER, PeerRule, TurnConfig, credential, frame_len, rest_username,
 };
 use parlor_signaling::{Config, TurnServer};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -24,15 +24,17 @@ use crate::support::{TestServer, new_room, test_config, within};
 
 const SECRET: &str = "integration secret";
 
+/// A relay on 127.0.0.1 with the default peer rule, or none at all.
 async fn relay(allow_private: bool, max_allocations_per_user: usize) -> TurnServer {
+    let defaults = TurnConfig::new("127.0.0.1".parse().unwrap(), SECRET.parse().unwrap());
     TurnServer::start(TurnConfig {
-        listen_ip: "127.0.0.1".parse().unwrap(),
-        port: 0,
-        public_ip: "127.0.0.1".parse().unwrap(),
-        secret: SECRET.parse().unwrap(),
-        allow_private,
-        max_bandwidth: 10 * 1024 * 1024,
+        peers: if allow_private {
+            PeerRule::allow_all()
+        } else {
+            PeerRule::default()
+        },
         max_allocations_per_user,
+        ..defaults
     })
     .await
     .unwrap()
@@ -81,7 +83,7 @@ async fn udp_client(server: SocketAddr, username: &str, password: &str) -> Clien
 }
 
 /// Whether `socket` receives anything within half a second.
-async fn receives_nothing(socket: &UdpSocket) -> bool {
+pub async fn receives_nothing(socket: &UdpSocket) -> bool {
     let mut buf = [0u8; 64];
     tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf))
         .await
