@@ -42,6 +42,8 @@ use crate::{Peer, Server};
 
 /// The server's address on the "internet".
 pub const SERVER_IP: &str = "198.18.0.1";
+/// The "internet" and every address behind the routers.
+pub const LAB_INTERNET: &str = "198.18.0.0/15";
 /// The server's HTTP/WebSocket port.
 pub const HTTP_PORT: u16 = 8080;
 /// The embedded TURN (and STUN) port, UDP and TCP.
@@ -358,6 +360,10 @@ impl Lab {
             SERVER_IP,
             "--public-ip",
             SERVER_IP,
+            // The lab's "internet" is the benchmarking range 198.18.0.0/15,
+            // which the relay refuses by default (coturn's deny list).
+            "--turn-allow",
+            LAB_INTERNET,
         ];
         args.extend_from_slice(extra);
         Server::start_wrapped(&Self::wrapper(&self.server), &args).await
