@@ -431,21 +431,16 @@ async fn a_page_falls_back_to_the_server_relay_when_webrtc_cannot_connect() {
     if !browser::enabled("a_page_falls_back_to_the_server_relay_when_webrtc_cannot_connect") {
         return;
     }
-    // B may only use TURN, and this server's relay refuses loopback peers:
-    // no candidate pair can work. A (no option) gives its connection 8 s,
-    // then switches to the server relay; B follows A's Switch.
+    // B may only use TURN, and this server's relay refuses loopback peers
+    // (403 to the permission): no candidate pair can work, so B's ICE fails
+    // and B switches to the server relay at once (or, were ICE slower to
+    // give up, A after its 8 s deadline); the other follows the Switch.
     let server = server().await;
     let link = new_room_link(&server);
     let a = join(&link).await;
     let b = join(&with_relay(&link, "turn")).await;
-    let started = std::time::Instant::now();
     a.wait_peers_in_state(1, "server-relay").await.unwrap();
     b.wait_peers_in_state(1, "server-relay").await.unwrap();
-    assert!(
-        started.elapsed() >= Duration::from_secs(5),
-        "fell back before the connection had its time: {:?}",
-        started.elapsed()
-    );
     a.say("a fell back").await.unwrap();
     b.wait_message("a fell back").await.unwrap();
     b.say("b followed").await.unwrap();
