@@ -2114,6 +2114,7 @@ impl Driver {
         };
         let peer = t.peer.clone();
         let linked = self.has_link(&peer);
+        let confirmed_before = sender.confirmed();
         input(sender, self.link_buffered(&peer));
         let mut changed = false;
         let mut finished = None;
@@ -2177,9 +2178,22 @@ impl Driver {
             t.view.sent = sent;
             changed = true;
         }
+        // The path machine watches for a send that stalls (fed once `t` is
+        // back in place: what it asks may drive this transfer again).
+        let progress = PathInput::SendProgress {
+            peer: peer.clone(),
+            waiting: finished.is_none()
+                && t.away.is_none()
+                && matches!(
+                    sender.state(),
+                    SenderState::Sending | SenderState::AwaitingVerification
+                ),
+            advanced: sender.confirmed() > confirmed_before,
+        };
         if broken && finished.is_none() {
             self.outgoing.insert(id, t);
-            return self.park(vec![id]);
+            self.park(vec![id]);
+            return self.feed(PathInput::SendFailed { peer });
         }
         match finished {
             None => {
@@ -2190,6 +2204,7 @@ impl Driver {
                 if self.paths.route(&peer) == Some(Route::ServerRelay) {
                     self.watch_relay_drain();
                 }
+                self.feed(progress);
             }
             Some(result) => {
                 match result {
@@ -2208,6 +2223,7 @@ impl Driver {
                     }
                 }
                 self.dispatch(Action::Transfer(t.view));
+                self.feed(progress);
             }
         }
     }
