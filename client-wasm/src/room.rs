@@ -51,6 +51,9 @@ use crate::state::{
 use crate::storage::{self, IncomingFile, SinkEvent};
 use crate::util::{crypto_random_bytes, hex, now_ms, random_bytes, wall_ms};
 use parlor_core::chat::DEFAULT_RETENTION_MS;
+use parlor_core::room::{
+    GoneReason, LinkId, PathInput, PathOutput, PathPolicy, PathSettings, Paths, Route,
+};
 
 /// First reconnect delay; doubled per failed attempt up to [`MAX_RECONNECT_SECS`].
 const FIRST_RECONNECT_SECS: u32 = 1;
@@ -143,22 +146,21 @@ pub struct Driver {
     me: Option<PeerId>,
     ice_servers: Vec<IceServer>,
     names: HashMap<PeerId, String>,
-    links: HashMap<PeerId, PeerLink>,
+    /// The path to each peer: which link is current, when to fall back
+    /// (`parlor_core::room::path`; this driver carries out its outputs).
+    paths: Paths,
+    /// Fires at the path machine's next deadline.
+    path_timer: Option<Timeout>,
+    /// The deadline `path_timer` is set for.
+    path_deadline: Option<Millis>,
+    /// The peer connections the path machine asked for, by identity.
+    links: HashMap<LinkId, PeerLink>,
     link_states: HashMap<PeerId, LinkState>,
-    connected: HashSet<PeerId>,
     /// How this page must reach peers (`?relay=`).
     relay_mode: RelayMode,
     /// Seals and opens server-relay packets; `None` without a room key
     /// (or without `crypto.getRandomValues`): then the relay is unusable.
     cipher: Option<RelayCipher>,
-    /// This page load's instance, sent in every relay `Switch` so a peer
-    /// tells a reloaded page apart from a re-sent Switch.
-    epoch: u64,
-    /// Peers whose link is on the server relay (no `RTCPeerConnection`).
-    relayed: HashSet<PeerId>,
-    /// Relayed peers that answered with an authenticated packet: only then
-    /// is the relay link up (the peer holds the key and switched too).
-    relay_up: HashSet<PeerId>,
     /// From the last `welcome`: rejoining with it keeps our peer id, so
     /// connections that survived a lost server stay up.
     resume_token: Option<String>,
@@ -170,8 +172,6 @@ pub struct Driver {
     /// Seals and opens offers, answers and candidates with the room key;
     /// `None` without a key (then no WebRTC connection can be set up).
     signal_cipher: Option<SignalCipher>,
-    /// Peers whose signaling did not open with the room key: never talked to.
-    refused: HashSet<PeerId>,
     /// Peers already told off for unsealed signaling (one notice each).
     told_unsealed: HashSet<PeerId>,
     /// Joined by short code and the key not agreed yet.
@@ -311,7 +311,9 @@ impl RoomHandle {
         let rc = Rc::new_cyclic(|weak| {
             RefCell::new(Driver {
                 weak: weak.clone(),
-                epoch: crypto_random_bytes().map_or(0, u64::from_ne_bytes),
+                paths: Paths::new(path_settings(relay_mode)),
+                path_timer: None,
+                path_deadline: None,
                 room,
                 name: storage::display_name(),
                 dispatch: Rc::new(dispatch),
@@ -325,16 +327,12 @@ impl RoomHandle {
                 names: HashMap::new(),
                 links: HashMap::new(),
                 link_states: HashMap::new(),
-                connected: HashSet::new(),
                 relay_mode,
                 cipher,
-                relayed: HashSet::new(),
-                relay_up: HashSet::new(),
                 resume_token: None,
                 relay_drain: None,
                 relay_warned_at: None,
                 signal_cipher,
-                refused: HashSet::new(),
                 told_unsealed: HashSet::new(),
                 code: code.filter(|_| key.is_none()).map(|code| CodePhase {
                     code,
@@ -387,6 +385,7 @@ impl RoomHandle {
                     "no WebRTC in this browser: every peer goes through the server relay",
                 );
                 d.relay_mode = RelayMode::Server;
+                d.paths = Paths::new(path_settings(RelayMode::Server));
             }
             if d.relay_mode == RelayMode::Server && !keyed {
                 d.error(
@@ -488,18 +487,18 @@ fn partial_name(peer: &PeerId, offer: &FileOffer) -> String {
     format!("{peer}-{}-{}", offer.transfer, hex(&offer.hash))
 }
 
-/// Whether an offer comes from the same remote connection as `pc`'s
-/// current remote description (same DTLS certificate: an ICE restart), not
-/// from a new one (the peer reloaded under the same id).
-fn same_dtls(pc: &web_sys::RtcPeerConnection, sdp: &str) -> bool {
-    let old = pc.remote_description().map(|d| d.sdp());
-    match (
-        old.as_deref()
-            .and_then(parlor_protocol::sealed::sdp_fingerprint),
-        parlor_protocol::sealed::sdp_fingerprint(sdp),
-    ) {
-        (Some(a), Some(b)) => a == b,
-        _ => true,
+/// How this page's paths behave: the policy from `?relay=`, and how long a
+/// peer that left may be away (the page waits longer than the CLI).
+fn path_settings(mode: RelayMode) -> PathSettings {
+    let policy = match mode {
+        RelayMode::Auto => PathPolicy::Any,
+        RelayMode::Turn => PathPolicy::TurnOnly,
+        RelayMode::Server => PathPolicy::ServerOnly,
+    };
+    PathSettings {
+        connect_timeout: Millis::from(CONNECT_TIMEOUT_MS),
+        return_window: Millis::from(AWAY_TRANSFER_MS),
+        ..PathSettings::new(policy, crypto_random_bytes().map_or(0, u64::from_ne_bytes))
     }
 }
 
@@ -533,8 +532,7 @@ impl Driver {
         self.stats_timer = None;
         self.typing_timers.clear();
         self.links.clear();
-        self.relayed.clear();
-        self.relay_up.clear();
+        self.path_timer = None;
         self.relay_drain = None;
         for t in self.incoming.values() {
             if t.held.is_none()
@@ -730,14 +728,21 @@ impl Driver {
         self.connect();
     }
 
-    /// We carry on under a new peer id: every peer we knew is gone for us
-    /// (`why` says so), and a new identity numbers its messages afresh.
+    /// We carry on under a new peer id (this tab took over from another):
+    /// every link closes and the path machine starts afresh; see
+    /// [`Self::forget_everyone`].
     fn start_as_new_peer(&mut self, why: &str) {
-        let old: HashSet<PeerId> = (self.names.keys())
-            .chain(self.links.keys())
-            .chain(self.relayed.iter())
-            .cloned()
-            .collect();
+        self.forget_everyone(why);
+        self.links.clear();
+        self.paths = Paths::new(self.paths.settings().clone());
+        self.path_timer = None;
+        self.path_deadline = None;
+    }
+
+    /// Every peer we knew is gone for us (`why` says so), and a new
+    /// identity numbers its messages afresh.
+    fn forget_everyone(&mut self, why: &str) {
+        let old: Vec<PeerId> = self.names.keys().cloned().collect();
         for p in old {
             self.on_peer_gone(&p, why, false, true);
         }
@@ -850,72 +855,50 @@ impl Driver {
                 }
                 // A new token (or the first): save it with the chat state.
                 self.saved_generation = None;
-                if self.me.as_ref() == Some(&peer_id) {
-                    // Back under the same id: connections that survived stay
-                    // up; relayed peers get a fresh Switch (they confirm
-                    // back); peers we have no link to get an offer.
-                    self.attempt = 0;
-                    self.ice_servers = ice_servers;
-                    if self.code.is_some() {
-                        for peer in peers {
-                            self.add_peer(&peer.id, peer.name);
-                            self.start_code_exchange(peer.id, true);
-                        }
-                        return;
+                let same_id = self.me.as_ref() == Some(&peer_id);
+                if !same_id {
+                    if self.me.is_none()
+                        && let Some(old) = self.restored_id.take()
+                        && old != peer_id
+                    {
+                        // The server did not give the saved identity back:
+                        // its chat state is not ours to use.
+                        crate::util::warn(&format!(
+                            "rejoined as {peer_id}, not as the saved {old}: chat state dropped"
+                        ));
+                        self.chat = ChatSession::new();
                     }
-                    for peer in peers {
-                        self.add_peer(&peer.id, peer.name);
-                        if self.relayed.contains(&peer.id) {
-                            if let Err(e) = self.relay_send(&peer.id, &self.switch(false)) {
-                                crate::util::warn(&format!("server relay: Switch not sent: {e}"));
-                            }
-                        } else if !self.has_link(&peer.id) {
-                            if self.relay_mode == RelayMode::Server {
-                                self.go_relay(&peer.id);
-                            } else {
-                                self.offer_to(peer.id);
-                            }
-                        }
-                    }
-                    return;
-                }
-                if self.me.is_some() {
-                    // Rejoined under a new id: the others saw us leave and
-                    // dropped their connections, so start over with everyone.
-                    self.start_as_new_peer("was disconnected while we reconnected");
-                } else if let Some(old) = self.restored_id.take()
-                    && old != peer_id
-                {
-                    // The server did not give the saved identity back: its
-                    // chat state is not ours to use.
-                    crate::util::warn(&format!(
-                        "rejoined as {peer_id}, not as the saved {old}: chat state dropped"
-                    ));
-                    self.chat = ChatSession::new();
+                    self.ever_joined = true;
+                    self.dispatch(Action::Welcome(peer_id.0.clone()));
                 }
                 self.attempt = 0;
-                self.ever_joined = true;
                 self.ice_servers = ice_servers;
-                self.dispatch(Action::Welcome(peer_id.0.clone()));
-                self.me = Some(peer_id);
-                self.chat_changed();
+                self.me = Some(peer_id.clone());
                 if self.code.is_some() {
                     // No key yet: agree on one with the peer first.
-                    self.dispatch(Action::Code(CodeStatus::Waiting));
+                    if !same_id {
+                        self.chat_changed();
+                        self.dispatch(Action::Code(CodeStatus::Waiting));
+                    }
                     for peer in peers {
                         self.add_peer(&peer.id, peer.name);
                         self.start_code_exchange(peer.id, true);
                     }
                     return;
                 }
-                // Newcomers make the offers; peers already present wait.
+                // Back under the same id, connections that survived stay up
+                // and relayed peers get a fresh Switch; under a new one (the
+                // others saw us leave) everything starts over; newcomers
+                // make the offers.
+                self.feed(PathInput::Joined {
+                    me: peer_id,
+                    peers: peers.iter().map(|p| p.id.clone()).collect(),
+                });
+                if !same_id {
+                    self.chat_changed();
+                }
                 for peer in peers {
                     self.add_peer(&peer.id, peer.name);
-                    if self.relay_mode == RelayMode::Server {
-                        self.go_relay(&peer.id);
-                    } else {
-                        self.offer_to(peer.id);
-                    }
                 }
             }
             ServerMessage::PeerJoined { peer } => {
@@ -923,9 +906,7 @@ impl Driver {
                 if self.code.is_some() {
                     return self.start_code_exchange(peer.id, false);
                 }
-                if self.relay_mode == RelayMode::Server {
-                    self.go_relay(&peer.id);
-                }
+                self.feed(PathInput::PeerJoined { peer: peer.id });
             }
             ServerMessage::PeerLeft { peer_id } => {
                 let exchanging = (self.code.as_ref())
@@ -936,7 +917,10 @@ impl Driver {
                         "the other side left before the code was checked".into(),
                     ));
                 }
-                self.on_peer_gone(&peer_id, "left the room", false, false)
+                if self.code.is_some() {
+                    return self.on_peer_gone(&peer_id, "left the room", false, false);
+                }
+                self.feed(PathInput::PeerLeft { peer: peer_id });
             }
             ServerMessage::Pake { from, body } => self.on_pake(from, &body),
             ServerMessage::Signal { from, sealed } => self.on_sealed_signal(from, &sealed),
@@ -1049,10 +1033,16 @@ impl Driver {
             let url = format!("/r/{}#{key}", self.room);
             let _ = history.replace_state_with_url(&wasm_bindgen::JsValue::NULL, "", Some(&url));
         }
-        if self.relay_mode == RelayMode::Server {
-            self.go_relay(&peer);
-        } else if phase.we_offer {
-            self.offer_to(peer);
+        // Now the room starts as with an invite link: the newcomer offers.
+        let Some(me) = self.me.clone() else { return };
+        let listed = if phase.we_offer {
+            vec![peer.clone()]
+        } else {
+            Vec::new()
+        };
+        self.feed(PathInput::Joined { me, peers: listed });
+        if !phase.we_offer {
+            self.feed(PathInput::PeerJoined { peer });
         }
     }
 
@@ -1078,56 +1068,27 @@ impl Driver {
         self.signal(ClientMessage::Signal { to, sealed });
     }
 
-    /// A sealed offer, answer or candidate from `from`.
+    /// A sealed offer, answer or candidate from `from`: the path machine
+    /// decides what it means; one that does not open refuses the peer.
     fn on_sealed_signal(&mut self, from: PeerId, sealed: &str) {
-        if self.refused.contains(&from) {
+        if self.paths.is_refused(&from) {
             return;
         }
         let (Some(me), Some(cipher)) = (&self.me, &self.signal_cipher) else {
             return crate::util::warn("sealed signaling ignored: no room key");
         };
         match cipher.open(me, &from, sealed) {
-            Ok(PeerSignal::Offer { sdp }) => self.on_offer_sdp(from, sdp),
-            Ok(PeerSignal::Answer { sdp }) => self.on_answer_sdp(from, sdp),
-            Ok(PeerSignal::Candidate { candidate }) => {
-                if let Some(link) = self.links.get_mut(&from) {
-                    link.add_candidate(candidate);
+            Ok(signal) => {
+                if !self.names.contains_key(&from) {
+                    self.add_peer(&from, String::new());
                 }
+                self.feed(PathInput::Signal { from, signal });
             }
-            Err(e) => self.refuse_peer(&from, &e.to_string()),
+            Err(e) => self.feed(PathInput::Refuse {
+                peer: from,
+                why: e.to_string(),
+            }),
         }
-    }
-
-    /// Signaling from `peer` did not open with the room key (altered or
-    /// redirected on the way): warn, and never talk to it, neither through
-    /// WebRTC nor through the relay. (A browser checks the DTLS certificate
-    /// against the fingerprint of the sealed SDP by itself.)
-    fn refuse_peer(&mut self, peer: &PeerId, why: &str) {
-        crate::util::warn(&format!("refusing {peer}: {why}"));
-        self.error(format!("Security warning: {why}"));
-        self.refused.insert(peer.clone());
-        self.on_peer_gone(peer, "was refused", true, true);
-    }
-
-    fn on_answer_sdp(&mut self, from: PeerId, sdp: String) {
-        let Some(link) = self.links.get(&from) else {
-            return;
-        };
-        let pc = link.pc();
-        let weak = self.weak.clone();
-        wasm_bindgen_futures::spawn_local(async move {
-            let result = rtc::accept_answer(pc.clone(), sdp).await;
-            with(&weak, move |d| match result {
-                Ok(()) => {
-                    if let Some(link) = d.links.get_mut(&from)
-                        && *link.pc() == *pc
-                    {
-                        link.remote_description_ready();
-                    }
-                }
-                Err(e) => d.error(format!("Could not connect to {}: {e}", d.label(&from))),
-            });
-        });
     }
 
     fn label(&self, peer: &PeerId) -> String {
@@ -1156,194 +1117,244 @@ impl Driver {
         }
     }
 
-    /// Creates the connection to `peer`; the `offerer` creates the data
-    /// channels, the answerer receives them in-band.
-    fn new_link(&mut self, peer: &PeerId, offerer: bool) -> Result<(), String> {
-        let weak = self.weak.clone();
-        let id = peer.clone();
-        let sink: Rc<dyn Fn(PeerEvent)> = Rc::new(move |ev| {
-            let id = id.clone();
-            with(&weak, move |d| d.on_peer_event(id, ev));
+    // ---- paths: the core machine decides, this carries it out ------------
+
+    /// Feeds one input to the path machine and carries out its outputs.
+    fn feed(&mut self, input: PathInput) {
+        self.paths.handle(input, now_ms());
+        self.drive_paths();
+    }
+
+    /// Carries out what the path machine asks, then sets its timer.
+    fn drive_paths(&mut self) {
+        while let Some(out) = self.paths.poll_output() {
+            self.on_path_output(out);
+        }
+        let next = self.paths.poll_timeout();
+        if next == self.path_deadline {
+            return;
+        }
+        self.path_deadline = next;
+        self.path_timer = next.map(|at| {
+            let weak = self.weak.clone();
+            let delay = u32::try_from(at.saturating_sub(now_ms())).unwrap_or(u32::MAX);
+            Timeout::new(delay, move || {
+                with(&weak, |d| {
+                    d.path_deadline = None;
+                    d.paths.handle_timeout(now_ms());
+                    d.drive_paths();
+                })
+            })
         });
-        let mut link = PeerLink::new(
+    }
+
+    fn on_path_output(&mut self, out: PathOutput) {
+        match out {
+            PathOutput::OpenLink {
+                peer,
+                link,
+                offerer,
+            } => self.open_link(&peer, link, offerer),
+            // Dropping the link closes the connection and detaches its handlers.
+            PathOutput::CloseLink { link } => drop(self.links.remove(&link)),
+            PathOutput::CreateOffer { link, ice_restart } => self.create_offer(link, ice_restart),
+            PathOutput::AcceptOffer { link, sdp } => self.accept_offer(link, sdp),
+            PathOutput::AcceptAnswer { link, sdp } => self.accept_answer(link, sdp),
+            PathOutput::AddCandidate { link, candidate } => {
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.add_candidate(candidate);
+                }
+            }
+            PathOutput::Signal { to, signal } => self.send_signal(to, signal),
+            PathOutput::Relay { to, payload } => {
+                if let Err(e) = self.relay_send(&to, &payload) {
+                    crate::util::warn(&format!("server relay: nothing sent to {to}: {e}"));
+                }
+            }
+            PathOutput::Connected {
+                peer,
+                route: Route::ServerRelay,
+            } => self.set_link_state(&peer, LinkState::ServerRelay, None),
+            PathOutput::Connected { peer, .. } => self.refresh_path(peer),
+            PathOutput::Disconnected { peer } => {
+                self.set_link_state(&peer, LinkState::Connecting, None);
+            }
+            PathOutput::ChatUp { peer } => {
+                self.chat.link_up(&peer, now_ms());
+                self.flush_chat();
+            }
+            PathOutput::ChatDown { peer } => self.chat.link_down(&peer),
+            PathOutput::FilesUp { peer, path_changed } => self.files_up(&peer, path_changed),
+            PathOutput::PeerRestarted { peer } => {
+                self.fail_incoming_with(&peer, "the peer reconnected");
+                self.park_outgoing(&peer);
+            }
+            PathOutput::FellToRelay { peer, why } => {
+                crate::util::warn(&format!("switching to the server relay for {peer}: {why}"));
+                if self.cipher.is_none() {
+                    self.error(format!(
+                        "Cannot reach {} through the server relay: this page's link has no key \
+                         (the part after #).",
+                        self.label(&peer)
+                    ));
+                }
+                self.set_link_state(&peer, LinkState::Connecting, None);
+            }
+            PathOutput::Refused { peer, why } => {
+                crate::util::warn(&format!("refusing {peer}: {why}"));
+                self.error(format!("Security warning: {why}"));
+                self.on_peer_gone(&peer, "was refused", true, true);
+            }
+            PathOutput::Gone {
+                peer,
+                reason: GoneReason::Left,
+            } => self.on_peer_gone(&peer, "left the room", false, false),
+            PathOutput::Gone { peer, .. } => {
+                self.error(format!("The connection to {} failed.", self.label(&peer)));
+                self.on_peer_gone(&peer, "could not be reached", true, false);
+            }
+            // Parked transfers wait with their own timers (see `park`).
+            PathOutput::Returned { .. } | PathOutput::AwayExpired { .. } => {}
+            PathOutput::StartedOver => {
+                self.forget_everyone("was disconnected while we reconnected")
+            }
+        }
+    }
+
+    /// Creates the connection `link` to `peer`; the `offerer` creates the
+    /// data channels, the answerer receives them in-band.
+    fn open_link(&mut self, peer: &PeerId, link: LinkId, offerer: bool) {
+        let weak = self.weak.clone();
+        let sink: Rc<dyn Fn(PeerEvent)> =
+            Rc::new(move |ev| with(&weak, move |d| d.on_peer_event(link, ev)));
+        match PeerLink::new(
             &self.ice_servers,
             self.relay_mode == RelayMode::Turn,
             self.config.low_watermark,
             offerer,
             sink,
-        )?;
-        link.watchdog = Some(self.watchdog(peer, &link));
-        self.links.insert(peer.clone(), link);
-        Ok(())
+        ) {
+            Ok(made) => {
+                self.links.insert(link, made);
+            }
+            Err(e) => {
+                self.error(format!(
+                    "Could not start a connection to {}: {e}",
+                    self.label(peer)
+                ));
+                self.feed(PathInput::LinkFailed { link });
+            }
+        }
     }
 
-    /// A timer that lets the link fall back if `link` is not connected in
-    /// [`CONNECT_TIMEOUT_MS`].
-    fn watchdog(&self, peer: &PeerId, link: &PeerLink) -> Timeout {
-        let (weak, peer, pc) = (self.weak.clone(), peer.clone(), link.pc());
-        Timeout::new(CONNECT_TIMEOUT_MS, move || {
-            with(&weak, move |d| d.watchdog_fired(peer, pc))
-        })
-    }
-
-    fn watchdog_fired(&mut self, peer: PeerId, pc: web_sys::RtcPeerConnection) {
-        let Some(link) = self.links.get_mut(&peer) else {
-            return;
-        };
-        if *link.pc() != *pc {
-            return;
-        }
-        link.watchdog = None;
-        if self.connected.contains(&peer) {
-            return;
-        }
-        crate::util::warn(&format!(
-            "no WebRTC connection to {peer} after {CONNECT_TIMEOUT_MS} ms"
-        ));
-        self.fall_back(&peer);
-    }
-
-    /// The WebRTC connection to `peer` failed for good: the server relay,
-    /// unless the server connection is down (we rejoin under a new id and
-    /// start over anyway).
-    fn fall_back(&mut self, peer: &PeerId) {
-        if !self.signaling.as_ref().is_some_and(Signaling::is_open) {
-            self.error(format!("The connection to {} failed.", self.label(peer)));
-            return self.on_peer_gone(peer, "could not be reached", true, false);
-        }
-        self.go_relay(peer);
-    }
-
-    /// The connection to `peer` became `failed`: one ICE restart if it had
-    /// been connected (the original offerer re-offers; both sides give it
-    /// [`CONNECT_TIMEOUT_MS`]), else fall back at once.
-    fn on_link_failed(&mut self, peer: &PeerId) {
-        self.connected.remove(peer);
-        let Some(link) = self.links.get(peer) else {
-            return;
-        };
-        if !link.was_connected || link.restarting {
-            return self.fall_back(peer);
-        }
-        let watchdog = self.watchdog(peer, link);
-        let Some(link) = self.links.get_mut(peer) else {
-            return;
-        };
-        link.restarting = true;
-        link.watchdog = Some(watchdog);
-        let (offerer, pc) = (link.offerer(), link.pc());
-        self.set_link_state(peer, LinkState::Connecting, None);
-        if !offerer {
-            return; // the offerer re-offers
-        }
-        let (weak, peer) = (self.weak.clone(), peer.clone());
-        wasm_bindgen_futures::spawn_local(async move {
-            let result = rtc::create_offer(pc.clone(), true).await;
-            with(&weak, move |d| match result {
-                Ok(sdp) if d.links.get(&peer).is_some_and(|l| *l.pc() == *pc) => {
-                    d.send_signal(peer, PeerSignal::Offer { sdp })
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    crate::util::warn(&format!("ICE restart offer to {peer} failed: {e}"));
-                    if d.links.get(&peer).is_some_and(|l| *l.pc() == *pc) {
-                        d.fall_back(&peer);
-                    }
-                }
-            });
-        });
-    }
-
-    fn offer_to(&mut self, peer: PeerId) {
-        if let Err(e) = self.new_link(&peer, true) {
-            return self.error(format!("Could not start a connection: {e}"));
-        }
-        let Some(pc) = self.links.get(&peer).map(PeerLink::pc) else {
+    fn create_offer(&mut self, link: LinkId, ice_restart: bool) {
+        let Some(pc) = self.links.get(&link).map(PeerLink::pc) else {
             return;
         };
         let weak = self.weak.clone();
         wasm_bindgen_futures::spawn_local(async move {
-            let result = rtc::create_offer(pc, false).await;
-            with(&weak, move |d| match result {
-                Ok(sdp) => d.send_signal(peer, PeerSignal::Offer { sdp }),
-                Err(e) => d.error(format!("Could not connect to {}: {e}", d.label(&peer))),
+            let result = rtc::create_offer(pc, ice_restart).await;
+            with(&weak, move |d| {
+                // Closed meanwhile: nothing to send.
+                let Some(peer) = d.paths.peer_of(link).cloned() else {
+                    return;
+                };
+                match result {
+                    Ok(sdp) => d.send_signal(peer, PeerSignal::Offer { sdp }),
+                    Err(e) => {
+                        crate::util::warn(&format!("offer to {peer} failed: {e}"));
+                        d.feed(PathInput::LinkFailed { link });
+                    }
+                }
             });
         });
     }
 
-    fn on_offer_sdp(&mut self, from: PeerId, sdp: String) {
-        if !self.names.contains_key(&from) {
-            self.add_peer(&from, String::new());
-        }
-        if self.relay_mode == RelayMode::Server {
-            // Never a peer connection: answer the offer with the relay.
-            return self.go_relay(&from);
-        }
-        if self.relayed.contains(&from) {
-            return crate::util::warn(&format!(
-                "ignoring an offer from {from}: that link is on the server relay"
-            ));
-        }
-        self.chat.add_peer(from.clone());
-        // An ICE restart of a connection that worked: same connection, new
-        // ICE credentials.
-        if let Some(link) = self.links.get_mut(&from)
-            && !link.offerer()
-            && link.was_connected
-            && same_dtls(&link.pc(), &sdp)
-        {
-            link.renegotiating();
-            let pc = link.pc();
-            let weak = self.weak.clone();
-            wasm_bindgen_futures::spawn_local(async move {
-                let result = rtc::accept_offer(pc.clone(), sdp).await;
-                with(&weak, move |d| {
-                    let Some(link) = d.links.get_mut(&from).filter(|l| *l.pc() == *pc) else {
-                        return;
-                    };
-                    match result {
-                        Ok(answer) => {
-                            link.remote_description_ready();
-                            d.send_signal(from, PeerSignal::Answer { sdp: answer });
+    fn accept_offer(&mut self, link: LinkId, sdp: String) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        // Remote candidates wait for the new remote description.
+        l.renegotiating();
+        let pc = l.pc();
+        let weak = self.weak.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let result = rtc::accept_offer(pc, sdp).await;
+            with(&weak, move |d| {
+                let Some(peer) = d.paths.peer_of(link).cloned() else {
+                    return;
+                };
+                match result {
+                    Ok(answer) => {
+                        if let Some(l) = d.links.get_mut(&link) {
+                            l.remote_description_ready();
                         }
-                        Err(e) => {
-                            crate::util::warn(&format!("ICE restart from {from} failed: {e}"));
-                            d.fall_back(&from);
+                        d.send_signal(peer, PeerSignal::Answer { sdp: answer });
+                    }
+                    Err(e) => {
+                        d.error(format!("Could not connect to {}: {e}", d.label(&peer)));
+                        d.feed(PathInput::LinkFailed { link });
+                    }
+                }
+            });
+        });
+    }
+
+    fn accept_answer(&mut self, link: LinkId, sdp: String) {
+        let Some(pc) = self.links.get(&link).map(PeerLink::pc) else {
+            return;
+        };
+        let weak = self.weak.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let result = rtc::accept_answer(pc, sdp).await;
+            with(&weak, move |d| {
+                let Some(peer) = d.paths.peer_of(link).cloned() else {
+                    return;
+                };
+                match result {
+                    Ok(()) => {
+                        if let Some(l) = d.links.get_mut(&link) {
+                            l.remote_description_ready();
                         }
                     }
+                    Err(e) => d.error(format!("Could not connect to {}: {e}", d.label(&peer))),
+                }
+            });
+        });
+    }
+
+    /// File frames can flow to `peer`: offers made meanwhile go out, parked
+    /// transfers offer again; after a path change (`path_changed`) what was
+    /// in flight may be lost: receivers ask to resume from what they
+    /// verified, unanswered offers go out again.
+    fn files_up(&mut self, peer: &PeerId, path_changed: bool) {
+        self.dispatch(Action::PeerFiles {
+            id: peer.0.clone(),
+            ready: true,
+        });
+        if path_changed {
+            let keys: Vec<(PeerId, TransferId)> = (self.incoming.keys())
+                .filter(|(p, _)| p == peer)
+                .cloned()
+                .collect();
+            for key in keys {
+                self.drive_incoming(&key, |t| t.receiver.link_reset());
+            }
+        }
+        let ids: Vec<(TransferId, bool)> = (self.outgoing.iter())
+            .filter(|(_, t)| &t.peer == peer && t.sender.is_some())
+            .map(|(id, t)| (*id, t.away.is_some()))
+            .collect();
+        for (id, away) in ids {
+            if away || path_changed {
+                self.drive_outgoing(id, |s, amount| {
+                    s.link_reset();
+                    s.buffered_amount(amount);
                 });
-            });
-            return;
+            } else {
+                self.drive_outgoing(id, |s, amount| s.buffered_amount(amount));
+            }
         }
-        // A fresh offer replaces any earlier connection with that peer (it
-        // reloaded, keeping its id): what went over the old one starts over.
-        if self.links.remove(&from).is_some() {
-            self.chat.link_down(&from);
-            self.connected.remove(&from);
-            self.fail_incoming_with(&from, "the peer reconnected");
-            self.park_outgoing(&from);
-        }
-        if let Err(e) = self.new_link(&from, false) {
-            return self.error(format!("Could not start a connection: {e}"));
-        }
-        let Some(pc) = self.links.get(&from).map(PeerLink::pc) else {
-            return;
-        };
-        let weak = self.weak.clone();
-        wasm_bindgen_futures::spawn_local(async move {
-            let result = rtc::accept_offer(pc.clone(), sdp).await;
-            with(&weak, move |d| match result {
-                Ok(answer) => {
-                    if let Some(link) = d.links.get_mut(&from)
-                        && *link.pc() == *pc
-                    {
-                        link.remote_description_ready();
-                        d.send_signal(from, PeerSignal::Answer { sdp: answer });
-                    }
-                }
-                Err(e) => d.error(format!("Could not connect to {}: {e}", d.label(&from))),
-            });
-        });
     }
 
     // ---- peer connections -------------------------------------------------
@@ -1357,47 +1368,26 @@ impl Driver {
         });
     }
 
-    fn on_peer_event(&mut self, peer: PeerId, ev: PeerEvent) {
-        if !self.links.contains_key(&peer) {
+    fn on_peer_event(&mut self, link: LinkId, ev: PeerEvent) {
+        // Events of a link that is no longer current are dropped.
+        let Some(peer) = self.paths.peer_of(link).cloned() else {
             return;
-        }
+        };
         match ev {
             PeerEvent::LocalCandidate(candidate) => {
-                self.send_signal(peer, PeerSignal::Candidate { candidate })
+                self.feed(PathInput::LocalCandidate { link, candidate });
             }
-            PeerEvent::Open(Channel::Chat) => {
-                self.chat.link_up(&peer, now_ms());
-                self.flush_chat();
-            }
-            PeerEvent::Open(Channel::File) => {
-                self.dispatch(Action::PeerFiles {
-                    id: peer.0.clone(),
-                    ready: true,
-                });
-                // Offers made while the channel was opening go out now;
-                // transfers that waited for the peer to come back offer again.
-                let ids: Vec<(TransferId, bool)> = self
-                    .outgoing
-                    .iter()
-                    .filter(|(_, t)| t.peer == peer && t.sender.is_some())
-                    .map(|(id, t)| (*id, t.away.is_some()))
-                    .collect();
-                for (id, away) in ids {
-                    if away {
-                        self.drive_outgoing(id, |s, _| s.link_reset());
-                    } else {
-                        self.drive_outgoing(id, |_, _| {});
-                    }
+            PeerEvent::Open(channel) => self.feed(PathInput::ChannelOpen { link, channel }),
+            PeerEvent::Closed(channel) => {
+                if channel == Channel::File {
+                    self.dispatch(Action::PeerFiles {
+                        id: peer.0.clone(),
+                        ready: false,
+                    });
+                    self.fail_incoming_with(&peer, "the connection to the peer closed");
+                    self.park_outgoing(&peer);
                 }
-            }
-            PeerEvent::Closed(Channel::Chat) => self.chat.link_down(&peer),
-            PeerEvent::Closed(Channel::File) => {
-                self.dispatch(Action::PeerFiles {
-                    id: peer.0.clone(),
-                    ready: false,
-                });
-                self.fail_incoming_with(&peer, "the connection to the peer closed");
-                self.park_outgoing(&peer);
+                self.feed(PathInput::ChannelClosed { link, channel });
             }
             PeerEvent::Message(channel, data) => self.on_frame(peer, channel, &data),
             PeerEvent::BufferedLow => {
@@ -1411,39 +1401,40 @@ impl Driver {
                     self.drive_outgoing(id, |s, amount| s.buffered_amount(amount));
                 }
             }
+            // The browser checks the DTLS certificate against the sealed
+            // SDP's fingerprint by itself.
             PeerEvent::State(state) => match state.as_str() {
-                "connected" => {
-                    if let Some(link) = self.links.get_mut(&peer) {
-                        link.was_connected = true;
-                        link.restarting = false;
-                        link.watchdog = None;
-                    }
-                    self.connected.insert(peer.clone());
-                    self.refresh_path(peer);
-                }
+                "connected" => self.feed(PathInput::LinkConnected { link }),
                 "disconnected" => self.set_link_state(&peer, LinkState::Connecting, None),
-                "failed" => self.on_link_failed(&peer),
+                "failed" => self.feed(PathInput::LinkFailed { link }),
+                "closed" => self.feed(PathInput::LinkClosed { link }),
                 _ => {}
             },
         }
     }
 
     fn refresh_paths(&mut self) {
-        let peers: Vec<PeerId> = self.connected.iter().cloned().collect();
+        let peers: Vec<PeerId> = (self.names.keys())
+            .filter(|p| self.paths.is_up(p) && self.paths.route(p) != Some(Route::ServerRelay))
+            .cloned()
+            .collect();
         for p in peers {
             self.refresh_path(p);
         }
     }
 
     fn refresh_path(&mut self, peer: PeerId) {
-        let Some(pc) = self.links.get(&peer).map(PeerLink::pc) else {
+        let Some(Route::WebRtc(link)) = self.paths.route(&peer) else {
+            return;
+        };
+        let Some(pc) = self.links.get(&link).map(PeerLink::pc) else {
             return;
         };
         let weak = self.weak.clone();
         wasm_bindgen_futures::spawn_local(async move {
             let info = rtc::path_info(pc).await;
             with(&weak, move |d| {
-                if !d.connected.contains(&peer) {
+                if d.paths.route(&peer) != Some(Route::WebRtc(link)) || !d.paths.is_up(&peer) {
                     return;
                 }
                 let (state, rtt) = match info {
@@ -1470,16 +1461,12 @@ impl Driver {
     /// ([`AWAY_TRANSFER_MS`]). `keep_listed` keeps it in the peer list,
     /// marked failed.
     fn on_peer_gone(&mut self, peer: &PeerId, why: &str, keep_listed: bool, forget: bool) {
-        self.links.remove(peer);
-        self.relayed.remove(peer);
-        self.relay_up.remove(peer);
         if self.typing_timers.remove(peer).is_some() {
             self.dispatch(Action::Typing {
                 id: peer.0.clone(),
                 typing: false,
             });
         }
-        self.connected.remove(peer);
         if forget {
             self.chat.remove_peer(peer);
             self.flush_chat();
@@ -1654,36 +1641,40 @@ impl Driver {
 
     // ---- links: a peer connection or the server relay ---------------------
 
-    /// Every peer with a link: a peer connection or the server relay.
+    /// Every peer with a path: a peer connection or the server relay.
     fn reachable(&self) -> Vec<PeerId> {
-        (self.links.keys())
-            .chain(self.relayed.iter())
+        (self.names.keys())
+            .filter(|p| self.paths.route(p).is_some())
             .cloned()
             .collect()
     }
 
-    /// Whether `peer` has a link (open or still opening).
+    /// Whether `peer` has a path (open or still opening).
     fn has_link(&self, peer: &PeerId) -> bool {
-        self.relayed.contains(peer) || self.links.contains_key(peer)
+        self.paths.route(peer).is_some()
     }
 
     /// Whether frames can go to `peer` on `channel` now.
     fn link_open(&self, peer: &PeerId, channel: Channel) -> bool {
-        if self.relayed.contains(peer) {
-            return self.relay_up.contains(peer)
-                && self.signaling.as_ref().is_some_and(Signaling::is_open);
+        match self.paths.route(peer) {
+            Some(Route::ServerRelay) => {
+                self.paths.is_up(peer) && self.signaling.as_ref().is_some_and(Signaling::is_open)
+            }
+            Some(Route::WebRtc(link)) => self.links.get(&link).is_some_and(|l| l.is_open(channel)),
+            None => false,
         }
-        self.links.get(peer).is_some_and(|l| l.is_open(channel))
     }
 
     /// The file channel's buffered amount; on the relay, the socket's.
     fn link_buffered(&self, peer: &PeerId) -> u64 {
-        if self.relayed.contains(peer) {
-            return self.relay_buffered();
+        match self.paths.route(peer) {
+            Some(Route::ServerRelay) => self.relay_buffered(),
+            Some(Route::WebRtc(link)) => self
+                .links
+                .get(&link)
+                .map_or(0, |l| l.buffered_amount(Channel::File)),
+            None => 0,
         }
-        self.links
-            .get(peer)
-            .map_or(0, |l| l.buffered_amount(Channel::File))
     }
 
     fn relay_buffered(&self) -> u64 {
@@ -1695,20 +1686,15 @@ impl Driver {
     /// Sends an encoded frame to `peer` on `channel`, whichever way the
     /// link goes.
     fn link_send(&mut self, peer: &PeerId, channel: Channel, frame: Vec<u8>) -> Result<(), String> {
-        if self.relayed.contains(peer) {
-            return self.relay_send(peer, &RelayPayload::Frame { channel, frame });
-        }
-        match self.links.get(peer) {
-            Some(link) => link.send(channel, &frame),
+        match self.paths.route(peer) {
+            Some(Route::ServerRelay) => {
+                self.relay_send(peer, &RelayPayload::Frame { channel, frame })
+            }
+            Some(Route::WebRtc(link)) => match self.links.get(&link) {
+                Some(l) => l.send(channel, &frame),
+                None => Err("the peer is gone".into()),
+            },
             None => Err("the peer is gone".into()),
-        }
-    }
-
-    /// This page's relay `Switch`; `reply` when it confirms one received.
-    fn switch(&self, reply: bool) -> RelayPayload {
-        RelayPayload::Switch {
-            epoch: self.epoch,
-            reply,
         }
     }
 
@@ -1720,91 +1706,6 @@ impl Driver {
             return Err("the server relay is not available".into());
         };
         signaling.send_binary(&cipher.seal(me, to, payload))
-    }
-
-    /// Puts the link to `peer` on the server relay (once): closes its peer
-    /// connection and tells the peer with `Switch`. The link is up once an
-    /// authenticated packet comes back ([`Self::relay_confirmed`]).
-    fn go_relay(&mut self, peer: &PeerId) {
-        if self.relayed.contains(peer) || self.refused.contains(peer) {
-            return;
-        }
-        if self.cipher.is_none() {
-            self.error(format!(
-                "Cannot reach {} through the server relay: this page's link has no key \
-                 (the part after #).",
-                self.label(peer)
-            ));
-            return self.on_peer_gone(peer, "could not be reached", true, true);
-        }
-        // Dropping the link closes the connection and detaches its handlers.
-        if self.links.remove(peer).is_some() {
-            self.chat.link_down(peer);
-        }
-        self.connected.remove(peer);
-        self.relayed.insert(peer.clone());
-        if let Err(e) = self.relay_send(peer, &self.switch(false)) {
-            crate::util::warn(&format!("server relay: Switch to {peer} not sent: {e}"));
-        }
-        crate::util::warn(&format!("switching to the server relay for {peer}"));
-        self.set_link_state(peer, LinkState::Connecting, None);
-    }
-
-    /// The first authenticated packet from a relayed peer: chat and
-    /// transfers carry on over the relay.
-    fn relay_confirmed(&mut self, peer: &PeerId) {
-        if !self.relayed.contains(peer) || !self.relay_up.insert(peer.clone()) {
-            return;
-        }
-        // Confirm back, so the peer's side comes up too even when neither
-        // has anything to send (after a reconnect, both were relayed).
-        if let Err(e) = self.relay_send(peer, &self.switch(true)) {
-            crate::util::warn(&format!("server relay: Switch to {peer} not sent: {e}"));
-        }
-        self.set_link_state(peer, LinkState::ServerRelay, None);
-        self.dispatch(Action::PeerFiles {
-            id: peer.0.clone(),
-            ready: true,
-        });
-        // The whole outbox again: what was on the old channel may be lost.
-        self.chat.link_up(peer, now_ms());
-        self.flush_chat();
-        // Receivers ask to resume from what they verified.
-        let keys: Vec<(PeerId, TransferId)> = self
-            .incoming
-            .keys()
-            .filter(|(p, _)| p == peer)
-            .cloned()
-            .collect();
-        for key in keys {
-            self.drive_incoming(&key, |t| t.receiver.link_reset());
-        }
-        self.resume_outgoing(peer);
-    }
-
-    /// Transfers to `peer` continue on a new link: offers not yet answered
-    /// go out again (a repeated offer is harmless to the receiver, a lost
-    /// one would hang), the others carry on (the receiver asks to resume
-    /// from any gap).
-    fn resume_outgoing(&mut self, peer: &PeerId) {
-        let ids: Vec<TransferId> = self
-            .outgoing
-            .iter()
-            .filter(|(_, t)| &t.peer == peer && t.sender.is_some())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            let offer = self
-                .outgoing
-                .get(&id)
-                .and_then(|t| t.sender.as_ref())
-                .filter(|s| s.state() == SenderState::Offered)
-                .map(|s| Frame::FileOffer(s.offer().clone()));
-            if let Some(offer) = offer {
-                let _ = self.link_send(peer, Channel::File, offer.encode());
-            }
-            self.drive_outgoing(id, |s, amount| s.buffered_amount(amount));
-        }
     }
 
     /// A binary message on the signaling socket: a relay packet from a peer.
@@ -1825,23 +1726,19 @@ impl Driver {
                 return;
             }
         };
-        if self.me.as_ref() == Some(&from) || self.refused.contains(&from) {
+        if self.me.as_ref() == Some(&from) || self.paths.is_refused(&from) {
             return;
         }
-        if !self.names.contains_key(&from) && !self.relayed.contains(&from) {
-            return crate::util::warn(&format!(
-                "server relay: packet from {from}, who is not in the room, ignored"
-            ));
+        // Authenticated with the room key: a member of the room, even if
+        // its `peer_joined` has not reached us yet.
+        if !self.names.contains_key(&from) {
+            self.add_peer(&from, String::new());
         }
         // Any packet means the peer talks to us through the relay now.
-        self.go_relay(&from);
-        if !self.relayed.contains(&from) {
-            return;
-        }
-        self.relay_confirmed(&from);
-        match payload {
-            RelayPayload::Switch { .. } => {}
-            RelayPayload::Frame { channel, frame } => self.on_frame(from, channel, &frame),
+        let handle = self.paths.relay_packet(&from, &payload, now_ms());
+        self.drive_paths();
+        if handle && let RelayPayload::Frame { channel, frame } = payload {
+            self.on_frame(from, channel, &frame);
         }
     }
 
@@ -1859,20 +1756,20 @@ impl Driver {
     }
 
     /// The signaling socket closed: relayed links are down until we rejoin
-    /// (under a new id, when everything starts over).
+    /// (then they resume; under a new id everything starts over).
     fn relay_lost(&mut self) {
         self.relay_drain = None;
-        let peers: Vec<PeerId> = self.relayed.iter().cloned().collect();
-        self.relay_up.clear();
-        for peer in peers {
-            self.chat.link_down(&peer);
+        let relayed: Vec<PeerId> = (self.names.keys())
+            .filter(|p| self.paths.route(p) == Some(Route::ServerRelay))
+            .cloned()
+            .collect();
+        self.feed(PathInput::SignalingLost);
+        for peer in relayed {
             self.set_link_state(&peer, LinkState::Connecting, None);
             self.dispatch(Action::PeerFiles {
                 id: peer.0.clone(),
                 ready: false,
             });
-            self.fail_incoming_with(&peer, "the connection to the server closed");
-            self.park_outgoing(&peer);
         }
     }
 
@@ -1881,7 +1778,7 @@ impl Driver {
         self.outgoing
             .iter()
             .filter(|(_, t)| {
-                self.relayed.contains(&t.peer)
+                self.paths.route(&t.peer) == Some(Route::ServerRelay)
                     && t.sender
                         .as_ref()
                         .is_some_and(|s| s.state() == SenderState::Sending)
@@ -2217,6 +2114,7 @@ impl Driver {
         };
         let peer = t.peer.clone();
         let linked = self.has_link(&peer);
+        let confirmed_before = sender.confirmed();
         input(sender, self.link_buffered(&peer));
         let mut changed = false;
         let mut finished = None;
@@ -2280,9 +2178,22 @@ impl Driver {
             t.view.sent = sent;
             changed = true;
         }
+        // The path machine watches for a send that stalls (fed once `t` is
+        // back in place: what it asks may drive this transfer again).
+        let progress = PathInput::SendProgress {
+            peer: peer.clone(),
+            waiting: finished.is_none()
+                && t.away.is_none()
+                && matches!(
+                    sender.state(),
+                    SenderState::Sending | SenderState::AwaitingVerification
+                ),
+            advanced: sender.confirmed() > confirmed_before,
+        };
         if broken && finished.is_none() {
             self.outgoing.insert(id, t);
-            return self.park(vec![id]);
+            self.park(vec![id]);
+            return self.feed(PathInput::SendFailed { peer });
         }
         match finished {
             None => {
@@ -2290,9 +2201,10 @@ impl Driver {
                     self.dispatch(Action::Transfer(t.view.clone()));
                 }
                 self.outgoing.insert(id, t);
-                if self.relayed.contains(&peer) {
+                if self.paths.route(&peer) == Some(Route::ServerRelay) {
                     self.watch_relay_drain();
                 }
+                self.feed(progress);
             }
             Some(result) => {
                 match result {
@@ -2311,6 +2223,7 @@ impl Driver {
                     }
                 }
                 self.dispatch(Action::Transfer(t.view));
+                self.feed(progress);
             }
         }
     }

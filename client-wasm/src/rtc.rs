@@ -9,7 +9,6 @@ use std::cell::RefCell;
 
 use std::rc::Rc;
 
-use gloo::timers::callback::Timeout;
 use parlor_protocol::{IceCandidate, IceServer};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast as _, JsValue};
@@ -64,13 +63,6 @@ pub struct PeerLink {
     channels: Rc<RefCell<Channels>>,
     remote_description_set: bool,
     early_candidates: Vec<RtcIceCandidateInit>,
-    /// The driver's bookkeeping, which lives and dies with this connection:
-    /// `connectionState` has been `connected` at least once.
-    pub was_connected: bool,
-    /// An ICE restart is under way (after `failed`).
-    pub restarting: bool,
-    /// Fires when the connection did not come up (or back) in time.
-    pub watchdog: Option<Timeout>,
     _handlers: Vec<Handler>,
 }
 
@@ -181,9 +173,6 @@ impl PeerLink {
             channels,
             remote_description_set: false,
             early_candidates: Vec::new(),
-            was_connected: false,
-            restarting: false,
-            watchdog: None,
             _handlers: handlers,
         })
     }
@@ -274,7 +263,6 @@ impl PeerLink {
 
 impl Drop for PeerLink {
     fn drop(&mut self) {
-        self.watchdog = None;
         self.pc.set_onicecandidate(None);
         self.pc.set_onconnectionstatechange(None);
         self.pc.set_ondatachannel(None);
