@@ -1404,7 +1404,11 @@ impl Driver {
             // The browser checks the DTLS certificate against the sealed
             // SDP's fingerprint by itself.
             PeerEvent::State(state) => match state.as_str() {
-                "connected" => self.feed(PathInput::LinkConnected { link }),
+                "connected" => {
+                    self.feed(PathInput::LinkConnected { link });
+                    // Back from `disconnected` without failing: show the path again.
+                    self.refresh_path(peer);
+                }
                 "disconnected" => self.set_link_state(&peer, LinkState::Connecting, None),
                 "failed" => self.feed(PathInput::LinkFailed { link }),
                 "closed" => self.feed(PathInput::LinkClosed { link }),
