@@ -538,6 +538,8 @@ async fn allocations_past_the_quotas_get_486_per_credential_address_and_server()
     let a = credential_for("a", SECRET);
     let b = credential_for("b", SECRET);
     let c = credential_for("c", SECRET);
+    // Successful clients keep their sockets (a reused port would meet its
+    // old allocation: 437).
     let mut held = Vec::new();
     for _ in 0..3 {
         let (client, result) = alloc("127.0.0.1", a.clone()).await;
@@ -550,7 +552,9 @@ async fn allocations_past_the_quotas_get_486_per_credential_address_and_server()
         "4th for one credential"
     );
     for _ in 0..2 {
-        alloc("127.0.0.1", b.clone()).await.1.unwrap();
+        let (client, result) = alloc("127.0.0.1", b.clone()).await;
+        result.unwrap();
+        held.push(client);
     }
     assert_eq!(
         alloc("127.0.0.1", b.clone()).await.1,
@@ -558,7 +562,9 @@ async fn allocations_past_the_quotas_get_486_per_credential_address_and_server()
         "6th from one address"
     );
     for _ in 0..2 {
-        alloc("127.0.0.2", c.clone()).await.1.unwrap();
+        let (client, result) = alloc("127.0.0.2", c.clone()).await;
+        result.unwrap();
+        held.push(client);
     }
     assert_eq!(
         alloc("127.0.0.2", c.clone()).await.1,
@@ -590,6 +596,7 @@ async fn allocations_past_the_quotas_get_486_per_credential_address_and_server()
     assert!(freed, "the slot was not released: {}", relay.allocations());
     assert_eq!(metrics.allocations(), 6);
     alloc("127.0.0.1", a.clone()).await.1.unwrap();
+    drop(held);
 }
 
 #[tokio::test]
@@ -771,12 +778,17 @@ async fn a_flood_from_one_address_under_256_descriptors_leaves_the_server_answer
     }
     let (udp, tcp, _, _) = credentials[0].clone();
     let mut outcomes = std::collections::HashMap::<(&str, Result<(), u16>), usize>::new();
+    // Every client keeps its socket: a closed one's port could be handed to
+    // the next, whose Allocate would then meet the old allocation of that
+    // same 5-tuple (437 Allocation Mismatch).
+    let mut held = Vec::new();
     for (i, (_, _, username, password)) in credentials.iter().enumerate() {
         let from = if i < 4 { "127.0.0.1" } else { "127.0.0.2" };
         for _ in 0..32 {
             let mut client = StunClient::udp(udp, from, username, password).await;
             let result = within("allocate", client.allocate()).await.map(|_| ());
             *outcomes.entry((from, result)).or_default() += 1;
+            held.push(client);
         }
     }
     let count = |from, result| outcomes.get(&(from, result)).copied().unwrap_or(0);
