@@ -31,7 +31,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
     let ws = warp::path("ws")
         .and(warp::path::end())
         .and(warp::ws())
-        .and(warp::addr::remote())
+        .and(remote())
         .and(warp::header::optional::<String>("origin"))
         .and(warp::header::optional::<String>("host"))
         .and(with_app(Arc::clone(&app)))
@@ -159,11 +159,23 @@ async fn websocket(
         }))
 }
 
+/// The client's address: warp's own for plain HTTP, the
+/// [`ClientAddr`](crate::tls::ClientAddr) extension over TLS.
+pub fn remote() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallible> + Clone {
+    warp::addr::remote()
+        .and(warp::ext::optional::<crate::tls::ClientAddr>())
+        .map(
+            |warp: Option<SocketAddr>, tls: Option<crate::tls::ClientAddr>| {
+                warp.or(tls.map(|addr| addr.0))
+            },
+        )
+}
+
 /// The checks of `/ws` for the code API: a browser page of another site is
 /// refused (403), and the address's connection rate applies (429; one
 /// request takes one token of the same bucket as a WebSocket).
 fn client_checks(app: Arc<App>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::addr::remote()
+    remote()
         .and(warp::header::optional::<String>("origin"))
         .and(warp::header::optional::<String>("host"))
         .and(with_app(app))
