@@ -123,6 +123,28 @@ async fn probe(base: &str, ca: &Path) -> anyhow::Result<(Vec<u8>, String)> {
     Ok((presented, String::from_utf8_lossy(&answer).into_owned()))
 }
 
+/// Two `chat` peers trusting `ca` meet through `server` and exchange a
+/// message each way, then leave cleanly.
+async fn chat_both_ways(server: &Server, ca: &str) {
+    let mut alice = Peer::spawn(
+        "alice",
+        &["--ca-cert", ca, "chat", "--server", &server.base],
+    )
+    .unwrap();
+    let link = alice.invite().await.unwrap();
+    let mut bob = Peer::spawn("bob", &["--ca-cert", ca, "chat", &link]).unwrap();
+    bob.wait_connected(1).await.unwrap();
+    alice.wait_connected(1).await.unwrap();
+    alice.say("hello over https").await.unwrap();
+    bob.wait_text("hello over https").await.unwrap();
+    bob.say("and back over wss").await.unwrap();
+    alice.wait_text("and back over wss").await.unwrap();
+    alice.close_stdin();
+    bob.close_stdin();
+    assert!(alice.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
+    assert!(bob.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_and_chat_travel_through_an_https_server_with_ca_cert() {
     let _serial = parlor_tests::exclusive().await;
@@ -175,24 +197,7 @@ async fn a_file_and_chat_travel_through_an_https_server_with_ca_cert() {
         sender.history
     );
 
-    // Chat over the same server.
-    let mut alice = Peer::spawn(
-        "alice",
-        &["--ca-cert", ca, "chat", "--server", &server.base],
-    )
-    .unwrap();
-    let link = alice.invite().await.unwrap();
-    let mut bob = Peer::spawn("bob", &["--ca-cert", ca, "chat", &link]).unwrap();
-    bob.wait_connected(1).await.unwrap();
-    alice.wait_connected(1).await.unwrap();
-    alice.say("hello over https").await.unwrap();
-    bob.wait_text("hello over https").await.unwrap();
-    bob.say("and back over wss").await.unwrap();
-    alice.wait_text("and back over wss").await.unwrap();
-    alice.close_stdin();
-    bob.close_stdin();
-    assert!(alice.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
-    assert!(bob.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
+    chat_both_ways(&server, ca).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -329,20 +334,5 @@ async fn sighup_reloads_the_certificate_and_a_bad_reload_keeps_serving() {
     assert!(health.ends_with("ok"), "{health}");
 
     // And the peers still get through.
-    let ca = ca.to_str().unwrap();
-    let mut alice = Peer::spawn(
-        "alice",
-        &["--ca-cert", ca, "chat", "--server", &server.base],
-    )
-    .unwrap();
-    let link = alice.invite().await.unwrap();
-    let mut bob = Peer::spawn("bob", &["--ca-cert", ca, "chat", &link]).unwrap();
-    bob.wait_connected(1).await.unwrap();
-    alice.wait_connected(1).await.unwrap();
-    alice.say("after the reloads").await.unwrap();
-    bob.wait_text("after the reloads").await.unwrap();
-    alice.close_stdin();
-    bob.close_stdin();
-    assert!(alice.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
-    assert!(bob.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
+    chat_both_ways(&server, ca.to_str().unwrap()).await;
 }
