@@ -91,6 +91,17 @@ impl Pki {
 /// Connects to the https server at `base` trusting only `ca`: the DER of
 /// the certificate it presents, and its answer to `GET /healthz`.
 async fn probe(base: &str, ca: &Path) -> anyhow::Result<(Vec<u8>, String)> {
+    probe_with(base, ca, "/healthz", "").await
+}
+
+/// [`probe`] with a `GET path` and extra header lines `headers` (each
+/// ending in CRLF).
+async fn probe_with(
+    base: &str,
+    ca: &Path,
+    path: &str,
+    headers: &str,
+) -> anyhow::Result<(Vec<u8>, String)> {
     let authority = base.strip_prefix("https://").unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca)? {
@@ -115,7 +126,7 @@ async fn probe(base: &str, ca: &Path) -> anyhow::Result<(Vec<u8>, String)> {
         .map(|cert| cert.to_vec())
         .unwrap_or_default();
     let request =
-        format!("GET /healthz HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n{headers}Connection: close\r\n\r\n");
     tls.write_all(request.as_bytes()).await?;
     let mut answer = Vec::new();
     // The answer is what counts; a close without close_notify is fine.
@@ -310,6 +321,20 @@ async fn sighup_reloads_the_certificate_and_a_bad_reload_keeps_serving() {
         health.starts_with("HTTP/1.1 200") && health.ends_with("ok"),
         "{health}"
     );
+
+    // A page served over http cannot be this https server's own origin.
+    let authority = server.base.strip_prefix("https://").unwrap();
+    let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let (_, refused) = probe_with(
+        &server.base,
+        &ca,
+        "/ws",
+        &format!("{upgrade}Origin: http://{authority}\r\n"),
+    )
+    .await
+    .unwrap();
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
 
     // A new certificate (other subject and serial) in the same files.
     let second = pki.issue("parlor test server two", 2);
