@@ -3,6 +3,7 @@
 //! joining the room and starting it, turning the code's words into the room
 //! key (see [`parlor_protocol::code`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -11,6 +12,7 @@ use parlor_protocol::{
     ClientMessage, PakeMessage, PakeSession, PakeStep, PeerId, RoomId, RoomKey, ServerMessage,
     ShortCode,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::signal::{Incoming, Joined, Signaling};
@@ -27,8 +29,8 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_HTTP_RESPONSE: usize = 16 * 1024;
 
 /// `POST /api/code` on `server`: a nameplate and its fresh room.
-pub async fn create(server: &str) -> Result<(u32, RoomId)> {
-    let body = post(server, "/api/code")
+pub async fn create(server: &str, tls: &Arc<rustls::ClientConfig>) -> Result<(u32, RoomId)> {
+    let body = post(server, tls, "/api/code")
         .await
         .context("cannot create a code")?;
     let nameplate = body["nameplate"]
@@ -40,8 +42,12 @@ pub async fn create(server: &str) -> Result<(u32, RoomId)> {
 }
 
 /// `POST /api/code/N/open` on `server`: the code's room (once).
-pub async fn open(server: &str, code: &ShortCode) -> Result<RoomId> {
-    let body = post(server, &format!("/api/code/{}/open", code.nameplate))
+pub async fn open(
+    server: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    code: &ShortCode,
+) -> Result<RoomId> {
+    let body = post(server, tls, &format!("/api/code/{}/open", code.nameplate))
         .await
         .with_context(|| format!("cannot use the code {code}"))?;
     room_of(&body)
@@ -54,45 +60,52 @@ fn room_of(body: &serde_json::Value) -> Result<RoomId> {
     RoomId::parse(room).context("the server's answer has an invalid room id")
 }
 
-/// An HTTP/1.1 POST without a body to `server` (`http://HOST[:PORT]`; this
-/// build speaks no TLS, like its WebSocket client), through hyper; returns
-/// the JSON body of a 200 answer, or the server's `{"error": ...}` as the
-/// error.
-async fn post(server: &str, path: &str) -> Result<serde_json::Value> {
+/// An HTTP/1.1 POST without a body to `server` (`http://HOST[:PORT]`, or
+/// `https://` with `tls`), through hyper; returns the JSON body of a 200
+/// answer, or the server's `{"error": ...}` as the error.
+async fn post(
+    server: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    path: &str,
+) -> Result<serde_json::Value> {
     let url = url::Url::parse(server).with_context(|| format!("invalid --server {server}"))?;
-    if url.scheme() != "http" {
-        bail!("--server must be an http:// URL (got {server})");
-    }
+    let secure = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        _ => bail!("--server must be an http:// or https:// URL (got {server})"),
+    };
     let host = url
         .host_str()
         .ok_or_else(|| anyhow!("--server {server} has no host"))?
         .to_owned();
-    let port = url.port_or_known_default().unwrap_or(80);
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if secure { 443 } else { 80 });
     let authority = match url.port() {
         Some(port) => format!("{host}:{port}"),
         None => host.clone(),
     };
     let exchange = async {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let stream = TcpStream::connect((host, port))
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let stream = TcpStream::connect((bare, port))
             .await
             .with_context(|| format!("cannot reach the Parlor server at {server}"))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        let connection = tokio::spawn(connection);
-        let request = hyper::Request::post(path)
-            .header(hyper::header::HOST, &authority)
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = http_body_util::Limited::new(response.into_body(), MAX_HTTP_RESPONSE)
-            .collect()
+        if !secure {
+            return request(stream, path, &authority).await;
+        }
+        let name = rustls::pki_types::ServerName::try_from(bare.to_owned())
+            .with_context(|| format!("--server {server}: not a host name for TLS"))?;
+        let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
+            .connect(name, stream)
             .await
-            .map_err(|e| anyhow!("reading the answer: {e}"))?
-            .to_bytes();
-        connection.abort();
-        anyhow::Ok((status, body))
+            .map_err(
+                |err| match crate::tls::explain(&err, &format!("{bare}:{port}")) {
+                    Some(why) => anyhow!("cannot reach the Parlor server at {server}: {why}"),
+                    None => anyhow::Error::new(err)
+                        .context(format!("cannot reach the Parlor server at {server}")),
+                },
+            )?;
+        request(stream, path, &authority).await
     };
     let (status, body) = tokio::time::timeout(HTTP_TIMEOUT, exchange)
         .await
@@ -103,6 +116,30 @@ async fn post(server: &str, path: &str) -> Result<serde_json::Value> {
         bail!("the server said {}: {why}", status.as_u16());
     }
     Ok(json)
+}
+
+/// `POST path` on an open connection `io` to `authority`: status and body
+/// (at most [`MAX_HTTP_RESPONSE`] bytes).
+async fn request<T>(io: T, path: &str, authority: &str) -> Result<(hyper::StatusCode, bytes::Bytes)>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+    let connection = tokio::spawn(connection);
+    let request = hyper::Request::post(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = http_body_util::Limited::new(response.into_body(), MAX_HTTP_RESPONSE)
+        .collect()
+        .await
+        .map_err(|e| anyhow!("reading the answer: {e}"))?
+        .to_bytes();
+    connection.abort();
+    Ok((status, body))
 }
 
 /// The SPAKE2 phase: finds the other peer (present at join, or the first to

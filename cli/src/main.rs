@@ -6,7 +6,8 @@
 //! [`signal`] (WebSocket to the server), [`rtc`] (webrtc-rs peer
 //! connections), [`room`] (the driver loop), [`files`] (hashing, safe names,
 //! `.part` files), [`report`] (human / `--json` output), [`state`] (what
-//! survives a restart: resume token, chat outbox, partial files).
+//! survives a restart: resume token, chat outbox, partial files), [`tls`]
+//! (https/wss: webpki roots plus `--ca-cert`).
 
 mod code;
 mod files;
@@ -15,6 +16,7 @@ mod room;
 mod rtc;
 mod signal;
 mod state;
+mod tls;
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
@@ -61,6 +63,11 @@ struct Cli {
     /// Keep nothing on disk: a restart comes back as a new peer.
     #[arg(long, global = true)]
     ephemeral: bool,
+    /// Also trust the certificate authorities in FILE (PEM, one or more
+    /// certificates) for https/wss servers, e.g. a private CA; the public
+    /// web roots are always trusted.
+    #[arg(long, global = true, env = "PARLOR_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -171,6 +178,7 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
         Some(ForceRelay::Turn) => PathPolicy::TurnOnly,
         Some(ForceRelay::Server) => PathPolicy::ServerOnly,
     };
+    let tls = tls::client_config(cli.ca_cert.as_deref())?;
     let mut config = parlor_core::TransferConfig::default();
     let (mode, access) = match cli.command {
         Command::Send {
@@ -234,12 +242,12 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
     let (base, room, secret) = match access {
         Access::Link { link, created } => (link.base, link.room, Secret::Key(link.key, created)),
         Access::NewCode { server } => {
-            let (nameplate, room) = code::create(&server).await?;
+            let (nameplate, room) = code::create(&server, &tls).await?;
             let code = ShortCode::random(nameplate, rand::random());
             (server, room, Secret::Code(code, true))
         }
         Access::Code { server, code } => {
-            let room = code::open(&server, &code).await?;
+            let room = code::open(&server, &tls, &code).await?;
             (server, room, Secret::Code(code, false))
         }
     };
@@ -252,7 +260,7 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
     };
     let (chat, resume) = restore_chat(store.as_ref(), report);
     let (mut signaling, joined) =
-        signal::Signaling::join(&ws_url, &room, &cli.name, resume.as_deref()).await?;
+        signal::Signaling::join(&ws_url, &tls, &room, &cli.name, resume.as_deref()).await?;
     if policy == PathPolicy::TurnOnly && !rtc::has_usable_turn(&joined.ice_servers) {
         anyhow::bail!(
             "--force-relay turn: the server offers no TURN relay this peer can use \
@@ -293,6 +301,7 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
     let json = report.is_json();
     let access = RoomAccess {
         ws_url,
+        tls,
         room,
         name: cli.name.clone(),
         key,

@@ -82,6 +82,8 @@ pub fn unix_ms() -> u64 {
 pub struct RoomAccess {
     /// The signaling WebSocket URL.
     pub ws_url: String,
+    /// TLS settings for a `wss://` URL.
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
     /// The room.
     pub room: parlor_protocol::RoomId,
     /// Our display name.
@@ -502,8 +504,14 @@ impl Room {
             let mut delay = Duration::from_millis(250);
             loop {
                 tokio::time::sleep(delay).await;
-                match Signaling::join(&rejoin.ws_url, &rejoin.room, &rejoin.name, token.as_deref())
-                    .await
+                match Signaling::join(
+                    &rejoin.ws_url,
+                    &rejoin.tls,
+                    &rejoin.room,
+                    &rejoin.name,
+                    token.as_deref(),
+                )
+                .await
                 {
                     Ok(joined) => return joined,
                     Err(err) => {

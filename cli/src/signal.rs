@@ -101,17 +101,35 @@ impl std::fmt::Debug for Outgoing {
 }
 
 impl Signaling {
-    /// Connects to `ws_url`, says hello (with `resume`, the token of an
-    /// earlier welcome, to keep our peer id) and waits for the welcome.
+    /// Connects to `ws_url` (`ws://`, or `wss://` with `tls`), says hello
+    /// (with `resume`, the token of an earlier welcome, to keep our peer id)
+    /// and waits for the welcome.
     pub async fn join(
         ws_url: &str,
+        tls: &Arc<rustls::ClientConfig>,
         room: &RoomId,
         name: &str,
         resume: Option<&str>,
     ) -> Result<(Self, Joined)> {
-        let (ws, _) = tokio_tungstenite::connect_async(ws_url)
-            .await
-            .with_context(|| format!("cannot reach the Parlor server at {ws_url}"))?;
+        let connector = tokio_tungstenite::Connector::Rustls(Arc::clone(tls));
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(ws_url, None, false, Some(connector))
+                .await
+                .map_err(|err| {
+                    let host = url::Url::parse(ws_url)
+                        .ok()
+                        .and_then(|u| {
+                            Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?))
+                        })
+                        .unwrap_or_else(|| ws_url.to_owned());
+                    match crate::tls::explain(&err, &host) {
+                        Some(why) => {
+                            anyhow::anyhow!("cannot reach the Parlor server at {ws_url}: {why}")
+                        }
+                        None => anyhow::Error::new(err)
+                            .context(format!("cannot reach the Parlor server at {ws_url}")),
+                    }
+                })?;
         let (mut sink, mut stream) = ws.split();
         let hello = ClientMessage::Hello {
             version: PROTOCOL_VERSION,

@@ -334,6 +334,26 @@ pub struct Config {
           value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_codes: usize,
 
+    /// PEM certificate chain to serve https and wss with, leaf first (needs
+    /// `--tls-key`; both are read again on SIGHUP). Without it the server
+    /// speaks plain HTTP (for local use or behind a TLS proxy).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "PARLOR_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "PARLOR_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
     /// Log filter, e.g. `info` or `parlor_signaling=debug` (logs go to stderr).
     #[arg(long, env = "PARLOR_LOG", default_value = DEFAULT_LOG)]
     pub log: String,
@@ -376,6 +396,8 @@ impl Default for Config {
             relay_max_bandwidth: DEFAULT_RELAY_MAX_BANDWIDTH,
             code_ttl_secs: DEFAULT_CODE_TTL_SECS,
             max_codes: DEFAULT_MAX_CODES,
+            tls_cert: None,
+            tls_key: None,
             log: DEFAULT_LOG.to_owned(),
         }
     }
@@ -409,6 +431,9 @@ pub enum ConfigError {
     /// `--public-ip` 0.0.0.0 or `::`: not an address clients can reach.
     #[error("--public-ip must be a concrete address, not {0}")]
     UnspecifiedPublicIp(IpAddr),
+    /// Only one of `--tls-cert` and `--tls-key`.
+    #[error("--tls-cert and --tls-key go together: give both or neither")]
+    TlsHalf,
 }
 
 impl Config {
@@ -464,7 +489,24 @@ impl Config {
         if let Some(ip) = self.public_ip.filter(IpAddr::is_unspecified) {
             return Err(ConfigError::UnspecifiedPublicIp(ip));
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::TlsHalf);
+        }
         Ok(())
+    }
+
+    /// The TLS certificate and key files, when both are given.
+    pub fn tls_files(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
+    }
+
+    /// `https` with `--tls-cert`, `http` without: the scheme clients use.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_files().is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The ICE servers as sent in `welcome`: one entry per URL.

@@ -28,6 +28,8 @@
 //! - [`codes`]: short-code nameplates (`POST /api/code`, single-use
 //!   `POST /api/code/N/open`), in memory with a TTL and a cap.
 //! - [`routes`]: the warp filters, handlers and the `recover` function.
+//! - [`tls`]: https/wss with `--tls-cert`/`--tls-key`, the certificate
+//!   reloaded on SIGHUP.
 //!
 //! Architecture invariants:
 //! - The server forwards SDP and candidates without reading them, and never
@@ -63,6 +65,7 @@ pub mod rooms;
 pub mod routes;
 pub mod session;
 pub mod state;
+pub mod tls;
 pub mod turn;
 pub mod web;
 
@@ -118,12 +121,30 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .context("listener has no local address")?;
-    let server = warp::serve(routes::routes(Arc::clone(&app)))
-        .incoming(listener)
-        .graceful(app.on_shutdown())
-        .run();
-    let mut server = tokio::spawn(server);
-    tracing::info!(%addr, web_dir = %app.config().web_dir.display(), "serving");
+    let filter = routes::routes(Arc::clone(&app));
+    let mut server = match app.config().tls_files() {
+        Some((cert, key)) => {
+            let store = Arc::new(tls::CertStore::open(cert, key)?);
+            let reloader = tokio::spawn(tls::reload_on_sighup(Arc::clone(&store)));
+            let served = tls::serve_tls(listener, Arc::clone(&app), store, filter);
+            tokio::spawn(async move {
+                served.await;
+                reloader.abort();
+            })
+        }
+        None => tokio::spawn(
+            warp::serve(filter)
+                .incoming(listener)
+                .graceful(app.on_shutdown())
+                .run(),
+        ),
+    };
+    tracing::info!(
+        %addr,
+        scheme = app.config().scheme(),
+        web_dir = %app.config().web_dir.display(),
+        "serving"
+    );
 
     tokio::select! {
         () = shutdown => {}

@@ -1,6 +1,7 @@
 //! `parlor-server`: parses the flags, sets up logging (stderr), binds, prints
-//! `parlor-server listening on http://ADDR` on stdout (tests and scripts read
-//! that line), and runs until SIGINT or SIGTERM.
+//! `parlor-server listening on http://ADDR` (`https://` with `--tls-cert`)
+//! on stdout (tests and scripts read that line), and runs until SIGINT or
+//! SIGTERM (SIGHUP reloads the TLS certificate).
 
 use std::future::Future;
 use std::io::{IsTerminal as _, Write as _};
@@ -24,6 +25,11 @@ async fn main() -> anyhow::Result<()> {
     // One crypto backend for rustls, whatever else the build enabled.
     let _ = rustls::crypto::ring::default_provider().install_default();
     config.validate().context("invalid configuration")?;
+    // A certificate that cannot be used is a start-up error, not a failure
+    // of every handshake later.
+    if let Some((cert, key)) = config.tls_files() {
+        parlor_signaling::tls::load(cert, key).context("invalid --tls-cert / --tls-key")?;
+    }
     let shutdown = shutdown_signal()?;
 
     let listener = TcpListener::bind(config.listen)
@@ -34,7 +40,11 @@ async fn main() -> anyhow::Result<()> {
         .context("listener has no local address")?;
     {
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "parlor-server listening on http://{addr}")?;
+        writeln!(
+            stdout,
+            "parlor-server listening on {}://{addr}",
+            config.scheme()
+        )?;
         stdout.flush()?;
     }
 

@@ -31,7 +31,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
     let ws = warp::path("ws")
         .and(warp::path::end())
         .and(warp::ws())
-        .and(warp::addr::remote())
+        .and(remote())
         .and(warp::header::optional::<String>("origin"))
         .and(warp::header::optional::<String>("host"))
         .and(with_app(Arc::clone(&app)))
@@ -96,9 +96,15 @@ pub enum Refused {
 impl warp::reject::Reject for Refused {}
 
 /// Whether a WebSocket with this `Origin` may connect: no `Origin` (not a
-/// browser), the server's own origin (same host and port as `Host`), or one
-/// of `--allowed-origin`.
-pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+/// browser), the server's own origin (same host and port as `Host`; only
+/// `https://` when the server terminates TLS itself, `tls`), or one of
+/// `--allowed-origin`.
+pub fn origin_allowed(
+    origin: Option<&str>,
+    host: Option<&str>,
+    allowed: &[String],
+    tls: bool,
+) -> bool {
     let Some(origin) = origin else {
         return true;
     };
@@ -109,9 +115,8 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[Strin
     {
         return true;
     }
-    let authority = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
+    let plain = (!tls).then(|| origin.strip_prefix("http://")).flatten();
+    let authority = plain.or_else(|| origin.strip_prefix("https://"));
     matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
@@ -130,6 +135,7 @@ async fn websocket(
         origin.as_deref(),
         host.as_deref(),
         &app.config().allowed_origins,
+        app.config().tls_files().is_some(),
     ) {
         let origin = origin.unwrap_or_default();
         tracing::info!(%origin, "WebSocket from a foreign origin refused");
@@ -159,11 +165,23 @@ async fn websocket(
         }))
 }
 
+/// The client's address: warp's own for plain HTTP, the
+/// [`ClientAddr`](crate::tls::ClientAddr) extension over TLS.
+pub fn remote() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallible> + Clone {
+    warp::addr::remote()
+        .and(warp::ext::optional::<crate::tls::ClientAddr>())
+        .map(
+            |warp: Option<SocketAddr>, tls: Option<crate::tls::ClientAddr>| {
+                warp.or(tls.map(|addr| addr.0))
+            },
+        )
+}
+
 /// The checks of `/ws` for the code API: a browser page of another site is
 /// refused (403), and the address's connection rate applies (429; one
 /// request takes one token of the same bucket as a WebSocket).
 fn client_checks(app: Arc<App>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::addr::remote()
+    remote()
         .and(warp::header::optional::<String>("origin"))
         .and(warp::header::optional::<String>("host"))
         .and(with_app(app))
@@ -176,6 +194,7 @@ fn client_checks(app: Arc<App>) -> impl Filter<Extract = (), Error = Rejection> 
                     origin.as_deref(),
                     host.as_deref(),
                     &app.config().allowed_origins,
+                    app.config().tls_files().is_some(),
                 ) {
                     return Err(warp::reject::custom(Refused::Origin(
                         origin.unwrap_or_default(),
@@ -379,5 +398,17 @@ mod tests {
             .await;
         assert_eq!(res.status(), 503);
         assert_eq!(app.open_connections(), 1);
+    }
+
+    #[test]
+    fn a_tls_server_refuses_its_own_host_under_http() {
+        let host = Some("chat.example.test:8443");
+        let https = Some("https://chat.example.test:8443");
+        let http = Some("http://chat.example.test:8443");
+        assert!(origin_allowed(https, host, &[], true));
+        assert!(!origin_allowed(http, host, &[], true));
+        // Behind a TLS proxy the server speaks HTTP and pages are https.
+        assert!(origin_allowed(https, host, &[], false));
+        assert!(origin_allowed(http, host, &[], false));
     }
 }

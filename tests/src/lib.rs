@@ -121,6 +121,11 @@ impl Server {
         parlor_protocol::ids::websocket_url(&self.base)
     }
 
+    /// The server's process id (to send it signals), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Stops the server.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
