@@ -316,6 +316,12 @@ pub struct Config {
     #[arg(long, env = "PARLOR_NO_SERVER_RELAY")]
     pub no_server_relay: bool,
 
+    /// Leave Nagle's algorithm on for HTTP/WebSocket connections (only for
+    /// `cargo xtask bench`'s side-by-side comparison): a second small
+    /// message then waits for the peer's delayed ACK of the first.
+    #[arg(long, hide = true)]
+    pub no_tcp_nodelay: bool,
+
     /// Bytes per second the server relay carries for one room (all its
     /// peers together); senders are slowed down, not dropped.
     #[arg(long, value_name = "BYTES_PER_SEC", env = "PARLOR_RELAY_MAX_BANDWIDTH",
@@ -393,6 +399,7 @@ impl Default for Config {
             turn_max_allocations: None,
             turn_max_bandwidth: DEFAULT_TURN_MAX_BANDWIDTH,
             no_server_relay: false,
+            no_tcp_nodelay: false,
             relay_max_bandwidth: DEFAULT_RELAY_MAX_BANDWIDTH,
             code_ttl_secs: DEFAULT_CODE_TTL_SECS,
             max_codes: DEFAULT_MAX_CODES,

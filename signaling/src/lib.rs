@@ -111,6 +111,17 @@ pub async fn run(
     served
 }
 
+/// Sets `TCP_NODELAY` on `listener`, which the connections it accepts
+/// inherit (Linux copies it to every accepted socket): signaling sends many
+/// small messages back to back (trickled candidates, fan-out), and with
+/// Nagle's algorithm a second one waits for the client's delayed ACK of the
+/// first, up to 40 ms.
+pub fn set_nodelay(listener: &TcpListener, nodelay: bool) -> anyhow::Result<()> {
+    socket2::SockRef::from(listener)
+        .set_tcp_nodelay(nodelay)
+        .context("setting TCP_NODELAY on the listener")
+}
+
 /// Like [`run`], with a prepared [`App`] (e.g. one with another
 /// [`RoomBackend`], see [`App::with_backend`]).
 pub async fn serve(
@@ -121,6 +132,7 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .context("listener has no local address")?;
+    set_nodelay(&listener, !app.config().no_tcp_nodelay)?;
     let filter = routes::routes(Arc::clone(&app));
     let mut server = match app.config().tls_files() {
         Some((cert, key)) => {

@@ -995,6 +995,10 @@ async fn accept_loop(
                     metrics.refused(TurnRefusal::TcpConnections);
                     continue;
                 };
+                // Relayed data is latency-sensitive; never wait for an ACK.
+                if let Err(err) = stream.set_nodelay(true) {
+                    debug!(%peer, %err, "TCP_NODELAY not set");
+                }
                 connections.spawn(serve_tcp(stream, peer, Arc::clone(&mux), incoming.clone(), permit));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}

@@ -460,6 +460,7 @@ fn bench(args: &[String]) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     drop(server);
     relay_bench::run()?;
+    run_checked(cargo().args(["run", "-q", "-p", "parlor-tests", "--bin", "signal_latency"]))?;
     web_bench()
 }
 

@@ -208,3 +208,17 @@ async fn head_answers_wherever_get_does_with_the_same_headers_and_no_body() {
     assert_eq!(http_request(built.addr, "HEAD", "/nope").await.0, 404);
     assert_eq!(http_request(built.addr, "DELETE", "/healthz").await.0, 405);
 }
+
+#[tokio::test]
+async fn connections_the_server_accepts_have_nagle_off() {
+    // `serve` sets TCP_NODELAY on its listener; accepted sockets inherit it.
+    for nodelay in [true, false] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        parlor_signaling::set_nodelay(&listener, nodelay).unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert_eq!(accepted.nodelay().unwrap(), nodelay);
+    }
+}
