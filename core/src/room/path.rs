@@ -820,8 +820,16 @@ impl Paths {
         self.seen(&from);
         let state = self.peers[&from].state;
         if let State::Relay { .. } = state {
-            // We talk through the relay: tell the (probably restarted) peer.
-            return self.send_switch(&from, false);
+            // An ICE-restart offer of the link we left (same certificate),
+            // held up on the way: our Switch reached the peer already, and
+            // asking again would make it reset its transfers twice. Another
+            // certificate is a restarted peer: tell it we use the relay.
+            let stale = sdp_fingerprint(&sdp)
+                .is_some_and(|f| self.peers[&from].fingerprint.as_ref() == Some(&f));
+            if !stale {
+                self.send_switch(&from, false);
+            }
+            return;
         }
         if self.settings.policy == PathPolicy::ServerOnly {
             return self.fall_to_relay(&from, "only the server relay is allowed", true, now);

@@ -421,6 +421,51 @@ fn an_ice_restart_that_does_not_connect_ends_on_the_relay() {
     room.advance_to(28_000);
     assert!(is_relay_up(&mut room, "a", "b"));
     assert!(is_relay_up(&mut room, "b", "a"));
+
+    // b's ICE-restart offer, held up by its network, arrives now: the link
+    // it was for is gone, and it must not make b reset its transfers again
+    // (each reset re-sends a window).
+    let resets = |room: &mut Room| {
+        room.side("b").count(|o| {
+            matches!(
+                o,
+                PathOutput::FilesUp {
+                    path_changed: true,
+                    ..
+                }
+            )
+        })
+    };
+    let before = resets(&mut room);
+    room.input(
+        "a",
+        PathInput::Signal {
+            from: id("b"),
+            signal: PeerSignal::Offer { sdp: sdp(2) },
+        },
+    );
+    assert_eq!(resets(&mut room), before);
+    assert_eq!(
+        room.side("a").paths.route(&id("b")),
+        Some(Route::ServerRelay)
+    );
+    // An offer under another certificate is a restarted peer: it is told
+    // that we talk through the relay.
+    let switches = room
+        .side("a")
+        .count(|o| matches!(o, PathOutput::Relay { .. }));
+    room.input(
+        "a",
+        PathInput::Signal {
+            from: id("b"),
+            signal: PeerSignal::Offer { sdp: sdp(7) },
+        },
+    );
+    assert!(
+        room.side("a")
+            .count(|o| matches!(o, PathOutput::Relay { .. }))
+            > switches
+    );
 }
 
 #[test]
