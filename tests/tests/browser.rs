@@ -69,8 +69,20 @@ async fn start_room(server: &Server) -> (Page, String) {
 
 async fn join(link: &str) -> Page {
     let page = Page::open().await.unwrap();
-    page.goto(link).await.unwrap();
-    page
+    match page.goto(link).await {
+        Ok(()) => page,
+        // A fresh headless Chromium whose renderer dies while loading (seen
+        // once in many CI runs: "unable to send message to renderer") holds
+        // no state yet: one new browser is allowed; a page that crashes it
+        // every time still fails here.
+        Err(err) => {
+            eprintln!("browser lost while opening {link}: {err:#}; one retry with a new browser");
+            drop(page);
+            let page = Page::open().await.unwrap();
+            page.goto(link).await.unwrap();
+            page
+        }
+    }
 }
 
 /// Waits for a transfer of `name` in `state` on `page`; returns its data-hash.
