@@ -10,14 +10,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, anyhow, bail};
 pub use parlor_core::room::PathPolicy;
-use parlor_core::room::{LinkId, PathInput, PathOutput, PathSettings, Paths, Route};
-use parlor_core::{
-    ChatOutput, ChatSession, FileReceiver, FileSender, MessageStatus, Millis, ReceiverOutput,
-    SenderOutput, SenderState, TransferConfig,
+use parlor_core::room::{
+    LinkId, PathInput, PathOutput, PathSettings, Paths, Route, TransferKey, TransferOutput,
+    Transfers,
 };
+use parlor_core::{ChatOutput, ChatSession, MessageStatus, Millis, TransferConfig, TransferError};
 use parlor_protocol::{
-    CancelReason, ClientMessage, FileOffer, Frame, IceServer, MessageId, PeerId, PeerSignal,
-    RelayCipher, RelayPayload, RoomKey, ServerMessage, SignalCipher, TransferId,
+    ClientMessage, FileOffer, Frame, IceServer, MessageId, PeerId, PeerSignal, RelayCipher,
+    RelayPayload, RoomKey, ServerMessage, SignalCipher, TransferId,
 };
 use tokio::io::{AsyncBufReadExt as _, BufReader, Lines, Stdin};
 use tokio::sync::mpsc;
@@ -112,18 +112,18 @@ pub enum Mode {
     Chat,
 }
 
-struct OutgoingTransfer {
-    peer: PeerId,
+/// The file behind one of our transfers (the decisions are [`Transfers`]').
+struct OutgoingFile {
     file: std::fs::File,
     info: Outgoing,
-    sender: FileSender,
-    /// The receiver left the room; when it is back, offer again.
-    reoffer_on_return: bool,
+    /// Chunk bytes handed to the transport, re-sends included.
+    bytes_sent: u64,
 }
 
-struct IncomingTransfer {
+/// The `.part` file behind an incoming transfer, and the offered name.
+struct IncomingFile {
     part: PartFile,
-    receiver: FileReceiver,
+    name: String,
 }
 
 /// The running peer.
@@ -140,11 +140,12 @@ pub struct Room {
     /// The WebRTC connections [`Self::paths`] asked for, by identity.
     links: HashMap<LinkId, PeerLink>,
     chat: ChatSession,
-    outgoing: HashMap<TransferId, OutgoingTransfer>,
-    incoming: HashMap<(PeerId, TransferId), IncomingTransfer>,
-    /// Transfers received (or failed) already: a late repeat of their offer
-    /// must not start them again.
-    finished_incoming: HashSet<(PeerId, TransferId)>,
+    /// Every transfer of the room: routing, resets, away peers, acks.
+    transfers: Transfers,
+    /// The files our transfers read.
+    outgoing: HashMap<TransferId, OutgoingFile>,
+    /// The `.part` files incoming transfers write.
+    incoming: HashMap<(PeerId, TransferId), IncomingFile>,
     events_tx: mpsc::Sender<PeerEvent>,
     events_rx: mpsc::Receiver<PeerEvent>,
     start: Instant,
@@ -215,9 +216,9 @@ impl Room {
             }),
             links: HashMap::new(),
             chat,
+            transfers: Transfers::new(config.clone()),
             outgoing: HashMap::new(),
             incoming: HashMap::new(),
-            finished_incoming: HashSet::new(),
             events_tx,
             events_rx,
             start: Instant::now(),
@@ -244,7 +245,7 @@ impl Room {
             me: joined.peer_id,
             peers: joined.peers.iter().map(|p| p.id.clone()).collect(),
         });
-        room.drive_paths().await;
+        room.drive().await;
         for peer in joined.peers {
             room.chat.add_peer(peer.id.clone());
             room.names.insert(peer.id, peer.name);
@@ -302,7 +303,7 @@ impl Room {
                 () = sleep_until(self.flush_deadline) => self.exit = Some(Ok(())),
                 () = sleep_until(self.idle_deadline) => self.on_receive_idle(),
             }
-            self.drive_paths().await;
+            self.drive().await;
         }
     }
 
@@ -331,21 +332,33 @@ impl Room {
     }
 
     /// Feeds one input to the path machine (its outputs are carried out by
-    /// [`Self::drive_paths`], after every event of the run loop).
+    /// [`Self::drive`], after every event of the run loop).
     fn feed(&mut self, input: PathInput) {
         let now = self.now();
         self.paths.handle(input, now);
     }
 
-    /// Carries out everything the path machine asks, including what the
-    /// handling of its outputs fed back.
-    async fn drive_paths(&mut self) {
-        while let Some(out) = self.paths.poll_output() {
-            self.on_path_output(out).await;
+    /// Carries out everything the path and transfer machines ask,
+    /// including what the handling of their outputs fed back.
+    async fn drive(&mut self) {
+        loop {
+            if let Some(out) = self.paths.poll_output() {
+                self.on_path_output(out).await;
+            } else if let Some(out) = self.transfers.poll_output() {
+                self.on_transfer_output(out).await;
+            } else {
+                return;
+            }
         }
     }
 
     async fn on_path_output(&mut self, out: PathOutput) {
+        let buffered = match &out {
+            PathOutput::FilesUp { peer, .. } => self.file_buffered(peer).await,
+            _ => 0,
+        };
+        let now = self.now();
+        self.transfers.on_path(&out, buffered, now);
         match out {
             PathOutput::OpenLink {
                 peer,
@@ -448,31 +461,24 @@ impl Room {
                 self.flush_chat().await;
             }
             PathOutput::ChatDown { peer } => self.chat.link_down(&peer),
-            PathOutput::FilesUp { peer, path_changed } => {
-                if let Mode::Send { target, .. } = &mut self.mode
-                    && target.is_none()
-                {
-                    *target = Some(peer.clone());
-                }
-                let reoffer =
-                    (self.outgoing.values()).any(|t| t.peer == peer && t.reoffer_on_return);
-                if path_changed || reoffer {
-                    self.reset_transfers(&peer).await;
+            PathOutput::FilesUp { peer, .. } => {
+                if let Mode::Send { target, .. } = &mut self.mode {
+                    if target.is_none() {
+                        *target = Some(peer.clone());
+                    }
+                    if target.as_ref() == Some(&peer) {
+                        self.awaiting_return = false;
+                    }
                 }
             }
             PathOutput::PeerRestarted { peer } => {
                 tracing::info!(%peer, "peer restarted under the same id: new connection");
-                for t in self.outgoing.values_mut().filter(|t| t.peer == peer) {
-                    t.reoffer_on_return = true;
-                }
-                self.fail_incoming_from(&peer, "restarted");
-                self.check_receive_done();
             }
             PathOutput::FellToRelay { peer, why } => {
                 tracing::info!(%peer, why, "switching to the server relay");
             }
             PathOutput::Refused { peer, why } => self.on_refused(&peer, &why),
-            PathOutput::Gone { peer, reason } => self.on_peer_gone(&peer, reason.as_str()).await,
+            PathOutput::Gone { peer, .. } => self.on_peer_gone(&peer).await,
             PathOutput::Returned { peer } => tracing::info!(%peer, "peer is back"),
             PathOutput::AwayExpired { peer } => self.on_return_timeout(&peer),
             PathOutput::StartedOver => self.start_over(),
@@ -563,7 +569,7 @@ impl Room {
             me: joined.peer_id.clone(),
             peers: joined.peers.iter().map(|p| p.id.clone()).collect(),
         });
-        self.drive_paths().await;
+        self.drive().await;
         for peer in joined.peers {
             self.chat.add_peer(peer.id.clone());
             self.names.insert(peer.id, peer.name);
@@ -581,7 +587,6 @@ impl Room {
     fn start_over(&mut self) {
         let old: Vec<PeerId> = self.names.keys().cloned().collect();
         for peer in old {
-            self.fail_incoming_from(&peer, "is unknown to our new identity");
             let name = self.name(&peer);
             self.report.emit(Event::PeerLeft {
                 peer_id: &peer.0,
@@ -591,9 +596,6 @@ impl Room {
         self.names.clear();
         self.chat = ChatSession::new();
         self.saved_generation = None;
-        for t in self.outgoing.values_mut() {
-            t.reoffer_on_return = true;
-        }
         if let Mode::Send { target, .. } = &mut self.mode {
             *target = None;
         }
@@ -652,51 +654,15 @@ impl Room {
         }
     }
 
-    /// Transfers from `peer` cannot finish now (it left or restarted; the
-    /// `.part` files stay, and a new offer of the same file resumes them).
-    fn fail_incoming_from(&mut self, peer: &PeerId, why: &str) {
-        let dead_in: Vec<_> = self
-            .incoming
-            .keys()
-            .filter(|(p, _)| p == peer)
-            .cloned()
-            .collect();
-        for key in dead_in {
-            if let Some(t) = self.incoming.remove(&key) {
-                self.fail_receive(format!(
-                    "{} stopped: peer {why}; partial data kept in {}",
-                    t.receiver.offer().name,
-                    t.part.part_path.display()
-                ));
-            }
-        }
-    }
-
     /// Signaling from `peer` was tampered with (or its DTLS certificate is
     /// not the one its sealed SDP announced): warn; it is never connected to
-    /// again (the path machine closed its link), and transfers with it fail.
+    /// again (the path machine closed its link), and transfers with it fail
+    /// (see [`Transfers::on_path`]).
     fn on_refused(&mut self, peer: &PeerId, why: &str) {
         tracing::warn!(%peer, why, "refusing peer");
         self.report.emit(Event::Error {
             message: format!("security warning: {why}"),
         });
-        self.fail_incoming_from(peer, "was refused");
-        let refused: Vec<TransferId> = (self.outgoing.iter())
-            .filter(|(_, t)| &t.peer == peer)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in refused {
-            if let Some(t) = self.outgoing.remove(&id) {
-                self.report.emit(Event::TransferFailed {
-                    transfer: id.to_string(),
-                    name: &t.info.name,
-                    reason: format!("security warning: {why}"),
-                });
-                if matches!(self.mode, Mode::Send { .. }) {
-                    self.exit = Some(Err(anyhow!("sending {} failed: {why}", t.info.name)));
-                }
-            }
-        }
         if let Mode::Receive { senders, .. } = &mut self.mode {
             senders.remove(peer);
         }
@@ -720,14 +686,9 @@ impl Room {
             }
             PeerEvent::Message { channel, data, .. } => self.on_frame(peer, channel, &data).await,
             PeerEvent::BufferedLow { .. } => {
-                let ids: Vec<TransferId> = (self.outgoing.iter())
-                    .filter(|(_, t)| t.peer == peer)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in ids {
-                    self.drive_outgoing(id, |t, amount| t.sender.buffered_amount(amount))
-                        .await;
-                }
+                let amount = self.file_buffered(&peer).await;
+                let now = self.now();
+                self.transfers.buffered(&peer, amount, now);
             }
             PeerEvent::State { state, .. } => match state {
                 RTCPeerConnectionState::Connected => {
@@ -806,42 +767,6 @@ impl Room {
         }
     }
 
-    /// The path to `peer` changed: what was in flight may be lost. Offers
-    /// not yet answered go out again; receivers ask to resume from their
-    /// verified offset (see `FileReceiver::link_reset`).
-    async fn reset_transfers(&mut self, peer: &PeerId) {
-        let incoming: Vec<TransferId> = self
-            .incoming
-            .keys()
-            .filter(|(p, _)| p == peer)
-            .map(|(_, id)| *id)
-            .collect();
-        for id in incoming {
-            self.drive_incoming(peer, id, |t| t.receiver.link_reset())
-                .await;
-        }
-        let outgoing: Vec<TransferId> = self
-            .outgoing
-            .iter()
-            .filter(|(_, t)| &t.peer == peer)
-            .map(|(id, _)| *id)
-            .collect();
-        if !outgoing.is_empty() {
-            self.awaiting_return = false;
-        }
-        for id in outgoing {
-            self.drive_outgoing(id, |t, amount| {
-                if std::mem::take(&mut t.reoffer_on_return) {
-                    t.sender.peer_returned();
-                } else {
-                    t.sender.link_reset();
-                }
-                t.sender.buffered_amount(amount);
-            })
-            .await;
-        }
-    }
-
     /// A relay packet from the server: open it and tell the path machine
     /// (the first one from a peer moves it to the relay too); a frame it
     /// carries is handled once the path is up.
@@ -862,21 +787,19 @@ impl Room {
         self.chat.add_peer(from.clone());
         let now = self.now();
         let handle = self.paths.relay_packet(&from, &payload, now);
-        self.drive_paths().await;
+        self.drive().await;
         if handle && let RelayPayload::Frame { channel, frame } = payload {
             self.on_frame(from, channel, &frame).await;
         }
     }
 
-    /// The relay's send queue drained: let transfers on it go on.
     async fn on_relay_drained(&mut self) {
-        let ids: Vec<TransferId> = (self.outgoing.iter())
-            .filter(|(_, t)| self.paths.route(&t.peer) == Some(Route::ServerRelay))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.drive_outgoing(id, |t, amount| t.sender.buffered_amount(amount))
-                .await;
+        let amount = self.relay_buffer.queued();
+        let now = self.now();
+        for peer in self.transfers.receiving_peers() {
+            if self.paths.route(&peer) == Some(Route::ServerRelay) {
+                self.transfers.buffered(&peer, amount, now);
+            }
         }
     }
 
@@ -903,39 +826,16 @@ impl Room {
             self.flush_chat().await;
             return;
         }
-        let Some(id) = frame.transfer_id() else {
-            return;
-        };
         let now = self.now();
-        match frame {
-            // A repeated offer (re-sent after a path change, or duplicated
-            // on the way) of a transfer under way goes to its receiver,
-            // which ignores it; one of a finished transfer is dropped.
-            Frame::FileOffer(_) if self.incoming.contains_key(&(peer.clone(), id)) => {
-                self.drive_incoming(&peer, id, |t| t.receiver.handle_frame(frame, now))
-                    .await;
-            }
-            Frame::FileOffer(_) if self.finished_incoming.contains(&(peer.clone(), id)) => {}
-            Frame::FileOffer(offer) => self.on_offer(peer, offer).await,
-            Frame::Chunk { .. } | Frame::FileDone { .. }
-                if self.incoming.contains_key(&(peer.clone(), id)) =>
-            {
-                self.drive_incoming(&peer, id, |t| t.receiver.handle_frame(frame, now))
-                    .await;
-            }
-            Frame::FileCancel { .. } if self.incoming.contains_key(&(peer.clone(), id)) => {
-                self.drive_incoming(&peer, id, |t| t.receiver.handle_frame(frame, now))
-                    .await;
-            }
-            _ if self.outgoing.get(&id).is_some_and(|t| t.peer == peer) => {
-                self.drive_outgoing(id, |t, _| t.sender.handle_frame(frame, now))
-                    .await;
-            }
-            _ => tracing::debug!(%peer, transfer = %id, "frame for an unknown transfer ignored"),
+        let id = frame.transfer_id();
+        if !self.transfers.handle_frame(&peer, frame, now) {
+            tracing::debug!(%peer, ?id, "file frame for no transfer of ours ignored");
         }
     }
 
-    async fn on_offer(&mut self, peer: PeerId, offer: FileOffer) {
+    /// `peer` offers a file: `receive` accepts it (from a `.part` file an
+    /// earlier run left, if any); other modes decline.
+    fn on_offer(&mut self, peer: PeerId, offer: FileOffer) {
         let id = offer.transfer;
         self.report.emit(Event::FileOffered {
             peer_id: &peer.0,
@@ -945,20 +845,16 @@ impl Room {
             mime: &offer.mime,
         });
         let now = self.now();
-        let mut receiver = FileReceiver::new(offer.clone(), self.config.clone(), now);
-        let out_dir = match &mut self.mode {
-            Mode::Receive {
-                out_dir, senders, ..
-            } if !self.incoming.contains_key(&(peer.clone(), id)) => {
-                senders.insert(peer.clone());
-                out_dir.clone()
-            }
-            _ => {
-                receiver.decline("this peer is not receiving files".into());
-                self.send_receiver_frames(&peer, &mut receiver).await;
-                return;
-            }
+        let Mode::Receive {
+            out_dir, senders, ..
+        } = &mut self.mode
+        else {
+            let why = "this peer is not receiving files".to_owned();
+            return self.transfers.decline(&peer, id, why, now);
         };
+        senders.insert(peer.clone());
+        let out_dir = out_dir.clone();
+        let key = (peer.clone(), id);
         if let Some((part, offset, prefix)) = self.reopen_partial(&offer) {
             self.report.emit(Event::Resuming {
                 transfer: id.to_string(),
@@ -966,11 +862,14 @@ impl Room {
                 path: &part.part_path.to_string_lossy(),
                 offset,
             });
-            receiver.accept_from(offset, prefix, now);
-            self.incoming
-                .insert((peer.clone(), id), IncomingTransfer { part, receiver });
-            self.drive_incoming(&peer, id, |_| {}).await;
-            return;
+            self.incoming.insert(
+                key,
+                IncomingFile {
+                    part,
+                    name: offer.name,
+                },
+            );
+            return self.transfers.accept_from(&peer, id, offset, prefix, now);
         }
         match files::create_part(&out_dir, &offer.name) {
             Ok(part) => {
@@ -981,14 +880,18 @@ impl Room {
                     wanted_path: part.wanted_path.clone(),
                 });
                 self.persist();
-                receiver.accept(now);
-                self.incoming
-                    .insert((peer.clone(), id), IncomingTransfer { part, receiver });
-                self.drive_incoming(&peer, id, |_| {}).await;
+                self.incoming.insert(
+                    key,
+                    IncomingFile {
+                        part,
+                        name: offer.name,
+                    },
+                );
+                self.transfers.accept(&peer, id, now);
             }
             Err(err) => {
-                receiver.decline(format!("cannot store the file: {err}"));
-                self.send_receiver_frames(&peer, &mut receiver).await;
+                let why = format!("cannot store the file: {err}");
+                self.transfers.decline(&peer, id, why, now);
                 self.fail_receive(format!("cannot store {}: {err:#}", offer.name));
             }
         }
@@ -1027,14 +930,6 @@ impl Room {
         self.partials.retain(|p| p.part_path != part_path);
         if self.partials.len() != before {
             self.persist();
-        }
-    }
-
-    async fn send_receiver_frames(&mut self, peer: &PeerId, receiver: &mut FileReceiver) {
-        while let Some(out) = receiver.poll_output() {
-            if let ReceiverOutput::Send(frame) = out {
-                let _ = self.transmit(peer, Channel::File, frame.encode()).await;
-            }
         }
     }
 
@@ -1078,84 +973,134 @@ impl Room {
             mime: info.mime.clone(),
             hash: info.hash,
         };
-        let sender = FileSender::new(offer, self.config.clone(), self.now());
         self.outgoing.insert(
             id,
-            OutgoingTransfer {
-                peer,
+            OutgoingFile {
                 file,
                 info,
-                sender,
-                reoffer_on_return: false,
+                bytes_sent: 0,
             },
         );
-        self.drive_outgoing(id, |_, _| {}).await;
+        let now = self.now();
+        self.transfers.send(peer, offer, now);
+        self.drive().await;
     }
 
-    /// Applies `input` to an outgoing transfer and carries out its outputs.
-    async fn drive_outgoing(
-        &mut self,
-        id: TransferId,
-        input: impl FnOnce(&mut OutgoingTransfer, u64),
-    ) {
-        let Some(mut t) = self.outgoing.remove(&id) else {
-            return;
-        };
-        let buffered = self.file_buffered(&t.peer).await;
-        let confirmed_before = t.sender.confirmed();
-        input(&mut t, buffered);
-        let mut finished = None;
-        // After a failed send the rest of this round's frames are dropped
-        // rather than each waiting in turn: the path is broken, and the
-        // receiver asks to resume once there is a path again.
-        let mut stalled = false;
-        while let Some(out) = t.sender.poll_output() {
-            match out {
-                SenderOutput::Send(_) if stalled => {}
-                SenderOutput::Send(frame) => {
-                    if let Err(err) = self.transmit(&t.peer, Channel::File, frame.encode()).await {
+    /// Carries out one thing the transfer machine asks.
+    async fn on_transfer_output(&mut self, out: TransferOutput) {
+        let now = self.now();
+        match out {
+            TransferOutput::Send { peer, frame } => {
+                if let Frame::Chunk { transfer, data, .. } = &frame
+                    && let Some(f) = self.outgoing.get_mut(transfer)
+                {
+                    f.bytes_sent += data.len() as u64;
+                }
+                match self.transmit(&peer, Channel::File, frame.encode()).await {
+                    Ok(()) => {
+                        let amount = self.file_buffered(&peer).await;
+                        self.transfers.buffered(&peer, amount, now);
+                    }
+                    Err(err) => {
                         tracing::info!(err = %format!("{err:#}"), "file frame not sent");
-                        stalled = true;
-                        self.feed(PathInput::SendFailed {
-                            peer: t.peer.clone(),
-                        });
-                        continue;
-                    }
-                    let amount = self.file_buffered(&t.peer).await;
-                    t.sender.buffered_amount(amount);
-                }
-                SenderOutput::Read { offset, len } => {
-                    let mut buf = vec![0; len];
-                    match read_at(&t.file, &mut buf, offset) {
-                        Ok(()) => {
-                            let now = self.now();
-                            t.sender.chunk_read(offset, buf, now);
-                        }
-                        Err(err) => t.sender.read_failed(err.to_string()),
+                        self.transfers.send_failed(&peer);
+                        self.feed(PathInput::SendFailed { peer });
                     }
                 }
-                SenderOutput::Progress(p) => self.report.progress(id, &t.info.name, "send", &p),
-                SenderOutput::Finished(result) => finished = Some(result),
             }
+            TransferOutput::Read { id, offset, len } => {
+                let Some(f) = self.outgoing.get(&id) else {
+                    return;
+                };
+                let mut buf = vec![0; len];
+                match read_at(&f.file, &mut buf, offset) {
+                    Ok(()) => self.transfers.chunk_read(id, offset, buf, now),
+                    Err(err) => self.transfers.read_failed(id, err.to_string(), now),
+                }
+            }
+            TransferOutput::Write {
+                peer,
+                id,
+                offset,
+                data,
+            } => {
+                let key = (peer, id);
+                let result = match self.incoming.get(&key) {
+                    Some(f) => write_at(&f.part.file, &data, offset),
+                    None => Err(std::io::Error::other("the partial file is gone")),
+                };
+                if let Err(err) = result {
+                    self.transfers
+                        .write_failed(&key.0, id, err.to_string(), now);
+                }
+            }
+            TransferOutput::Offered { peer, offer } => self.on_offer(peer, offer),
+            TransferOutput::Progress { key, progress } => {
+                let (name, direction) = match &key {
+                    TransferKey::Outgoing(id) => match self.outgoing.get(id) {
+                        Some(f) => (f.info.name.clone(), "send"),
+                        None => return,
+                    },
+                    TransferKey::Incoming(peer, id) => match self.transfers.receiver(peer, *id) {
+                        Some(r) => (r.offer().name.clone(), "receive"),
+                        None => return,
+                    },
+                };
+                self.report.progress(key.id(), &name, direction, &progress);
+            }
+            TransferOutput::Store { peer, id, hash } => self.on_verified(peer, id, hash),
+            TransferOutput::Away { id } => {
+                let Mode::Send {
+                    target: Some(peer), ..
+                } = &self.mode
+                else {
+                    return;
+                };
+                let peer = peer.clone();
+                if self.exit.is_none() && !std::mem::replace(&mut self.awaiting_return, true) {
+                    tracing::info!(transfer = %id, "waiting for the receiver to come back");
+                    self.report.emit(Event::WaitingForPeer {
+                        peer_id: &peer.0,
+                        seconds: RETURN_WINDOW.as_secs(),
+                    });
+                }
+            }
+            TransferOutput::Resumed { id, from } => {
+                tracing::info!(transfer = %id, from, "the receiver continues from what it had");
+            }
+            TransferOutput::Finished {
+                key: TransferKey::Outgoing(id),
+                result,
+            } => self.on_sent(id, result),
+            TransferOutput::Finished {
+                key: TransferKey::Incoming(peer, id),
+                result,
+            } => self.on_received(peer, id, result),
+            TransferOutput::SendProgress {
+                peer,
+                waiting,
+                advanced,
+            } => self.feed(PathInput::SendProgress {
+                peer,
+                waiting,
+                advanced,
+            }),
         }
-        let Some(result) = finished else {
-            self.watch_progress(&t, confirmed_before);
-            self.outgoing.insert(id, t);
+    }
+
+    /// Our transfer `id` ended: `send` goes on with the next file, or fails.
+    fn on_sent(&mut self, id: TransferId, result: Result<(), TransferError>) {
+        let Some(f) = self.outgoing.remove(&id) else {
             return;
         };
-        self.feed(PathInput::SendProgress {
-            peer: t.peer.clone(),
-            waiting: false,
-            advanced: false,
-        });
         match result {
             Ok(()) => {
                 self.report.emit(Event::FileSent {
                     transfer: id.to_string(),
-                    name: &t.info.name,
-                    size: t.info.size,
-                    hash: hex(&t.info.hash),
-                    bytes_sent: t.sender.bytes_sent(),
+                    name: &f.info.name,
+                    size: f.info.size,
+                    hash: hex(&f.info.hash),
+                    bytes_sent: f.bytes_sent,
                 });
                 // The run loop starts the next file.
                 if let Mode::Send { active, .. } = &mut self.mode {
@@ -1165,118 +1110,80 @@ impl Room {
             Err(err) => {
                 self.report.emit(Event::TransferFailed {
                     transfer: id.to_string(),
-                    name: &t.info.name,
+                    name: &f.info.name,
                     reason: err.to_string(),
                 });
-                if matches!(self.mode, Mode::Send { .. }) {
-                    self.exit = Some(Err(anyhow!("sending {} failed: {err}", t.info.name)));
+                if matches!(self.mode, Mode::Send { .. }) && self.exit.is_none() {
+                    self.exit = Some(Err(anyhow!("sending {} failed: {err}", f.info.name)));
                 }
             }
         }
     }
 
-    /// Tells the path machine where `t` stands: bytes owed confirmation
-    /// (and whether some were confirmed since `confirmed_before`), so a
-    /// path on which it stalls is replaced.
-    fn watch_progress(&mut self, t: &OutgoingTransfer, confirmed_before: u64) {
-        let waiting = matches!(
-            t.sender.state(),
-            SenderState::Sending | SenderState::AwaitingVerification
-        ) && !t.reoffer_on_return;
-        self.feed(PathInput::SendProgress {
-            peer: t.peer.clone(),
-            waiting,
-            advanced: t.sender.confirmed() > confirmed_before,
-        });
-    }
-
-    /// Applies `input` to an incoming transfer and carries out its outputs.
-    async fn drive_incoming(
-        &mut self,
-        peer: &PeerId,
-        id: TransferId,
-        input: impl FnOnce(&mut IncomingTransfer),
-    ) {
-        let key = (peer.clone(), id);
-        let Some(mut t) = self.incoming.remove(&key) else {
+    /// Every byte of `(peer, id)` is in and verified: the `.part` file gets
+    /// its final name, and only then may `FileVerified` leave.
+    fn on_verified(&mut self, peer: PeerId, id: TransferId, hash: [u8; 32]) {
+        let key = (peer, id);
+        let Some(IncomingFile { part, .. }) = self.incoming.remove(&key) else {
             return;
         };
-        input(&mut t);
-        let mut finished = false;
-        while let Some(out) = t.receiver.poll_output() {
-            match out {
-                ReceiverOutput::Send(frame) => {
-                    let _ = self.transmit(peer, Channel::File, frame.encode()).await;
+        let (peer, id) = key;
+        let Some(offer) = self
+            .transfers
+            .receiver(&peer, id)
+            .map(|r| r.offer().clone())
+        else {
+            return;
+        };
+        match files::finalize(&part) {
+            Ok(path) => {
+                self.report.emit(Event::FileReceived {
+                    transfer: id.to_string(),
+                    name: &offer.name,
+                    path: &path.to_string_lossy(),
+                    size: offer.size,
+                    hash: hex(&hash),
+                });
+                if let Mode::Receive { received, .. } = &mut self.mode {
+                    *received += 1;
                 }
-                ReceiverOutput::Write { offset, data } => {
-                    if let Err(err) = write_at(&t.part.file, &data, offset) {
-                        t.receiver.write_failed(err.to_string());
-                    }
-                }
-                ReceiverOutput::Progress(p) => {
-                    let name = t.receiver.offer().name.clone();
-                    self.report.progress(id, &name, "receive", &p);
-                }
-                ReceiverOutput::Finished(Ok(hash)) => {
-                    finished = true;
-                    let offer = t.receiver.offer().clone();
-                    match files::finalize(&t.part) {
-                        Ok(path) => {
-                            self.report.emit(Event::FileReceived {
-                                transfer: id.to_string(),
-                                name: &offer.name,
-                                path: &path.to_string_lossy(),
-                                size: offer.size,
-                                hash: hex(&hash),
-                            });
-                            if let Mode::Receive { received, .. } = &mut self.mode {
-                                *received += 1;
-                            }
-                        }
-                        Err(err) => {
-                            // Not final on disk, so the sender must not hear "verified".
-                            let cancel = Frame::FileCancel {
-                                transfer: id,
-                                reason: CancelReason::StorageFailed(
-                                    err.to_string().chars().take(200).collect(),
-                                ),
-                            };
-                            let _ = self.transmit(peer, Channel::File, cancel.encode()).await;
-                            self.fail_receive(format!("cannot save {}: {err:#}", offer.name));
-                            break;
-                        }
-                    }
-                }
-                ReceiverOutput::Finished(Err(err)) => {
-                    finished = true;
-                    let name = t.receiver.offer().name.clone();
-                    self.report.emit(Event::TransferFailed {
-                        transfer: id.to_string(),
-                        name: &name,
-                        reason: format!(
-                            "{err}; partial data kept in {}",
-                            t.part.part_path.display()
-                        ),
-                    });
-                    if let Mode::Receive { failed, .. } = &mut self.mode {
-                        *failed += 1;
-                    }
-                }
+                self.transfers.stored(&peer, id);
+            }
+            Err(err) => {
+                self.transfers.store_failed(&peer, id, err.to_string());
+                self.fail_receive(format!("cannot save {}: {err:#}", offer.name));
             }
         }
-        if finished {
-            self.drop_partial(&t.part.part_path);
-            self.finished_incoming.insert(key);
-        } else {
-            self.incoming.insert(key, t);
+        self.drop_partial(&part.part_path);
+    }
+
+    /// An incoming transfer ended (a verified one was handled by
+    /// [`Self::on_verified`]). One whose peer is gone keeps its `.part`
+    /// file: the same offer again resumes it.
+    fn on_received(&mut self, peer: PeerId, id: TransferId, result: Result<(), TransferError>) {
+        if let Err(err) = result
+            && let Some(IncomingFile { part, name }) = self.incoming.remove(&(peer, id))
+        {
+            self.report.emit(Event::TransferFailed {
+                transfer: id.to_string(),
+                name: &name,
+                reason: format!("{err}; partial data kept in {}", part.part_path.display()),
+            });
+            if let Mode::Receive { failed, .. } = &mut self.mode {
+                *failed += 1;
+            }
+            if !matches!(err, TransferError::PeerGone(_)) {
+                self.drop_partial(&part.part_path);
+            }
         }
         self.check_receive_done();
     }
 
     /// `peer` is unreachable (it left, or its connection was lost): it
     /// counts as away; chat waits for it, `send` waits for it to come back
-    /// within [`RETURN_WINDOW`] and then offers again.
-    async fn on_peer_gone(&mut self, peer: &PeerId, why: &str) {
+    /// within [`RETURN_WINDOW`] (its transfers are parked by [`Transfers`]
+    /// and offered again when it is back).
+    async fn on_peer_gone(&mut self, peer: &PeerId) {
         let name = self.name(peer);
         if self.names.remove(peer).is_some() {
             self.report.emit(Event::PeerLeft {
@@ -1289,30 +1196,14 @@ impl Room {
         let now = self.now();
         self.chat.peer_left(peer, now);
         self.flush_chat().await;
-
-        self.fail_incoming_from(peer, why);
-        // The receiver continues from what it has on disk.
-        if let Mode::Send { target, .. } = &self.mode
-            && target.as_ref() == Some(peer)
-            && self.exit.is_none()
-        {
-            for t in self.outgoing.values_mut().filter(|t| &t.peer == peer) {
-                t.reoffer_on_return = true;
-            }
-            if !std::mem::replace(&mut self.awaiting_return, true) {
-                self.report.emit(Event::WaitingForPeer {
-                    peer_id: &peer.0,
-                    seconds: RETURN_WINDOW.as_secs(),
-                });
-            }
-        }
         if let Mode::Receive { senders, .. } = &mut self.mode {
             senders.remove(peer);
         }
         self.check_receive_done();
     }
 
-    /// `peer` did not come back in time: `send` gives up if it waited for it.
+    /// `peer` did not come back in time: `send` gives up if it waited for it
+    /// (its transfers fail too, see [`Transfers::on_path`]).
     fn on_return_timeout(&mut self, peer: &PeerId) {
         let waited = matches!(&self.mode, Mode::Send { target: Some(t), .. } if t == peer);
         if waited && std::mem::take(&mut self.awaiting_return) && self.exit.is_none() {
@@ -1337,7 +1228,7 @@ impl Room {
             return;
         };
         self.idle_deadline = None;
-        if !self.incoming.is_empty() || self.exit.is_some() || *received + *failed == 0 {
+        if self.transfers.has_incoming() || self.exit.is_some() || *received + *failed == 0 {
             return;
         }
         if senders.is_empty() {

@@ -1,10 +1,13 @@
 //! The room driver: the one place where a room's state changes. It owns the
 //! signaling socket, one [`PeerLink`] per remote peer, the page's
-//! [`ChatSession`] and every [`FileSender`] / [`FileReceiver`], and it behaves
-//! on the wire exactly like the CLI's `room.rs`: the newcomer offers to the
-//! peers in `welcome`, chat frames go on the chat channel and the rest on the
-//! file channel, sending is paced by `bufferedamountlow`. Offers, answers
-//! and candidates travel sealed with the room key
+//! [`ChatSession`], and the same core machines as the CLI's `room.rs`
+//! ([`Paths`] for the path to each peer, [`Transfers`] for every file
+//! transfer), whose outputs it carries out; what is the page's own is the IO
+//! (reading `File` blobs, storing into OPFS, resuming from it, hashing) and
+//! the view. It behaves on the wire exactly like the CLI: the newcomer
+//! offers to the peers in `welcome`, chat frames go on the chat channel and
+//! the rest on the file channel, sending is paced by `bufferedamountlow`.
+//! Offers, answers and candidates travel sealed with the room key
 //! ([`parlor_protocol::sealed`]); unsealed ones are refused.
 //!
 //! Each peer is reached one of two ways: an `RTCPeerConnection` (direct or
@@ -27,9 +30,8 @@ use std::rc::{Rc, Weak};
 
 use gloo::timers::callback::{Interval, Timeout};
 use parlor_core::{
-    ChatOutput, ChatSession, ChatSnapshot, FileReceiver, FileSender, MessageStatus, Millis,
-    Progress, ReceiverOutput, ReceiverState, SenderOutput, SenderState, TransferConfig,
-    TransferError,
+    ChatOutput, ChatSession, ChatSnapshot, MessageStatus, Millis, Progress, ReceiverState,
+    TransferConfig, TransferError,
 };
 use parlor_protocol::{
     CancelReason, ClientMessage, ErrorCode, FileOffer, Frame, IceServer, MessageId,
@@ -52,7 +54,8 @@ use crate::storage::{self, IncomingFile, SinkEvent};
 use crate::util::{crypto_random_bytes, hex, now_ms, random_bytes, wall_ms};
 use parlor_core::chat::DEFAULT_RETENTION_MS;
 use parlor_core::room::{
-    GoneReason, LinkId, PathInput, PathOutput, PathPolicy, PathSettings, Paths, Route,
+    GoneReason, LinkId, PathInput, PathOutput, PathPolicy, PathSettings, Paths, Route, TransferKey,
+    TransferOutput, Transfers,
 };
 
 /// First reconnect delay; doubled per failed attempt up to [`MAX_RECONNECT_SECS`].
@@ -91,31 +94,32 @@ const STATE_LOAD_TIMEOUT_MS: u32 = 3_000;
 /// same peer (`parlor_signaling::rooms::REPLACED_CLOSE_CODE`).
 const REPLACED_CLOSE_CODE: u16 = 4000;
 
-/// An input to one outgoing transfer's sender, given the file channel's
-/// buffered amount.
-type SenderInput = Box<dyn FnOnce(&mut FileSender, u64)>;
+/// How much of a file one read of its `Blob` takes: the transfer machine
+/// asks for one chunk at a time, and each read of a `Blob` is a round trip
+/// through the event loop, so chunks are served from blocks this large.
+const READ_BLOCK_BYTES: u64 = 2 * 1024 * 1024;
 
-struct Outgoing {
+/// The file behind one of our transfers, and its view (what to do is
+/// [`Transfers`]' decision).
+struct OutgoingFile {
     peer: PeerId,
     file: File,
-    /// `None` while the file is being hashed.
-    sender: Option<FileSender>,
-    send_error: Option<String>,
+    /// Being hashed: the transfer machine does not know it yet.
+    hashing: bool,
     view: TransferView,
-    /// Chunk bytes sent by earlier senders of this transfer (before the
-    /// peer went away and the offer was made again).
-    sent_before: u64,
-    /// Set while the peer is away: gives the transfer up after
-    /// [`AWAY_TRANSFER_MS`].
-    away: Option<Timeout>,
+    /// Chunk bytes handed to the transport, re-sends included.
+    bytes_sent: u64,
+    /// The block of the file read last: its offset and bytes.
+    block: Option<(u64, Vec<u8>)>,
 }
 
-struct Incoming {
-    receiver: FileReceiver,
+/// Where an incoming transfer is stored, and its view.
+struct IncomingFileView {
+    /// Once accepted.
     sink: Option<IncomingFile>,
-    /// `Some` once verified: frames held until the file is closed and
-    /// offered for saving (the `FileVerified` must not go out before).
-    held: Option<Vec<Frame>>,
+    /// Verified: the sink is closing the file (its `FileVerified` waits
+    /// for [`Transfers::stored`]).
+    storing: bool,
     view: TransferView,
 }
 
@@ -164,8 +168,8 @@ pub struct Driver {
     /// From the last `welcome`: rejoining with it keeps our peer id, so
     /// connections that survived a lost server stay up.
     resume_token: Option<String>,
-    /// Polls the socket's `bufferedAmount` while a relayed transfer waits
-    /// for it to drain.
+    /// Polls the socket's `bufferedAmount` while a relayed transfer may
+    /// wait for it to drain.
     relay_drain: Option<Interval>,
     /// When the last notice about a bad relay packet was shown.
     relay_warned_at: Option<Millis>,
@@ -179,9 +183,13 @@ pub struct Driver {
     chat: ChatSession,
     chat_timer: Option<Timeout>,
     stats_timer: Option<Interval>,
-    outgoing: HashMap<TransferId, Outgoing>,
-    incoming: HashMap<(PeerId, TransferId), Incoming>,
-    config: TransferConfig,
+    /// Every file transfer of the room: the decisions
+    /// (`parlor_core::room::transfers`; this driver carries out its outputs).
+    transfers: Transfers,
+    /// The files our transfers read.
+    outgoing: HashMap<TransferId, OutgoingFile>,
+    /// Where incoming transfers are stored.
+    incoming: HashMap<(PeerId, TransferId), IncomingFileView>,
     history: History,
     /// When we last sent `Typing` frames (page clock); `None` after sending
     /// a message, so the next keystroke announces typing at once.
@@ -342,9 +350,9 @@ impl RoomHandle {
                 chat: ChatSession::new(),
                 chat_timer: None,
                 stats_timer: None,
+                transfers: Transfers::new(TransferConfig::default()),
                 outgoing: HashMap::new(),
                 incoming: HashMap::new(),
-                config: TransferConfig::default(),
                 history,
                 typing_sent_at: None,
                 typing_timers: HashMap::new(),
@@ -502,6 +510,27 @@ fn path_settings(mode: RelayMode) -> PathSettings {
     }
 }
 
+/// Asks the server (`GET /api/origin-check`) whether this page's origin
+/// may open the signaling WebSocket; a message naming the origin it
+/// expects when not (`None` when allowed or unknown).
+async fn origin_problem() -> Option<String> {
+    let origin = web_sys::window()?.location().origin().ok()?;
+    let url = format!(
+        "/api/origin-check?origin={}",
+        js_sys::encode_uri_component(&origin)
+    );
+    let response = gloo::net::http::Request::get(&url).send().await.ok()?;
+    let body: serde_json::Value = response.json().await.ok()?;
+    if body["allowed"].as_bool() != Some(false) {
+        return None;
+    }
+    let expected = body["expected"].as_str().unwrap_or("unknown");
+    Some(format!(
+        "The Parlor server refuses pages from {origin}: it expects {expected}. \
+         Open the page at that address, or ask its operator to set --public-url."
+    ))
+}
+
 fn parse_transfer(id: &str) -> Option<TransferId> {
     u64::from_str_radix(id, 16).ok().map(TransferId)
 }
@@ -535,7 +564,7 @@ impl Driver {
         self.path_timer = None;
         self.relay_drain = None;
         for t in self.incoming.values() {
-            if t.held.is_none()
+            if !t.storing
                 && let Some(s) = &t.sink
             {
                 s.suspend();
@@ -543,6 +572,7 @@ impl Driver {
         }
         self.incoming.clear();
         self.outgoing.clear();
+        self.transfers = Transfers::new(self.transfers.config().clone());
     }
 
     // ---- the tab's saved identity and chat state -----------------------
@@ -721,30 +751,34 @@ impl Driver {
         self.resume_token = None;
         self.restored_id = None;
         self.save_timer = None;
-        self.start_as_new_peer("is now talking to the other tab");
+        self.start_as_new_peer();
         self.saved_generation = None;
         self.attempt = 0;
         self.reconnect_timer = None;
         self.connect();
     }
 
-    /// We carry on under a new peer id (this tab took over from another):
-    /// every link closes and the path machine starts afresh; see
-    /// [`Self::forget_everyone`].
-    fn start_as_new_peer(&mut self, why: &str) {
-        self.forget_everyone(why);
+    /// We carry on under a new peer id (another tab took over ours):
+    /// every link closes and the path machine starts afresh, and the
+    /// transfers hear what the path machine says when it starts over
+    /// itself; see [`Self::forget_everyone`].
+    fn start_as_new_peer(&mut self) {
+        self.forget_everyone();
         self.links.clear();
         self.paths = Paths::new(self.paths.settings().clone());
         self.path_timer = None;
         self.path_deadline = None;
+        self.transfers
+            .on_path(&PathOutput::StartedOver, 0, now_ms());
+        self.drive();
     }
 
-    /// Every peer we knew is gone for us (`why` says so), and a new
-    /// identity numbers its messages afresh.
-    fn forget_everyone(&mut self, why: &str) {
+    /// Every peer we knew is gone for us, and a new identity numbers its
+    /// messages afresh.
+    fn forget_everyone(&mut self) {
         let old: Vec<PeerId> = self.names.keys().cloned().collect();
         for p in old {
-            self.on_peer_gone(&p, why, false, true);
+            self.on_peer_gone(&p, false, true);
         }
         self.names.clear();
         self.dispatch(Action::ClearPeers);
@@ -828,6 +862,16 @@ impl Driver {
                         if reason.is_empty() { String::new() } else { format!(" ({reason})") }
                     ));
                 } else if self.attempt == 0 {
+                    if code == 1006 {
+                        // A refused upgrade looks like any failure to the
+                        // page; the server says whether it was the origin.
+                        let dispatch = Rc::clone(&self.dispatch);
+                        wasm_bindgen_futures::spawn_local(async move {
+                            if let Some(text) = origin_problem().await {
+                                dispatch(Action::ServerError(text));
+                            }
+                        });
+                    }
                     self.server_error(if code == 1006 {
                         "Cannot reach the Parlor server. Retrying…".into()
                     } else {
@@ -869,8 +913,11 @@ impl Driver {
                         self.chat = ChatSession::new();
                     }
                     self.ever_joined = true;
-                    self.dispatch(Action::Welcome(peer_id.0.clone()));
                 }
+                // Every welcome, the same id again included (a resume after a
+                // server restart), clears the reconnecting status and the
+                // server's alerts.
+                self.dispatch(Action::Welcome(peer_id.0.clone()));
                 self.attempt = 0;
                 self.ice_servers = ice_servers;
                 self.me = Some(peer_id.clone());
@@ -918,7 +965,7 @@ impl Driver {
                     ));
                 }
                 if self.code.is_some() {
-                    return self.on_peer_gone(&peer_id, "left the room", false, false);
+                    return self.on_peer_gone(&peer_id, false, false);
                 }
                 self.feed(PathInput::PeerLeft { peer: peer_id });
             }
@@ -1122,13 +1169,20 @@ impl Driver {
     /// Feeds one input to the path machine and carries out its outputs.
     fn feed(&mut self, input: PathInput) {
         self.paths.handle(input, now_ms());
-        self.drive_paths();
+        self.drive();
     }
 
-    /// Carries out what the path machine asks, then sets its timer.
-    fn drive_paths(&mut self) {
-        while let Some(out) = self.paths.poll_output() {
-            self.on_path_output(out);
+    /// Carries out what the path and transfer machines ask (including what
+    /// the handling of their outputs fed back), then sets the path timer.
+    fn drive(&mut self) {
+        loop {
+            if let Some(out) = self.paths.poll_output() {
+                self.on_path_output(out);
+            } else if let Some(out) = self.transfers.poll_output() {
+                self.on_transfer_output(out);
+            } else {
+                break;
+            }
         }
         let next = self.paths.poll_timeout();
         if next == self.path_deadline {
@@ -1142,13 +1196,18 @@ impl Driver {
                 with(&weak, |d| {
                     d.path_deadline = None;
                     d.paths.handle_timeout(now_ms());
-                    d.drive_paths();
+                    d.drive();
                 })
             })
         });
     }
 
     fn on_path_output(&mut self, out: PathOutput) {
+        let buffered = match &out {
+            PathOutput::FilesUp { peer, .. } => self.link_buffered(peer),
+            _ => 0,
+        };
+        self.transfers.on_path(&out, buffered, now_ms());
         match out {
             PathOutput::OpenLink {
                 peer,
@@ -1184,11 +1243,12 @@ impl Driver {
                 self.flush_chat();
             }
             PathOutput::ChatDown { peer } => self.chat.link_down(&peer),
-            PathOutput::FilesUp { peer, path_changed } => self.files_up(&peer, path_changed),
-            PathOutput::PeerRestarted { peer } => {
-                self.fail_incoming_with(&peer, "the peer reconnected");
-                self.park_outgoing(&peer);
-            }
+            PathOutput::FilesUp { peer, .. } => self.dispatch(Action::PeerFiles {
+                id: peer.0.clone(),
+                ready: true,
+            }),
+            // Its transfers: see `Transfers::on_path`.
+            PathOutput::PeerRestarted { .. } => {}
             PathOutput::FellToRelay { peer, why } => {
                 crate::util::warn(&format!("switching to the server relay for {peer}: {why}"));
                 if self.cipher.is_none() {
@@ -1203,21 +1263,18 @@ impl Driver {
             PathOutput::Refused { peer, why } => {
                 crate::util::warn(&format!("refusing {peer}: {why}"));
                 self.error(format!("Security warning: {why}"));
-                self.on_peer_gone(&peer, "was refused", true, true);
+                self.on_peer_gone(&peer, true, true);
             }
             PathOutput::Gone {
                 peer,
                 reason: GoneReason::Left,
-            } => self.on_peer_gone(&peer, "left the room", false, false),
+            } => self.on_peer_gone(&peer, false, false),
             PathOutput::Gone { peer, .. } => {
                 self.error(format!("The connection to {} failed.", self.label(&peer)));
-                self.on_peer_gone(&peer, "could not be reached", true, false);
+                self.on_peer_gone(&peer, true, false);
             }
-            // Parked transfers wait with their own timers (see `park`).
             PathOutput::Returned { .. } | PathOutput::AwayExpired { .. } => {}
-            PathOutput::StartedOver => {
-                self.forget_everyone("was disconnected while we reconnected")
-            }
+            PathOutput::StartedOver => self.forget_everyone(),
         }
     }
 
@@ -1230,7 +1287,7 @@ impl Driver {
         match PeerLink::new(
             &self.ice_servers,
             self.relay_mode == RelayMode::Turn,
-            self.config.low_watermark,
+            self.transfers.config().low_watermark,
             offerer,
             sink,
         ) {
@@ -1323,40 +1380,6 @@ impl Driver {
         });
     }
 
-    /// File frames can flow to `peer`: offers made meanwhile go out, parked
-    /// transfers offer again; after a path change (`path_changed`) what was
-    /// in flight may be lost: receivers ask to resume from what they
-    /// verified, unanswered offers go out again.
-    fn files_up(&mut self, peer: &PeerId, path_changed: bool) {
-        self.dispatch(Action::PeerFiles {
-            id: peer.0.clone(),
-            ready: true,
-        });
-        if path_changed {
-            let keys: Vec<(PeerId, TransferId)> = (self.incoming.keys())
-                .filter(|(p, _)| p == peer)
-                .cloned()
-                .collect();
-            for key in keys {
-                self.drive_incoming(&key, |t| t.receiver.link_reset());
-            }
-        }
-        let ids: Vec<(TransferId, bool)> = (self.outgoing.iter())
-            .filter(|(_, t)| &t.peer == peer && t.sender.is_some())
-            .map(|(id, t)| (*id, t.away.is_some()))
-            .collect();
-        for (id, away) in ids {
-            if away || path_changed {
-                self.drive_outgoing(id, |s, amount| {
-                    s.link_reset();
-                    s.buffered_amount(amount);
-                });
-            } else {
-                self.drive_outgoing(id, |s, amount| s.buffered_amount(amount));
-            }
-        }
-    }
-
     // ---- peer connections -------------------------------------------------
 
     fn set_link_state(&mut self, peer: &PeerId, state: LinkState, rtt_ms: Option<u32>) {
@@ -1384,22 +1407,14 @@ impl Driver {
                         id: peer.0.clone(),
                         ready: false,
                     });
-                    self.fail_incoming_with(&peer, "the connection to the peer closed");
-                    self.park_outgoing(&peer);
                 }
                 self.feed(PathInput::ChannelClosed { link, channel });
             }
             PeerEvent::Message(channel, data) => self.on_frame(peer, channel, &data),
             PeerEvent::BufferedLow => {
-                let ids: Vec<TransferId> = self
-                    .outgoing
-                    .iter()
-                    .filter(|(_, t)| t.peer == peer)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in ids {
-                    self.drive_outgoing(id, |s, amount| s.buffered_amount(amount));
-                }
+                let amount = self.link_buffered(&peer);
+                self.transfers.buffered(&peer, amount, now_ms());
+                self.drive();
             }
             // The browser checks the DTLS certificate against the sealed
             // SDP's fingerprint by itself.
@@ -1458,13 +1473,12 @@ impl Driver {
         });
     }
 
-    /// `peer` is gone: its link closes. With `forget` its chat link and
-    /// transfers end; without, it may only be away for a moment (a reload,
-    /// a network switch): its chat link (outbox, sequence numbers) is kept
-    /// for the retention window and outgoing transfers wait for it
-    /// ([`AWAY_TRANSFER_MS`]). `keep_listed` keeps it in the peer list,
-    /// marked failed.
-    fn on_peer_gone(&mut self, peer: &PeerId, why: &str, keep_listed: bool, forget: bool) {
+    /// `peer` is gone: its link closes. With `forget` its chat link ends;
+    /// without, it may only be away for a moment (a reload, a network
+    /// switch): its chat link (outbox, sequence numbers) is kept for the
+    /// retention window (its transfers: see `Transfers::on_path`).
+    /// `keep_listed` keeps it in the peer list, marked failed.
+    fn on_peer_gone(&mut self, peer: &PeerId, keep_listed: bool, forget: bool) {
         if self.typing_timers.remove(peer).is_some() {
             self.dispatch(Action::Typing {
                 id: peer.0.clone(),
@@ -1473,127 +1487,16 @@ impl Driver {
         }
         if forget {
             self.chat.remove_peer(peer);
-            self.flush_chat();
-            self.fail_transfers_with(peer, &format!("the peer {why}"));
         } else {
             self.chat.peer_left(peer, now_ms());
-            self.flush_chat();
-            self.fail_incoming_with(peer, &format!("the peer {why}"));
-            self.park_outgoing(peer);
         }
+        self.flush_chat();
         if keep_listed {
             self.set_link_state(peer, LinkState::Failed, None);
         } else {
             self.names.remove(peer);
             self.link_states.remove(peer);
             self.dispatch(Action::PeerGone(peer.0.clone()));
-        }
-    }
-
-    fn fail_transfers_with(&mut self, peer: &PeerId, why: &str) {
-        self.fail_incoming_with(peer, why);
-        let dead_out: Vec<_> = self
-            .outgoing
-            .iter()
-            .filter(|(_, t)| &t.peer == peer)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in dead_out {
-            if let Some(mut t) = self.outgoing.remove(&id) {
-                t.view.state = TransferState::Failed;
-                t.view.error = Some(why.to_owned());
-                self.dispatch(Action::Transfer(t.view));
-            }
-        }
-    }
-
-    /// Incoming transfers from `peer` stop. What was stored stays (a
-    /// resumable file keeps its committed segments): should the sender offer
-    /// the same file again, it resumes from there.
-    fn fail_incoming_with(&mut self, peer: &PeerId, why: &str) {
-        let dead_in: Vec<_> = self
-            .incoming
-            .iter()
-            .filter(|((p, _), t)| p == peer && t.held.is_none())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in dead_in {
-            if let Some(mut t) = self.incoming.remove(&key) {
-                if let Some(s) = &t.sink {
-                    s.suspend();
-                }
-                t.view.state = TransferState::Failed;
-                t.view.error = Some(why.to_owned());
-                t.view.note = None;
-                t.view.eta_ms = None;
-                self.dispatch(Action::Transfer(t.view));
-            }
-        }
-    }
-
-    /// `peer` went away, perhaps only for a moment: each unfinished
-    /// transfer to it starts over as a fresh offer of the same file (same
-    /// transfer id, size and hash), sent once its file channel is open
-    /// again; the receiver accepts from what it already stored. Given up
-    /// after [`AWAY_TRANSFER_MS`].
-    fn park_outgoing(&mut self, peer: &PeerId) {
-        let ids: Vec<TransferId> = self
-            .outgoing
-            .iter()
-            .filter(|(_, t)| &t.peer == peer && t.sender.is_some())
-            .map(|(id, _)| *id)
-            .collect();
-        self.park(ids);
-    }
-
-    /// Parks the transfers `ids` (see [`Self::park_outgoing`]).
-    fn park(&mut self, ids: Vec<TransferId>) {
-        let now = now_ms();
-        for id in ids {
-            let weak = self.weak.clone();
-            let config = self.config.clone();
-            let Some(t) = self.outgoing.get_mut(&id) else {
-                continue;
-            };
-            let Some(old) = t.sender.take() else {
-                continue;
-            };
-            t.sent_before += old.bytes_sent();
-            let mut fresh = FileSender::new(old.offer().clone(), config, now);
-            // Its offer goes out when the peer is back ([`FileSender::link_reset`]).
-            while fresh.poll_output().is_some() {}
-            t.sender = Some(fresh);
-            t.send_error = None;
-            if t.away.is_none() {
-                t.away = Some(Timeout::new(AWAY_TRANSFER_MS, move || {
-                    with(&weak, move |d| d.away_expired(id))
-                }));
-            }
-            t.view.state = TransferState::Waiting;
-            t.view.note = Some("away".into());
-            t.view.bytes_per_sec = 0.0;
-            t.view.eta_ms = None;
-            let view = t.view.clone();
-            self.dispatch(Action::Transfer(view));
-        }
-    }
-
-    /// A transfer waited [`AWAY_TRANSFER_MS`] for its peer: give it up,
-    /// unless the peer is back (then it is a plain offer, waiting).
-    fn away_expired(&mut self, id: TransferId) {
-        let Some(t) = self.outgoing.get_mut(&id) else {
-            return;
-        };
-        t.away = None;
-        let peer = t.peer.clone();
-        if self.link_open(&peer, Channel::File) {
-            return;
-        }
-        if let Some(mut t) = self.outgoing.remove(&id) {
-            t.view.state = TransferState::Failed;
-            t.view.note = None;
-            t.view.error = Some("the peer did not come back in time".into());
-            self.dispatch(Action::Transfer(t.view));
         }
     }
 
@@ -1617,30 +1520,13 @@ impl Driver {
             }
             return self.flush_chat();
         }
-        let Some(id) = frame.transfer_id() else {
-            return;
-        };
-        let now = now_ms();
-        let key = (peer.clone(), id);
-        match frame {
-            Frame::FileOffer(offer) if !self.incoming.contains_key(&key) => {
-                self.on_file_offer(peer, offer)
-            }
-            Frame::FileOffer(_)
-            | Frame::Chunk { .. }
-            | Frame::FileDone { .. }
-            | Frame::FileCancel { .. }
-                if self.incoming.contains_key(&key) =>
-            {
-                self.drive_incoming(&key, |t| t.receiver.handle_frame(frame, now));
-            }
-            _ if self.outgoing.get(&id).is_some_and(|t| t.peer == peer) => {
-                self.drive_outgoing(id, move |s, _| s.handle_frame(frame, now));
-            }
-            _ => crate::util::warn(&format!(
-                "frame for unknown transfer {id} from {peer} ignored"
-            )),
+        let id = frame.transfer_id();
+        if !self.transfers.handle_frame(&peer, frame, now_ms()) {
+            crate::util::warn(&format!(
+                "file frame ({id:?}) from {peer} for no transfer of ours ignored"
+            ));
         }
+        self.drive();
     }
 
     // ---- links: a peer connection or the server relay ---------------------
@@ -1740,7 +1626,7 @@ impl Driver {
         }
         // Any packet means the peer talks to us through the relay now.
         let handle = self.paths.relay_packet(&from, &payload, now_ms());
-        self.drive_paths();
+        self.drive();
         if handle && let RelayPayload::Frame { channel, frame } = payload {
             self.on_frame(from, channel, &frame);
         }
@@ -1777,17 +1663,10 @@ impl Driver {
         }
     }
 
-    /// Relayed transfers that may be waiting for the socket to drain.
-    fn relay_senders(&self) -> Vec<TransferId> {
-        self.outgoing
-            .iter()
-            .filter(|(_, t)| {
-                self.paths.route(&t.peer) == Some(Route::ServerRelay)
-                    && t.sender
-                        .as_ref()
-                        .is_some_and(|s| s.state() == SenderState::Sending)
-            })
-            .map(|(id, _)| *id)
+    /// The peers we send files to through the server relay.
+    fn relayed_receivers(&self) -> Vec<PeerId> {
+        (self.transfers.receiving_peers().into_iter())
+            .filter(|p| self.paths.route(p) == Some(Route::ServerRelay))
             .collect()
     }
 
@@ -1795,8 +1674,8 @@ impl Driver {
     /// be held back by it (it has no buffered-amount-low event).
     fn watch_relay_drain(&mut self) {
         if self.relay_drain.is_some()
-            || self.relay_buffered() <= self.config.low_watermark
-            || self.relay_senders().is_empty()
+            || self.relay_buffered() <= self.transfers.config().low_watermark
+            || self.relayed_receivers().is_empty()
         {
             return;
         }
@@ -1807,20 +1686,22 @@ impl Driver {
     }
 
     /// The poll: once the socket is at or under the low watermark, tell the
-    /// relayed senders (like `bufferedamountlow`) and stop polling.
+    /// transfers (like `bufferedamountlow`) and stop polling.
     fn relay_drain_tick(&mut self) {
-        let ids = self.relay_senders();
-        if ids.is_empty() {
+        let peers = self.relayed_receivers();
+        if peers.is_empty() {
             self.relay_drain = None;
             return;
         }
-        if self.relay_buffered() > self.config.low_watermark {
+        let amount = self.relay_buffered();
+        if amount > self.transfers.config().low_watermark {
             return;
         }
         self.relay_drain = None;
-        for id in ids {
-            self.drive_outgoing(id, |s, amount| s.buffered_amount(amount));
+        for peer in peers {
+            self.transfers.buffered(&peer, amount, now_ms());
         }
+        self.drive();
     }
 
     // ---- chat --------------------------------------------------------------
@@ -2034,14 +1915,13 @@ impl Driver {
                 self.dispatch(Action::Transfer(view.clone()));
                 self.outgoing.insert(
                     id,
-                    Outgoing {
+                    OutgoingFile {
                         peer: peer.clone(),
                         file: file.clone(),
-                        sender: None,
-                        send_error: None,
-                        sent_before: 0,
-                        away: None,
+                        hashing: true,
                         view,
+                        bytes_sent: 0,
+                        block: None,
                     },
                 );
                 ids.push(id);
@@ -2062,7 +1942,7 @@ impl Driver {
     fn hashed(&mut self, file: &File, ids: Vec<TransferId>, result: Result<[u8; 32], String>) {
         for id in ids {
             let Some(t) = self.outgoing.get_mut(&id) else {
-                continue;
+                continue; // cancelled meanwhile
             };
             match &result {
                 Ok(hash) => {
@@ -2077,13 +1957,11 @@ impl Driver {
                             .collect(),
                         hash: *hash,
                     };
+                    t.hashing = false;
                     t.view.note = None;
-                    t.sender = Some(FileSender::new(offer, self.config.clone(), now_ms()));
                     let (peer, view) = (t.peer.clone(), t.view.clone());
                     self.dispatch(Action::Transfer(view));
-                    if self.link_open(&peer, Channel::File) {
-                        self.drive_outgoing(id, |_, _| {});
-                    }
+                    self.transfers.send(peer, offer, now_ms());
                 }
                 Err(e) => {
                     if let Some(mut t) = self.outgoing.remove(&id) {
@@ -2094,146 +1972,216 @@ impl Driver {
                 }
             }
         }
+        self.drive();
     }
 
-    /// Applies `input` to an outgoing transfer (with the file channel's
-    /// current buffered amount) and carries out what the sender asks.
-    fn drive_outgoing(
-        &mut self,
-        id: TransferId,
-        input: impl FnOnce(&mut FileSender, u64) + 'static,
-    ) {
-        // Boxed so the read callback below (which calls back in here) does
-        // not instantiate this function recursively.
-        self.drive_outgoing_boxed(id, Box::new(input));
-    }
-
-    fn drive_outgoing_boxed(&mut self, id: TransferId, input: SenderInput) {
-        let Some(mut t) = self.outgoing.remove(&id) else {
-            return;
-        };
-        let Some(sender) = t.sender.as_mut() else {
-            self.outgoing.insert(id, t);
-            return;
-        };
-        let peer = t.peer.clone();
-        let linked = self.has_link(&peer);
-        let confirmed_before = sender.confirmed();
-        input(sender, self.link_buffered(&peer));
-        let mut changed = false;
-        let mut finished = None;
-        let mut broken = false;
-        while let Some(out) = sender.poll_output() {
-            match out {
-                // Away (or the channel just broke): the offer goes out again
-                // when the peer is back.
-                SenderOutput::Send(_) if broken || (!linked && t.away.is_some()) => {}
-                SenderOutput::Send(_) if !linked => {
-                    t.send_error
-                        .get_or_insert_with(|| "the peer is gone".into());
-                    sender.cancel();
+    /// Carries out one thing the transfer machine asks.
+    fn on_transfer_output(&mut self, out: TransferOutput) {
+        let now = now_ms();
+        match out {
+            TransferOutput::Send { peer, frame } => {
+                if let Frame::Chunk { transfer, data, .. } = &frame
+                    && let Some(f) = self.outgoing.get_mut(transfer)
+                {
+                    f.bytes_sent += data.len() as u64;
                 }
-                SenderOutput::Send(frame) => {
-                    match self.link_send(&peer, Channel::File, frame.encode()) {
-                        Ok(()) => sender.buffered_amount(self.link_buffered(&peer)),
-                        Err(e) => {
-                            // The channel is closing (the peer reloads or
-                            // went away; its close event is on the way):
-                            // wait for the peer rather than give up.
-                            crate::util::warn(&format!(
-                                "file frame to {peer} not sent ({e}): the transfer waits for the peer"
-                            ));
-                            broken = true;
+                match self.link_send(&peer, Channel::File, frame.encode()) {
+                    Ok(()) => {
+                        let amount = self.link_buffered(&peer);
+                        self.transfers.buffered(&peer, amount, now);
+                        if self.paths.route(&peer) == Some(Route::ServerRelay) {
+                            self.watch_relay_drain();
                         }
                     }
+                    Err(e) => {
+                        // The path is closing (the peer reloads or went
+                        // away); the path machine decides what comes next.
+                        crate::util::warn(&format!("file frame to {peer} not sent: {e}"));
+                        self.transfers.send_failed(&peer);
+                        self.paths.handle(PathInput::SendFailed { peer }, now);
+                    }
                 }
-                SenderOutput::Read { offset, len } => {
-                    let file = t.file.clone();
-                    let weak = self.weak.clone();
-                    wasm_bindgen_futures::spawn_local(async move {
-                        let data = crate::files::read_slice(&file, offset, len).await;
-                        with(&weak, move |d| {
-                            d.drive_outgoing(id, move |s, _| match data {
-                                Ok(data) => s.chunk_read(offset, data, now_ms()),
-                                Err(e) => s.read_failed(e),
-                            })
-                        });
-                    });
-                }
-                SenderOutput::Progress(p) => {
-                    apply_progress(&mut t.view, &p);
-                    changed = true;
-                }
-                SenderOutput::Finished(result) => finished = Some(result),
             }
-        }
-        if t.away.is_some() && sender.state() != SenderState::Offered {
-            // The peer is back and accepted again, from what it had.
-            t.away = None;
-            t.view.note = None;
-            let from = sender.confirmed();
-            if from > 0 {
-                t.view.resumed_from = Some(from);
-            }
-            changed = true;
-        }
-        let sent = t.sent_before + sender.bytes_sent();
-        if sent != t.view.sent {
-            t.view.sent = sent;
-            changed = true;
-        }
-        // The path machine watches for a send that stalls (fed once `t` is
-        // back in place: what it asks may drive this transfer again).
-        let progress = PathInput::SendProgress {
-            peer: peer.clone(),
-            waiting: finished.is_none()
-                && t.away.is_none()
-                && matches!(
-                    sender.state(),
-                    SenderState::Sending | SenderState::AwaitingVerification
-                ),
-            advanced: sender.confirmed() > confirmed_before,
-        };
-        if broken && finished.is_none() {
-            self.outgoing.insert(id, t);
-            self.park(vec![id]);
-            return self.feed(PathInput::SendFailed { peer });
-        }
-        match finished {
-            None => {
-                if changed {
-                    self.dispatch(Action::Transfer(t.view.clone()));
+            TransferOutput::Read { id, offset, len } => self.read(id, offset, len),
+            TransferOutput::Write {
+                peer,
+                id,
+                offset,
+                data,
+            } => match self.incoming.get(&(peer.clone(), id)) {
+                Some(IncomingFileView { sink: Some(s), .. }) => s.write(offset, data),
+                _ => self
+                    .transfers
+                    .write_failed(&peer, id, "no storage".into(), now),
+            },
+            TransferOutput::Offered { peer, offer } => self.on_file_offer(peer, offer),
+            TransferOutput::Progress { key, progress } => {
+                let view = match &key {
+                    TransferKey::Outgoing(id) => self.outgoing.get_mut(id).map(|f| {
+                        f.view.sent = f.bytes_sent;
+                        &mut f.view
+                    }),
+                    TransferKey::Incoming(peer, id) => (self.incoming)
+                        .get_mut(&(peer.clone(), *id))
+                        .map(|f| &mut f.view),
+                };
+                if let Some(view) = view {
+                    apply_progress(view, &progress);
+                    let view = view.clone();
+                    self.dispatch(Action::Transfer(view));
                 }
-                self.outgoing.insert(id, t);
-                if self.paths.route(&peer) == Some(Route::ServerRelay) {
-                    self.watch_relay_drain();
-                }
-                self.feed(progress);
             }
-            Some(result) => {
+            TransferOutput::Store { peer, id, hash } => {
+                let key = (peer, id);
+                let Some(t) = self.incoming.get_mut(&key) else {
+                    return;
+                };
+                // Closed and offered for saving before its FileVerified goes out.
+                t.view.hash = Some(hex(&hash));
+                t.view.done = t.view.size;
+                t.view.note = Some("saving".into());
+                t.storing = true;
+                let view = t.view.clone();
+                match &t.sink {
+                    Some(s) => s.finish(),
+                    None => self.transfers.store_failed(&key.0, id, "no storage".into()),
+                }
+                self.dispatch(Action::Transfer(view));
+            }
+            TransferOutput::Away { id } => {
+                if let Some(t) = self.outgoing.get_mut(&id) {
+                    t.view.state = TransferState::Waiting;
+                    t.view.note = Some("away".into());
+                    t.view.bytes_per_sec = 0.0;
+                    t.view.eta_ms = None;
+                    let view = t.view.clone();
+                    self.dispatch(Action::Transfer(view));
+                }
+            }
+            TransferOutput::Resumed { id, from } => {
+                if let Some(t) = self.outgoing.get_mut(&id) {
+                    t.view.resumed_from = Some(from);
+                    t.view.note = None;
+                    let view = t.view.clone();
+                    self.dispatch(Action::Transfer(view));
+                }
+            }
+            TransferOutput::Finished {
+                key: TransferKey::Outgoing(id),
+                result,
+            } => {
+                let Some(mut t) = self.outgoing.remove(&id) else {
+                    return;
+                };
+                t.view.sent = t.bytes_sent;
+                t.view.note = None;
+                t.view.eta_ms = None;
                 match result {
                     Ok(()) => {
                         t.view.state = TransferState::Done;
                         t.view.done = t.view.size;
-                        t.view.eta_ms = None;
                     }
                     Err(e) => {
-                        let (state, why) = match (&t.send_error, e) {
-                            (Some(why), _) => (TransferState::Failed, why.clone()),
-                            (None, e) => end_state(&e),
-                        };
+                        let (state, why) = end_state(&e);
                         t.view.state = state;
                         t.view.error = Some(why);
                     }
                 }
                 self.dispatch(Action::Transfer(t.view));
-                self.feed(progress);
             }
+            TransferOutput::Finished {
+                key: TransferKey::Incoming(peer, id),
+                result,
+            } => {
+                let Some(mut t) = self.incoming.remove(&(peer, id)) else {
+                    return;
+                };
+                let Err(e) = result else {
+                    return; // shown as done once saved (`SinkEvent::Saved`)
+                };
+                if let Some(s) = &t.sink {
+                    if matches!(e, TransferError::PeerGone(_)) {
+                        // What was stored stays: the same offer resumes it.
+                        s.suspend();
+                    } else {
+                        s.abort();
+                    }
+                }
+                let (state, why) = end_state(&e);
+                t.view.state = state;
+                t.view.error = Some(why);
+                t.view.note = None;
+                t.view.eta_ms = None;
+                self.dispatch(Action::Transfer(t.view));
+            }
+            TransferOutput::SendProgress {
+                peer,
+                waiting,
+                advanced,
+            } => self.paths.handle(
+                PathInput::SendProgress {
+                    peer,
+                    waiting,
+                    advanced,
+                },
+                now,
+            ),
         }
+    }
+
+    /// Reads `len` bytes at `offset` of our file `id` for the transfer
+    /// machine: from the block read last if it holds them, else a new block.
+    fn read(&mut self, id: TransferId, offset: u64, len: usize) {
+        let Some(f) = self.outgoing.get(&id) else {
+            return;
+        };
+        if let Some((start, block)) = &f.block
+            && let Some(at) = offset.checked_sub(*start)
+            && at + len as u64 <= block.len() as u64
+        {
+            let at = at as usize;
+            let data = block[at..at + len].to_vec();
+            return self.transfers.chunk_read(id, offset, data, now_ms());
+        }
+        let file = f.file.clone();
+        let rest = (file.size() as u64).saturating_sub(offset);
+        let block_len = READ_BLOCK_BYTES.max(len as u64).min(rest) as usize;
+        let weak = self.weak.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let data = crate::files::read_slice(&file, offset, block_len).await;
+            with(&weak, move |d| d.block_read(id, offset, len, data));
+        });
+    }
+
+    /// A block of our file `id` was read at `offset`, for a chunk of `len`.
+    fn block_read(
+        &mut self,
+        id: TransferId,
+        offset: u64,
+        len: usize,
+        data: Result<Vec<u8>, String>,
+    ) {
+        let now = now_ms();
+        match data {
+            Ok(block) if block.len() >= len => {
+                let chunk = block[..len].to_vec();
+                if let Some(f) = self.outgoing.get_mut(&id) {
+                    f.block = Some((offset, block));
+                }
+                self.transfers.chunk_read(id, offset, chunk, now);
+            }
+            Ok(_) => self
+                .transfers
+                .read_failed(id, "the file got shorter".into(), now),
+            Err(e) => self.transfers.read_failed(id, e, now),
+        }
+        self.drive();
     }
 
     // ---- receiving files ---------------------------------------------------
 
+    /// `peer` offers a file: shown for the user to answer, unless this page
+    /// had accepted it before (then it resumes from what is stored).
     fn on_file_offer(&mut self, peer: PeerId, offer: FileOffer) {
         let id = offer.transfer;
         let view = TransferView {
@@ -2257,15 +2205,13 @@ impl Driver {
         };
         let resume_name = partial_name(&peer, &offer);
         let size = offer.size;
-        let receiver = FileReceiver::new(offer, self.config.clone(), now_ms());
         self.dispatch(Action::Transfer(view.clone()));
         let key = (peer, id);
         self.incoming.insert(
             key.clone(),
-            Incoming {
-                receiver,
+            IncomingFileView {
                 sink: None,
-                held: None,
+                storing: false,
                 view,
             },
         );
@@ -2279,38 +2225,50 @@ impl Driver {
         });
     }
 
-    /// A file sink that keeps what it stored across a reload.
-    fn sink_for(&self, key: &(PeerId, TransferId), offer: &FileOffer) -> IncomingFile {
+    /// The file sink of `key`, made on accepting: it keeps what it stored
+    /// across a reload.
+    fn open_sink(&mut self, key: &(PeerId, TransferId)) -> bool {
+        let Some(offer) = self
+            .transfers
+            .receiver(&key.0, key.1)
+            .filter(|r| r.state() == ReceiverState::Offered)
+            .map(|r| r.offer().clone())
+        else {
+            return false; // answered already, or gone
+        };
+        let Some(t) = self.incoming.get_mut(key) else {
+            return false;
+        };
+        if t.sink.is_some() {
+            return false;
+        }
         let weak = self.weak.clone();
         let k = key.clone();
-        IncomingFile::resumable(
-            partial_name(&key.0, offer),
+        t.sink = Some(IncomingFile::resumable(
+            partial_name(&key.0, &offer),
             offer.size,
-            offer.mime.clone(),
+            offer.mime,
             move |ev| {
                 let k = k.clone();
                 with(&weak, move |d| d.on_sink(k, ev));
             },
-        )
+        ));
+        true
     }
 
     /// A re-offered transfer this page had accepted: accept it again from
     /// the `offset` bytes already stored (hashed into `hasher`).
     fn resume_incoming(&mut self, key: (PeerId, TransferId), offset: u64, hasher: blake3::Hasher) {
-        let sink = match self.incoming.get(&key) {
-            Some(t) if t.sink.is_none() && t.receiver.state() == ReceiverState::Offered => {
-                self.sink_for(&key, t.receiver.offer())
-            }
-            _ => return, // the user answered first
-        };
+        if !self.open_sink(&key) {
+            return; // the user answered first
+        }
         if let Some(t) = self.incoming.get_mut(&key) {
-            t.sink = Some(sink);
             t.view.resumed_from = Some(offset);
             t.view.stored = offset;
         }
-        self.drive_incoming(&key, move |t| {
-            t.receiver.accept_from(offset, hasher, now_ms())
-        });
+        self.transfers
+            .accept_from(&key.0, key.1, offset, hasher, now_ms());
+        self.drive();
     }
 
     fn accept(&mut self, peer: PeerId, transfer: String) {
@@ -2318,24 +2276,19 @@ impl Driver {
             return;
         };
         let key = (peer, id);
-        let sink = match self.incoming.get(&key) {
-            Some(t) if t.sink.is_none() => Some(self.sink_for(&key, t.receiver.offer())),
-            Some(_) => None,
-            None => return,
-        };
-        if let (Some(t), Some(sink)) = (self.incoming.get_mut(&key), sink) {
-            t.sink = Some(sink);
+        if self.open_sink(&key) {
+            self.transfers.accept(&key.0, id, now_ms());
+            self.drive();
         }
-        self.drive_incoming(&key, |t| t.receiver.accept(now_ms()));
     }
 
     fn decline(&mut self, peer: PeerId, transfer: String) {
         let Some(id) = parse_transfer(&transfer) else {
             return;
         };
-        self.drive_incoming(&(peer, id), |t| {
-            t.receiver.decline("declined by the user".into())
-        });
+        self.transfers
+            .decline(&peer, id, "declined by the user".into(), now_ms());
+        self.drive();
     }
 
     fn cancel(&mut self, peer: PeerId, transfer: String, direction: Direction) {
@@ -2343,132 +2296,48 @@ impl Driver {
             return;
         };
         match direction {
-            Direction::Receive => self.drive_incoming(&(peer, id), |t| t.receiver.cancel()),
-            Direction::Send => {
-                if self.outgoing.get(&id).is_some_and(|t| t.sender.is_none()) {
-                    if let Some(mut t) = self.outgoing.remove(&id) {
-                        t.view.state = TransferState::Cancelled;
-                        t.view.note = None;
-                        self.dispatch(Action::Transfer(t.view));
-                    }
-                } else {
-                    self.drive_outgoing(id, |s, _| s.cancel());
+            Direction::Receive => self.transfers.cancel_incoming(&peer, id, now_ms()),
+            // Still hashing: the transfer machine does not know it yet.
+            Direction::Send if self.outgoing.get(&id).is_some_and(|t| t.hashing) => {
+                if let Some(mut t) = self.outgoing.remove(&id) {
+                    t.view.state = TransferState::Cancelled;
+                    t.view.note = None;
+                    self.dispatch(Action::Transfer(t.view));
                 }
             }
+            Direction::Send => self.transfers.cancel_outgoing(id, now_ms()),
         }
-    }
-
-    /// Applies `input` to an incoming transfer and carries out what the
-    /// receiver asks.
-    fn drive_incoming(&mut self, key: &(PeerId, TransferId), input: impl FnOnce(&mut Incoming)) {
-        let Some(mut t) = self.incoming.remove(key) else {
-            return;
-        };
-        input(&mut t);
-        let mut changed = false;
-        let mut ended = false;
-        while let Some(out) = t.receiver.poll_output() {
-            match out {
-                ReceiverOutput::Send(frame) => match &mut t.held {
-                    Some(held) => held.push(frame),
-                    None => {
-                        if self.has_link(&key.0) {
-                            let _ = self.link_send(&key.0, Channel::File, frame.encode());
-                        }
-                    }
-                },
-                ReceiverOutput::Write { offset, data } => {
-                    if let Some(s) = &t.sink {
-                        s.write(offset, data);
-                    }
-                }
-                ReceiverOutput::Progress(p) => {
-                    apply_progress(&mut t.view, &p);
-                    changed = true;
-                }
-                ReceiverOutput::Finished(Ok(hash)) => {
-                    // Close the file and offer it for saving before the
-                    // FileVerified that follows goes out.
-                    t.view.hash = Some(hex(&hash));
-                    t.view.done = t.view.size;
-                    t.view.note = Some("saving".into());
-                    t.held = Some(Vec::new());
-                    match &t.sink {
-                        Some(s) => s.finish(),
-                        None => t.receiver.write_failed("no storage".into()),
-                    }
-                    changed = true;
-                }
-                ReceiverOutput::Finished(Err(e)) => {
-                    if let Some(s) = &t.sink {
-                        s.abort();
-                    }
-                    let (state, why) = end_state(&e);
-                    t.view.state = state;
-                    t.view.error = Some(why);
-                    t.view.eta_ms = None;
-                    changed = true;
-                    ended = true;
-                }
-            }
-        }
-        if changed {
-            self.dispatch(Action::Transfer(t.view.clone()));
-        }
-        if !ended {
-            self.incoming.insert(key.clone(), t);
-        }
+        self.drive();
     }
 
     fn on_sink(&mut self, key: (PeerId, TransferId), ev: SinkEvent) {
-        let Some(t) = self.incoming.get(&key) else {
+        let Some(t) = self.incoming.get_mut(&key) else {
             return;
         };
-        let verified = t.held.is_some();
+        let (peer, id) = &key;
         match ev {
             SinkEvent::Saved { url } => {
-                let Some(mut t) = self.incoming.remove(&key) else {
-                    return;
-                };
                 t.view.state = TransferState::Done;
                 t.view.url = Some(url);
                 t.view.note = None;
                 t.view.eta_ms = None;
-                if self.has_link(&key.0) {
-                    for frame in t.held.take().unwrap_or_default() {
-                        let _ = self.link_send(&key.0, Channel::File, frame.encode());
-                    }
-                }
-                self.dispatch(Action::Transfer(t.view));
+                let view = t.view.clone();
+                self.dispatch(Action::Transfer(view));
+                self.transfers.stored(peer, *id);
             }
             SinkEvent::Committed(bytes) => {
-                if let Some(t) = self.incoming.get_mut(&key) {
-                    t.view.stored = bytes;
-                    let view = t.view.clone();
-                    self.dispatch(Action::Transfer(view));
-                }
+                t.view.stored = bytes;
+                let view = t.view.clone();
+                self.dispatch(Action::Transfer(view));
             }
-            SinkEvent::Failed(why) if verified => {
-                // Not stored, so the sender must not hear "verified".
-                let Some(mut t) = self.incoming.remove(&key) else {
-                    return;
-                };
-                let cancel = Frame::FileCancel {
-                    transfer: key.1,
-                    reason: CancelReason::StorageFailed(why.chars().take(200).collect()),
-                };
-                if self.has_link(&key.0) {
-                    let _ = self.link_send(&key.0, Channel::File, cancel.encode());
-                }
-                t.view.state = TransferState::Failed;
-                t.view.error = Some(format!("could not store the file: {why}"));
-                t.view.note = None;
-                self.dispatch(Action::Transfer(t.view));
+            // Not stored, so the sender must not hear "verified".
+            SinkEvent::Failed(why) if t.storing => {
+                self.transfers
+                    .store_failed(peer, *id, format!("could not store the file: {why}"))
             }
-            SinkEvent::Failed(why) => {
-                self.drive_incoming(&key, move |t| t.receiver.write_failed(why))
-            }
+            SinkEvent::Failed(why) => self.transfers.write_failed(peer, *id, why, now_ms()),
         }
+        self.drive();
     }
 }
 
@@ -2478,6 +2347,10 @@ fn apply_progress(view: &mut TransferView, p: &Progress) {
     view.eta_ms = p.eta_ms;
     if matches!(view.state, TransferState::Waiting | TransferState::Offered) {
         view.state = TransferState::Active;
+        // Back from waiting for the peer.
+        if view.note.as_deref() == Some("away") {
+            view.note = None;
+        }
     }
 }
 

@@ -210,6 +210,10 @@ pub enum TransferError {
     /// The other side broke the protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The peer is gone (it left, restarted or was refused). A receiver
+    /// keeps what it stored: the same offer made again resumes from there.
+    #[error("the peer {0}")]
+    PeerGone(String),
 }
 
 /// What a [`FileSender`] asks its driver to do.
@@ -331,11 +335,20 @@ impl FileSender {
     /// The path to the receiver changed (ICE restart, the server relay, a
     /// reconnect): whatever was in flight may be lost. An offer not yet
     /// answered goes out again (a repeat is harmless); once sending, the
-    /// receiver's [`FileReceiver::link_reset`] asks to resume.
+    /// receiver's [`FileReceiver::link_reset`] asks to resume; once every
+    /// chunk is out, `FileDone` goes again (its `FileVerified` may have
+    /// been lost, and a receiver that verified repeats it).
     pub fn link_reset(&mut self) {
-        if self.state == SenderState::Offered {
-            self.outputs
-                .push_back(SenderOutput::Send(Frame::FileOffer(self.offer.clone())));
+        match self.state {
+            SenderState::Offered => self
+                .outputs
+                .push_back(SenderOutput::Send(Frame::FileOffer(self.offer.clone()))),
+            SenderState::AwaitingVerification => {
+                self.outputs.push_back(SenderOutput::Send(Frame::FileDone {
+                    transfer: self.offer.transfer,
+                }))
+            }
+            SenderState::Sending | SenderState::Finished => {}
         }
     }
 

@@ -739,7 +739,16 @@ impl Paths {
                 .collect();
             self.out
                 .extend(links.into_iter().map(|link| PathOutput::CloseLink { link }));
-            self.peers.clear();
+            // The old peers count as away: they come back if they show up
+            // again, else they expire (and with them what waited for them).
+            let away_until = Some(now.saturating_add(self.settings.return_window));
+            for p in self.peers.values_mut() {
+                *p = PeerPath {
+                    refused: p.refused,
+                    away_until,
+                    ..PeerPath::new()
+                };
+            }
             self.out.push_back(PathOutput::StartedOver);
         }
         self.me = Some(me);

@@ -595,8 +595,9 @@ fn a_server_blip_while_relayed_brings_the_relay_back_after_the_rejoin() {
     );
 }
 
-#[test]
-fn a_rejoin_under_a_new_id_starts_over() {
+/// `a` and `b` connected; then `b` loses the server and rejoins as `b2`,
+/// with `listed` present.
+fn rejoined_as_b2(listed: &[&str]) -> Room {
     let mut room = room(PathPolicy::Any);
     room.join("a", "b");
     room.connect("a", "b");
@@ -605,14 +606,37 @@ fn a_rejoin_under_a_new_id_starts_over() {
         "b",
         PathInput::Joined {
             me: id("b2"),
-            peers: vec![id("a")],
+            peers: listed.iter().map(|p| id(p)).collect(),
         },
     );
+    room
+}
+
+#[test]
+fn a_rejoin_under_a_new_id_starts_over() {
+    let mut room = rejoined_as_b2(&["a"]);
     let b = room.side("b");
     assert_eq!(b.count(|o| matches!(o, PathOutput::StartedOver)), 1);
     // The old link closed, a new one offered.
     assert_eq!(b.closed_links.len(), 1);
     assert_eq!(b.open_links.len(), 1);
+}
+
+#[test]
+fn after_starting_over_the_old_peers_expire_unless_they_show_up_again() {
+    let mut room = rejoined_as_b2(&[]);
+    assert_eq!(
+        room.side("b")
+            .count(|o| matches!(o, PathOutput::StartedOver)),
+        1
+    );
+    // Transfers parked for `a` must not wait for ever.
+    room.advance_to(24 * 3_600_000);
+    assert_eq!(
+        room.side("b")
+            .count(|o| matches!(o, PathOutput::AwayExpired { peer } if *peer == id("a"))),
+        1
+    );
 }
 
 #[test]
