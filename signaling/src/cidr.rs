@@ -72,6 +72,17 @@ impl Cidr {
     }
 }
 
+/// The key a client address is counted under by per-address limits: the
+/// IPv4 address (also when written v4-mapped), or the /64 of an IPv6
+/// address, since one IPv6 subscriber is routinely given a whole /64 and
+/// can pick any of its 2^64 addresses.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(_) => Cidr::new(ip, 64).network(),
+        v4 => v4,
+    }
+}
+
 fn max_prefix(ip: IpAddr) -> u8 {
     if ip.is_ipv4() { 32 } else { 128 }
 }
@@ -217,6 +228,24 @@ mod tests {
             let cidr: Cidr = range.parse().unwrap();
             assert_eq!(cidr.to_string(), *range, "{range} is not in normal form");
         }
+    }
+
+    #[test]
+    fn ipv6_subscribers_are_their_64_and_ipv4_stays_itself() {
+        assert_eq!(address_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(address_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            address_key(ip("2001:db8:1:2::1")),
+            address_key(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            address_key(ip("2001:db8:1:2::1")),
+            address_key(ip("2001:db8:1:3::1"))
+        );
     }
 
     #[test]

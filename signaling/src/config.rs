@@ -11,14 +11,16 @@ use clap::builder::RangedU64ValueParser;
 use parlor_protocol::IceServer;
 
 use crate::cidr::{Cidr, PeerRule};
+use crate::forwarded::ProxyHeader;
+use crate::origin::WebOrigin;
 use crate::turn::TurnSecret;
 
 /// Where the server listens unless told otherwise: loopback only, so a
 /// development server is not reachable from the network by accident.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
 
-/// Where the built web app lives by default: `cargo xtask dist` writes it to
-/// `dist/` at the workspace root, where the server is normally started.
+/// Where a binary compiled before the web app was built looks for it:
+/// Trunk writes it to `dist/` at the workspace root.
 pub const DEFAULT_WEB_DIR: &str = "dist";
 
 /// Peers per room. Every peer keeps a WebRTC connection to every other one
@@ -128,10 +130,12 @@ pub struct Config {
     #[arg(long, env = "PARLOR_LISTEN", default_value_t = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
-    /// Directory of the built web app. When it has no `index.html`, `/` shows
-    /// how to build it.
-    #[arg(long, env = "PARLOR_WEB_DIR", default_value = DEFAULT_WEB_DIR)]
-    pub web_dir: PathBuf,
+    /// Serve the web app from this directory instead of the copy compiled
+    /// into the binary (which is used when this is not given; a binary built
+    /// before the app falls back to `dist/`). When it has no `index.html`,
+    /// `/` shows how to build it.
+    #[arg(long, env = "PARLOR_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
 
     /// Peers allowed in one room.
     #[arg(long, env = "PARLOR_MAX_PEERS_PER_ROOM", default_value_t = DEFAULT_MAX_PEERS_PER_ROOM,
@@ -171,6 +175,33 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
+
+    /// The URL browsers use to reach the server (e.g.
+    /// `https://chat.example.com`; any path is ignored): the WebSocket's
+    /// `Origin` check compares scheme, host and port with it rather than
+    /// with the request's `Host` header. Set it behind a reverse proxy.
+    #[arg(long, value_name = "URL", env = "PARLOR_PUBLIC_URL")]
+    pub public_url: Option<WebOrigin>,
+
+    /// A reverse proxy's address range (e.g. `127.0.0.1/32`, `10.0.0.0/8`)
+    /// whose `Forwarded` / `X-Forwarded-For` (client address) and
+    /// `X-Forwarded-Proto` headers are believed (repeatable; in the
+    /// environment, comma-separated). From any other peer those headers are
+    /// ignored.
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "CIDR",
+        env = "PARLOR_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<Cidr>,
+
+    /// Which header trusted proxies write the client address to: `auto`
+    /// (either; if both are present they must agree), `forwarded` or
+    /// `x-forwarded-for` (the other header is then ignored).
+    #[arg(long, value_name = "HEADER", env = "PARLOR_PROXY_HEADER",
+          value_enum, default_value_t = ProxyHeader::Auto)]
+    pub proxy_header: ProxyHeader,
 
     /// Signaling messages per second a connection may send (sustained).
     #[arg(long, env = "PARLOR_RATE_PER_SEC", default_value_t = DEFAULT_RATE_PER_SEC,
@@ -222,6 +253,37 @@ pub struct Config {
     /// advertises it).
     #[arg(long, value_name = "PORT", env = "PARLOR_TURN_PORT")]
     pub turn_port: Option<u16>,
+
+    /// Also serve TURN over TLS (`turns:`) on this TCP port (443 where the
+    /// host allows: networks that pass only TLS then still get a relay);
+    /// `0` picks a free one. Needs `--turn-tls-host` and a certificate
+    /// (`--turn-tls-cert`/`--turn-tls-key`, else `--tls-cert`/`--tls-key`).
+    #[arg(long, value_name = "PORT", env = "PARLOR_TURN_TLS_PORT")]
+    pub turn_tls_port: Option<u16>,
+
+    /// The host name advertised in the `turns:` URL; the certificate must
+    /// be for it (browsers check).
+    #[arg(long, value_name = "NAME", env = "PARLOR_TURN_TLS_HOST")]
+    pub turn_tls_host: Option<String>,
+
+    /// PEM certificate chain for TURN/TLS [default: `--tls-cert`]; read
+    /// again on SIGHUP.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "PARLOR_TURN_TLS_CERT",
+        requires = "turn_tls_key"
+    )]
+    pub turn_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--turn-tls-cert`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "PARLOR_TURN_TLS_KEY",
+        requires = "turn_tls_cert"
+    )]
+    pub turn_tls_key: Option<PathBuf>,
 
     /// Address the TURN relay listens and relays on [default: the IP of
     /// `--listen`].
@@ -371,13 +433,16 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN,
-            web_dir: PathBuf::from(DEFAULT_WEB_DIR),
+            web_dir: None,
             max_peers_per_room: DEFAULT_MAX_PEERS_PER_ROOM,
             max_rooms: DEFAULT_MAX_ROOMS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             ip_connect_rate: DEFAULT_IP_CONNECT_RATE,
             allowed_origins: Vec::new(),
+            public_url: None,
+            trusted_proxies: Vec::new(),
+            proxy_header: ProxyHeader::Auto,
             rate_per_sec: DEFAULT_RATE_PER_SEC,
             rate_burst: DEFAULT_RATE_BURST,
             max_strikes: DEFAULT_MAX_STRIKES,
@@ -387,6 +452,10 @@ impl Default for Config {
             ice_servers: Vec::new(),
             no_turn: false,
             turn_port: None,
+            turn_tls_port: None,
+            turn_tls_host: None,
+            turn_tls_cert: None,
+            turn_tls_key: None,
             turn_listen_ip: None,
             public_ip: None,
             turn_secret: None,
@@ -507,6 +576,14 @@ impl Config {
         Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
     }
 
+    /// Where the web app is served from: `--web-dir`, else the binary.
+    pub fn web_source(&self) -> crate::web::WebSource {
+        crate::web::WebSource::choose(
+            self.web_dir.as_deref(),
+            std::path::Path::new(DEFAULT_WEB_DIR),
+        )
+    }
+
     /// `https` with `--tls-cert`, `http` without: the scheme clients use.
     pub fn scheme(&self) -> &'static str {
         if self.tls_files().is_some() {
@@ -596,6 +673,35 @@ mod tests {
             config.ice_server_list()[1].urls,
             vec!["turn:turn.example:3478".to_owned()]
         );
+    }
+
+    #[test]
+    fn proxy_flags_are_parsed() {
+        let config = Config::parse_from([
+            "parlor-server",
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--public-url",
+            "https://chat.example.com/",
+            "--proxy-header",
+            "x-forwarded-for",
+        ]);
+        assert_eq!(
+            config.trusted_proxies,
+            [
+                "127.0.0.1/32".parse().unwrap(),
+                "10.0.0.0/8".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            config.public_url.unwrap().to_string(),
+            "https://chat.example.com"
+        );
+        assert_eq!(config.proxy_header, ProxyHeader::XForwardedFor);
+        assert!(Config::try_parse_from(["parlor-server", "--public-url", "chat.example"]).is_err());
+        assert!(Config::try_parse_from(["parlor-server", "--trusted-proxy", "nope"]).is_err());
     }
 
     #[test]

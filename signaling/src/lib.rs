@@ -23,6 +23,10 @@
 //!   limit, bandwidth caps, and error codes as TURN clients expect.
 //! - [`cidr`]: address ranges and the relay's peer rule (coturn's deny list,
 //!   `--turn-allow`, `--turn-deny`).
+//! - [`forwarded`]: the client address behind `--trusted-proxy` reverse
+//!   proxies (`Forwarded`, `X-Forwarded-For`, `X-Forwarded-Proto`).
+//! - [`origin`]: web origins and the `Origin` check (`--public-url`,
+//!   `--allowed-origin`).
 //! - [`metrics`]: Prometheus metrics, one registry per instance.
 //! - [`web`]: the static web app, or a "not built yet" page.
 //! - [`codes`]: short-code nameplates (`POST /api/code`, single-use
@@ -36,6 +40,9 @@
 //!   sees chat messages, files or the room key (the `#KEY` of invite links).
 //! - No globals: every server instance owns its state, so tests run several
 //!   servers in one process.
+//! - Forwarding headers (`Forwarded`, `X-Forwarded-*`) are believed only
+//!   from `--trusted-proxy` peers; every per-address limit uses the address
+//!   [`forwarded::resolve`] gives, never a header from anyone else.
 //! - No client can make the server buffer without bound: messages are size
 //!   checked, rate limited, and queued for each peer in a bounded outbox whose
 //!   overflow disconnects that peer.
@@ -59,14 +66,18 @@ use crate::metrics::TurnMetrics;
 pub mod cidr;
 pub mod codes;
 pub mod config;
+pub mod forwarded;
 pub mod limit;
 pub mod metrics;
+pub mod origin;
+pub mod outbox;
 pub mod rooms;
 pub mod routes;
 pub mod session;
 pub mod state;
 pub mod tls;
 pub mod turn;
+pub mod upgrade;
 pub mod web;
 
 pub use config::{Config, ConfigError};
@@ -122,6 +133,25 @@ pub fn set_nodelay(listener: &TcpListener, nodelay: bool) -> anyhow::Result<()> 
         .context("setting TCP_NODELAY on the listener")
 }
 
+/// Says at start which origin browser pages must have and which proxies
+/// are trusted, since behind a TLS proxy without `--public-url` (or a
+/// trusted proxy's `X-Forwarded-Proto`) https pages are refused.
+fn log_origin_setup(config: &Config) {
+    let proxies: Vec<String> = config
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    match &config.public_url {
+        Some(url) => tracing::info!(public_url = %url, trusted_proxies = ?proxies, "page origin"),
+        None if config.tls_files().is_none() && proxies.is_empty() => tracing::info!(
+            "no --public-url: pages must come from http://HOST as the request's Host header \
+             says; behind a TLS proxy set --public-url (and --trusted-proxy)"
+        ),
+        None => tracing::info!(trusted_proxies = ?proxies, "page origin from the Host header"),
+    }
+}
+
 /// Like [`run`], with a prepared [`App`] (e.g. one with another
 /// [`RoomBackend`], see [`App::with_backend`]).
 pub async fn serve(
@@ -154,9 +184,10 @@ pub async fn serve(
     tracing::info!(
         %addr,
         scheme = app.config().scheme(),
-        web_dir = %app.config().web_dir.display(),
+        web_app = %app.config().web_source().describe(),
         "serving"
     );
+    log_origin_setup(app.config());
 
     tokio::select! {
         () = shutdown => {}

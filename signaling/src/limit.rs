@@ -109,7 +109,7 @@ struct IpEntry {
 }
 
 /// Per-IP limits on WebSockets: how many may be open at once and how fast
-/// new ones may be opened (a token bucket per address). Entries of
+/// new ones may be opened (a token bucket per address; per /64 for IPv6). Entries of
 /// addresses with nothing open are swept once their bucket would be full
 /// again, so memory stays bounded by the addresses seen recently.
 #[derive(Debug)]
@@ -155,8 +155,10 @@ impl IpLimits {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Admits a new WebSocket from `ip`, or says why not.
+    /// Admits a new WebSocket from `ip`, or says why not. IPv6 addresses
+    /// count per /64 ([`crate::cidr::address_key`]).
     pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<IpGuard, IpRefusal> {
+        let ip = crate::cidr::address_key(ip);
         let mut entries = self.lock();
         if entries.len() >= IP_SWEEP_THRESHOLD && !entries.contains_key(&ip) {
             let refill = Duration::from_secs_f64(
@@ -332,6 +334,22 @@ mod tests {
         drop(_d);
         assert!(matches!(limits.admit(ip, t0), Err(IpRefusal::TooFast(_))));
         assert!(limits.admit(ip, t0 + Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn one_ipv6_64_shares_one_limit() {
+        let t0 = Instant::now();
+        let limits = IpLimits::new(2, 10, 10);
+        let addr = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _a = limits.admit(addr("2001:db8:5:6::1"), t0).unwrap();
+        let _b = limits.admit(addr("2001:db8:5:6::2"), t0).unwrap();
+        assert_eq!(
+            limits.admit(addr("2001:db8:5:6:ffff::3"), t0).unwrap_err(),
+            IpRefusal::TooManyOpen(2),
+            "another address of the same /64"
+        );
+        assert!(limits.admit(addr("2001:db8:5:7::1"), t0).is_ok());
+        assert_eq!(limits.tracked(), 2);
     }
 
     #[test]

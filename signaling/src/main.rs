@@ -12,9 +12,16 @@ use parlor_signaling::Config;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc instead of glibc's malloc: with its background thread it gives
+/// freed memory back to the system, where glibc kept all of a crowd of idle
+/// peers' memory after they left (BENCHMARKS.md, idle signaling peers).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    let background_purge = tikv_jemalloc_ctl::background_thread::write(true);
     let filter = EnvFilter::try_new(&config.log)
         .with_context(|| format!("invalid --log filter {:?}", config.log))?;
     tracing_subscriber::fmt()
@@ -22,6 +29,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Err(err) = background_purge {
+        tracing::warn!(%err, "jemalloc's background thread did not start: freed memory returns to the system later");
+    }
     // One crypto backend for rustls, whatever else the build enabled.
     let _ = rustls::crypto::ring::default_provider().install_default();
     config.validate().context("invalid configuration")?;

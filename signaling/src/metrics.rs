@@ -50,6 +50,8 @@ pub enum TurnRefusal {
     QuotaServer,
     /// A TURN-over-TCP connection refused: too many open.
     TcpConnections,
+    /// A TURN-over-TCP connection refused: too many open from its address.
+    TcpConnectionsAddress,
 }
 
 impl TurnRefusal {
@@ -65,6 +67,7 @@ impl TurnRefusal {
             Self::QuotaAddress => "quota_address",
             Self::QuotaServer => "quota_server",
             Self::TcpConnections => "tcp_connections",
+            Self::TcpConnectionsAddress => "tcp_connections_address",
         }
     }
 }

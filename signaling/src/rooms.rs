@@ -16,145 +16,20 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use parlor_protocol::{ErrorCode, IceServer, PeerId, PeerInfo, RoomId, ServerMessage};
-use tokio::sync::{Notify, mpsc};
 
-/// Messages a peer's outbox may hold before the peer counts as too slow and
-/// is disconnected. A newcomer to a full room receives a burst of about 15
-/// offers or answers plus ~150 candidates, but the writer drains the queue as
-/// fast as the socket takes it, so 64 queued messages only build up when the
-/// client stops reading; bounded, one peer costs at most 64 × 64 KiB.
-pub const OUTBOX_CAPACITY: usize = 64;
+pub use crate::outbox::{
+    DeliveryError, OUTBOX_CAPACITY, Outbound, OutboxReceiver, PeerOutbox, RELAY_QUEUE_CAPACITY,
+    RELAY_SEND_TIMEOUT, RelayDeliveryError,
+};
 
 /// WebSocket close code for a connection replaced by a newer one of the
 /// same peer (a private-use code, RFC 6455 §7.4.2).
 pub const REPLACED_CLOSE_CODE: u16 = 4000;
-
-/// Relay packets (each at most ~64 KiB) a peer's relay queue holds. Unlike
-/// signaling messages, relay packets are never dropped for a full queue:
-/// the sending session waits (up to [`RELAY_SEND_TIMEOUT`]), which stops it
-/// reading its own socket, so TCP pushes back on the sending peer. 32
-/// packets bound one peer's queued relay data to about 2 MiB.
-pub const RELAY_QUEUE_CAPACITY: usize = 32;
-
-/// How long a relay packet may wait for room in the addressee's queue before
-/// it is dropped (the peers' own acks and resume logic recover it).
-pub const RELAY_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// What a connection's writer task sends on its WebSocket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outbound {
-    /// A signaling message (JSON text frame).
-    Message(ServerMessage),
-    /// A WebSocket ping (heartbeat).
-    Ping,
-    /// A close frame; the writer stops after sending it.
-    Close {
-        /// The WebSocket close code.
-        code: u16,
-        /// Why, for the client (at most 123 bytes on the wire).
-        reason: String,
-    },
-}
-
-/// Why a message could not be put in an outbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum DeliveryError {
-    /// The queue is full: the peer does not read fast enough and has been told
-    /// to disconnect.
-    #[error("peer is too slow: its outbox is full")]
-    TooSlow,
-    /// The peer's connection is ending.
-    #[error("peer is gone")]
-    Gone,
-}
-
-/// The receiving halves of one peer's queues, drained by its writer task.
-#[derive(Debug)]
-pub struct OutboxReceivers {
-    /// Signaling messages, pings and the close frame.
-    pub control: mpsc::Receiver<Outbound>,
-    /// Relay packets (binary envelopes, already addressed from their sender).
-    pub relay: mpsc::Receiver<Bytes>,
-}
-
-/// The sending side of one peer's bounded outbox.
-#[derive(Clone)]
-pub struct PeerOutbox {
-    tx: mpsc::Sender<Outbound>,
-    relay: mpsc::Sender<Bytes>,
-    /// Signalled when a delivery finds the queue full; the session selects on
-    /// it and disconnects.
-    evict: Arc<Notify>,
-}
-
-impl fmt::Debug for PeerOutbox {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PeerOutbox")
-            .field("queued", &(self.tx.max_capacity() - self.tx.capacity()))
-            .finish()
-    }
-}
-
-impl PeerOutbox {
-    /// A new outbox holding at most `capacity` messages, and the receiver its
-    /// writer drains.
-    pub fn channel(capacity: usize) -> (Self, OutboxReceivers) {
-        let (tx, control) = mpsc::channel(capacity.max(1));
-        let (relay_tx, relay) = mpsc::channel(RELAY_QUEUE_CAPACITY);
-        (
-            Self {
-                tx,
-                relay: relay_tx,
-                evict: Arc::new(Notify::new()),
-            },
-            OutboxReceivers { control, relay },
-        )
-    }
-
-    /// Queues a relay packet, waiting up to [`RELAY_SEND_TIMEOUT`] for room:
-    /// the wait is the relay's backpressure.
-    pub async fn relay(&self, packet: Bytes) -> Result<(), RelayDeliveryError> {
-        match self.relay.send_timeout(packet, RELAY_SEND_TIMEOUT).await {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(RelayDeliveryError::Congested),
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(RelayDeliveryError::Gone),
-        }
-    }
-
-    /// Queues a signaling message without waiting. A full queue marks the peer
-    /// for eviction (its session closes the connection) and drops the message.
-    pub fn deliver(&self, msg: ServerMessage) -> Result<(), DeliveryError> {
-        self.push(Outbound::Message(msg))
-    }
-
-    /// Like [`Self::deliver`], for any [`Outbound`] item.
-    pub fn push(&self, item: Outbound) -> Result<(), DeliveryError> {
-        match self.tx.try_send(item) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.evict.notify_one();
-                Err(DeliveryError::TooSlow)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(DeliveryError::Gone),
-        }
-    }
-
-    /// Queues an item, waiting for room in the queue (used for the final
-    /// close frame, where waiting is bounded by the caller).
-    pub async fn push_wait(&self, item: Outbound) -> Result<(), DeliveryError> {
-        self.tx.send(item).await.map_err(|_| DeliveryError::Gone)
-    }
-
-    /// Resolves once a delivery has found this outbox full.
-    pub async fn evicted(&self) {
-        self.evict.notified().await;
-    }
-}
 
 /// A peer about to join a room, with what its `welcome` needs.
 #[derive(Debug, Clone)]
@@ -210,21 +85,6 @@ pub enum RouteError {
     /// The addressee is not in the sender's room.
     #[error("peer {0} is not in this room")]
     UnknownPeer(PeerId),
-}
-
-/// Why a relay packet was not delivered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RelayDeliveryError {
-    /// The addressee is not in the sender's room.
-    #[error("peer {0} is not in this room")]
-    UnknownPeer(PeerId),
-    /// The addressee did not read its relay queue for
-    /// [`RELAY_SEND_TIMEOUT`]; the packet was dropped.
-    #[error("peer is not reading relayed data; packet dropped")]
-    Congested,
-    /// The addressee's connection is ending.
-    #[error("peer is leaving; packet dropped")]
-    Gone,
 }
 
 /// How many rooms and peers a backend holds (for metrics).
@@ -520,7 +380,7 @@ mod tests {
         RoomId::parse(&format!("{name:_<16}")).unwrap()
     }
 
-    fn newcomer(ids: &PeerIds) -> (Newcomer, OutboxReceivers) {
+    fn newcomer(ids: &PeerIds) -> (Newcomer, OutboxReceiver) {
         let (outbox, rx) = PeerOutbox::channel(4);
         let info = PeerInfo {
             id: ids.next_id(),
@@ -539,9 +399,9 @@ mod tests {
         )
     }
 
-    fn next_message(rx: &mut OutboxReceivers) -> ServerMessage {
-        match rx.control.try_recv().unwrap() {
-            Outbound::Message(msg) => msg,
+    fn next_message(rx: &mut OutboxReceiver) -> ServerMessage {
+        match rx.try_next().unwrap() {
+            crate::outbox::Next::Control(Outbound::Message(msg)) => *msg,
             other => panic!("expected a message, got {other:?}"),
         }
     }
@@ -663,7 +523,14 @@ mod tests {
             rooms.relay_to(&r, &b_id, Bytes::from_static(b"late")).await,
             Err(RelayDeliveryError::Congested)
         );
-        assert_eq!(b_rx.relay.recv().await.unwrap()[0], 0);
+        // (After b's welcome and presence, which go first.)
+        let first = loop {
+            match b_rx.next().await.unwrap() {
+                crate::outbox::Next::Relay(packet) => break packet,
+                crate::outbox::Next::Control(_) => {}
+            }
+        };
+        assert_eq!(first[0], 0);
         rooms
             .relay_to(&r, &b_id, Bytes::from_static(b"fits"))
             .await

@@ -8,34 +8,46 @@
 //! | `GET /metrics` | Prometheus text ([`crate::metrics`]) |
 //! | `POST /api/code` | `{"nameplate": N, "room": ROOM}` ([`crate::codes`]) |
 //! | `POST /api/code/{N}/open` | `{"room": ROOM}` once, then `404` |
+//! | `GET /api/origin-check[?origin=O]` | `{"allowed": bool, "origin": O, "expected": "https://..."}` |
 //! | `GET /`, `GET /r/{room}`, app files | the web app ([`crate::web`]) |
 //! | anything else | `404` |
 //!
 //! Every `GET` route but `/ws` answers `HEAD` too.
+//!
+//! The client address of every per-address limit and the scheme of the
+//! `Origin` check come from [`client`], which reads forwarding headers only
+//! from `--trusted-proxy` peers ([`crate::forwarded`]).
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use warp::http::StatusCode;
-use warp::ws::Ws;
+use warp::http::header::{HOST, ORIGIN};
+use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
+use crate::config::Config;
+use crate::forwarded;
 use crate::limit::IpRefusal;
+use crate::origin::{Scheme, WebOrigin, origin_allowed};
 use crate::session::{self, TRANSPORT_MAX_MESSAGE_BYTES};
 use crate::state::App;
-use crate::{metrics, web};
+use crate::{metrics, upgrade, web};
 
 /// Every route of the server, with rejections recovered.
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let ws = warp::path("ws")
         .and(warp::path::end())
-        .and(warp::ws())
-        .and(remote())
-        .and(warp::header::optional::<String>("origin"))
-        .and(warp::header::optional::<String>("host"))
+        .and(upgrade::upgrade())
+        .and(client(Arc::clone(&app)))
         .and(with_app(Arc::clone(&app)))
         .and_then(websocket);
+    let origin_check = warp::path!("api" / "origin-check")
+        .and(web::get_or_head())
+        .and(warp::query::<OriginQuery>())
+        .and(client(Arc::clone(&app)))
+        .and(with_app(Arc::clone(&app)))
+        .map(origin_check);
     let healthz = warp::path("healthz")
         .and(warp::path::end())
         .and(web::get_or_head())
@@ -55,11 +67,12 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .and(client_checks(Arc::clone(&app)))
         .and(with_app(Arc::clone(&app)))
         .map(open_code);
-    let web = web::routes(app.config().web_dir.clone());
+    let web = web::app_routes(app.config().web_source());
     ws.or(healthz)
         .or(metrics)
         .or(create_code)
         .or(open_code)
+        .or(origin_check)
         .or(web)
         .recover(recover)
         .with(warp::reply::with::headers(web::security_headers()))
@@ -85,9 +98,19 @@ impl warp::reject::Reject for Unavailable {}
 /// Why a WebSocket upgrade was refused for this client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
-    /// A browser page from another site tried to connect.
-    #[error("origin {0} may not use this server (see --allowed-origin)")]
-    Origin(String),
+    /// A browser page from another site (or another scheme or port of this
+    /// one) tried to connect.
+    #[error(
+        "origin {origin} may not use this server, whose own origin is {} \
+         (see --public-url, and --allowed-origin for other sites)",
+        expected.as_deref().unwrap_or("unknown (no Host header)")
+    )]
+    Origin {
+        /// The page's `Origin`.
+        origin: String,
+        /// The server's own origin for this request, when known.
+        expected: Option<String>,
+    },
     /// The client's address is over its limits.
     #[error(transparent)]
     Address(#[from] IpRefusal),
@@ -95,57 +118,97 @@ pub enum Refused {
 
 impl warp::reject::Reject for Refused {}
 
-/// Whether a WebSocket with this `Origin` may connect: no `Origin` (not a
-/// browser), the server's own origin (same host and port as `Host`; only
-/// `https://` when the server terminates TLS itself, `tls`), or one of
-/// `--allowed-origin`.
-pub fn origin_allowed(
-    origin: Option<&str>,
-    host: Option<&str>,
-    allowed: &[String],
-    tls: bool,
-) -> bool {
-    let Some(origin) = origin else {
-        return true;
-    };
-    let origin = origin.trim_end_matches('/');
-    if allowed
-        .iter()
-        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
-    {
-        return true;
+/// Who sent a request, as the limits and the `Origin` check see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// The client's address: forwarded by a trusted proxy, else the
+    /// socket's (0.0.0.0 when unknown, as in in-process tests).
+    pub ip: IpAddr,
+    /// The socket address the request came from.
+    pub peer: Option<SocketAddr>,
+    /// The page's `Origin` header.
+    pub origin: Option<String>,
+    /// The server's own origin for this request: `--public-url`, else the
+    /// `Host` header with `https` over TLS or when a trusted proxy says so
+    /// (`None` without a usable `Host`).
+    pub expected: Option<WebOrigin>,
+}
+
+impl Client {
+    /// Reads a request's client from its socket address and headers.
+    pub fn of(remote: Option<SocketAddr>, headers: &HeaderMap, config: &Config) -> Self {
+        let peer_ip = remote.map_or(IpAddr::from([0, 0, 0, 0]), |r| r.ip());
+        let resolved = forwarded::resolve(
+            peer_ip,
+            &config.trusted_proxies,
+            config.proxy_header,
+            headers,
+        );
+        let expected = config.public_url.clone().or_else(|| {
+            let https = config.tls_files().is_some() || resolved.proto.as_deref() == Some("https");
+            let scheme = if https { Scheme::Https } else { Scheme::Http };
+            let host = headers.get(HOST)?.to_str().ok()?;
+            WebOrigin::from_host(scheme, host).ok()
+        });
+        let origin = headers
+            .get(ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .map(str::to_owned);
+        Self {
+            ip: resolved.ip,
+            peer: remote,
+            origin,
+            expected,
+        }
     }
-    let plain = (!tls).then(|| origin.strip_prefix("http://")).flatten();
-    let authority = plain.or_else(|| origin.strip_prefix("https://"));
-    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+
+    /// Whether the `Origin` may use the server (see [`origin_allowed`]),
+    /// or the refusal to answer with.
+    pub fn check_origin(&self, allowed: &[String]) -> Result<(), Refused> {
+        if origin_allowed(self.origin.as_deref(), self.expected.as_ref(), allowed) {
+            return Ok(());
+        }
+        Err(Refused::Origin {
+            origin: self.origin.clone().unwrap_or_default(),
+            expected: self.expected.as_ref().map(ToString::to_string),
+        })
+    }
+}
+
+/// The [`Client`] of a request.
+pub fn client(app: Arc<App>) -> impl Filter<Extract = (Client,), Error = Infallible> + Clone {
+    remote()
+        .and(warp::header::headers_cloned())
+        .and(with_app(app))
+        .map(
+            |remote: Option<SocketAddr>, headers: HeaderMap, app: Arc<App>| {
+                Client::of(remote, &headers, app.config())
+            },
+        )
 }
 
 /// `GET /ws`: counts the connection (or refuses it with 503) and upgrades.
 async fn websocket(
-    ws: Ws,
-    remote: Option<SocketAddr>,
-    origin: Option<String>,
-    host: Option<String>,
+    ws: upgrade::Upgrade,
+    client: Client,
     app: Arc<App>,
 ) -> Result<impl Reply, Rejection> {
     if app.is_shutting_down() {
         return Err(warp::reject::custom(Unavailable::ShuttingDown));
     }
-    if !origin_allowed(
-        origin.as_deref(),
-        host.as_deref(),
-        &app.config().allowed_origins,
-        app.config().tls_files().is_some(),
-    ) {
-        let origin = origin.unwrap_or_default();
-        tracing::info!(%origin, "WebSocket from a foreign origin refused");
-        return Err(warp::reject::custom(Refused::Origin(origin)));
+    if let Err(refused) = client.check_origin(&app.config().allowed_origins) {
+        tracing::info!(
+            origin = client.origin.as_deref().unwrap_or_default(),
+            expected = ?client.expected.as_ref().map(ToString::to_string),
+            "WebSocket from a foreign origin refused"
+        );
+        return Err(warp::reject::custom(refused));
     }
-    let ip = remote.map_or(IpAddr::from([0, 0, 0, 0]), |r| r.ip());
+    let ip = client.ip;
     let ip_guard = match app.ip_limits().admit(ip, std::time::Instant::now()) {
         Ok(guard) => guard,
         Err(refusal) => {
-            tracing::info!(%ip, %refusal, "WebSocket refused");
+            tracing::info!(%ip, peer = ?client.peer, %refusal, "WebSocket refused");
             return Err(warp::reject::custom(Refused::from(refusal)));
         }
     };
@@ -156,17 +219,20 @@ async fn websocket(
         );
         return Err(warp::reject::custom(Unavailable::TooManyConnections));
     };
-    Ok(ws
-        .max_message_size(TRANSPORT_MAX_MESSAGE_BYTES)
-        .max_frame_size(TRANSPORT_MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| async move {
-            session::serve(socket, app, conn).await;
+    tracing::debug!(%ip, peer = ?client.peer, "WebSocket accepted");
+    let config = upgrade::socket_config(TRANSPORT_MAX_MESSAGE_BYTES);
+    Ok(ws.on_upgrade(config, move |socket| {
+        let session = session::serve(socket, app, conn);
+        async move {
+            session.await;
             drop(ip_guard);
-        }))
+        }
+    }))
 }
 
-/// The client's address: warp's own for plain HTTP, the
-/// [`ClientAddr`](crate::tls::ClientAddr) extension over TLS.
+/// The socket address of a request: warp's own for plain HTTP, the
+/// [`ClientAddr`](crate::tls::ClientAddr) extension over TLS. (Limits use
+/// [`client`], which sees through trusted proxies.)
 pub fn remote() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallible> + Clone {
     warp::addr::remote()
         .and(warp::ext::optional::<crate::tls::ClientAddr>())
@@ -181,37 +247,47 @@ pub fn remote() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallib
 /// refused (403), and the address's connection rate applies (429; one
 /// request takes one token of the same bucket as a WebSocket).
 fn client_checks(app: Arc<App>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    remote()
-        .and(warp::header::optional::<String>("origin"))
-        .and(warp::header::optional::<String>("host"))
+    client(Arc::clone(&app))
         .and(with_app(app))
-        .and_then(
-            |remote: Option<SocketAddr>,
-             origin: Option<String>,
-             host: Option<String>,
-             app: Arc<App>| async move {
-                if !origin_allowed(
-                    origin.as_deref(),
-                    host.as_deref(),
-                    &app.config().allowed_origins,
-                    app.config().tls_files().is_some(),
-                ) {
-                    return Err(warp::reject::custom(Refused::Origin(
-                        origin.unwrap_or_default(),
-                    )));
+        .and_then(|client: Client, app: Arc<App>| async move {
+            client
+                .check_origin(&app.config().allowed_origins)
+                .map_err(warp::reject::custom)?;
+            match app.ip_limits().admit(client.ip, std::time::Instant::now()) {
+                // Counts towards the rate only, not the open connections.
+                Ok(guard) => {
+                    drop(guard);
+                    Ok(())
                 }
-                let ip = remote.map_or(IpAddr::from([0, 0, 0, 0]), |r| r.ip());
-                match app.ip_limits().admit(ip, std::time::Instant::now()) {
-                    // Counts towards the rate only, not the open connections.
-                    Ok(guard) => {
-                        drop(guard);
-                        Ok(())
-                    }
-                    Err(refusal) => Err(warp::reject::custom(Refused::from(refusal))),
-                }
-            },
-        )
+                Err(refusal) => Err(warp::reject::custom(Refused::from(refusal))),
+            }
+        })
         .untuple_one()
+}
+
+/// The query of `GET /api/origin-check`.
+#[derive(Debug, serde::Deserialize)]
+struct OriginQuery {
+    /// The origin to check (a page passes `location.origin`: browsers send
+    /// no `Origin` header with a same-origin `GET`); default: the `Origin`
+    /// header.
+    origin: Option<String>,
+}
+
+/// `GET /api/origin-check`: whether a page of this origin may open the
+/// WebSocket, and the origin the server expects, so the page can say what
+/// is wrong instead of failing to connect.
+fn origin_check(query: OriginQuery, mut client: Client, app: Arc<App>) -> warp::reply::Response {
+    if query.origin.is_some() {
+        client.origin = query.origin;
+    }
+    let allowed = client.check_origin(&app.config().allowed_origins).is_ok();
+    warp::reply::json(&serde_json::json!({
+        "allowed": allowed,
+        "origin": client.origin,
+        "expected": client.expected.as_ref().map(ToString::to_string),
+    }))
+    .into_response()
 }
 
 fn json_error(status: StatusCode, message: &str) -> warp::reply::Response {
@@ -263,10 +339,12 @@ pub async fn recover(rejection: Rejection) -> Result<impl Reply, Infallible> {
         (StatusCode::SERVICE_UNAVAILABLE, unavailable.to_string())
     } else if let Some(refused) = rejection.find::<Refused>() {
         let status = match refused {
-            Refused::Origin(_) => StatusCode::FORBIDDEN,
+            Refused::Origin { .. } => StatusCode::FORBIDDEN,
             Refused::Address(_) => StatusCode::TOO_MANY_REQUESTS,
         };
         (status, refused.to_string())
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        (StatusCode::BAD_REQUEST, "invalid query string".to_owned())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -297,13 +375,12 @@ pub async fn recover(rejection: Rejection) -> Result<impl Reply, Infallible> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::config::Config;
 
     fn app(max_connections: usize) -> Arc<App> {
         let web_dir = std::env::temp_dir().join("parlor-signaling-no-such-dir");
         App::new(Config {
             max_connections,
-            web_dir,
+            web_dir: Some(web_dir),
             ..Config::default()
         })
         .unwrap()
@@ -400,15 +477,103 @@ mod tests {
         assert_eq!(app.open_connections(), 1);
     }
 
+    fn client_of(config: &Config, peer: &str, pairs: &[(&str, &str)]) -> Client {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                warp::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        Client::of(Some(peer.parse().unwrap()), &headers, config)
+    }
+
     #[test]
-    fn a_tls_server_refuses_its_own_host_under_http() {
-        let host = Some("chat.example.test:8443");
-        let https = Some("https://chat.example.test:8443");
-        let http = Some("http://chat.example.test:8443");
-        assert!(origin_allowed(https, host, &[], true));
-        assert!(!origin_allowed(http, host, &[], true));
-        // Behind a TLS proxy the server speaks HTTP and pages are https.
-        assert!(origin_allowed(https, host, &[], false));
-        assert!(origin_allowed(http, host, &[], false));
+    fn the_expected_origin_follows_tls_trusted_proto_or_the_public_url() {
+        let host = ("host", "chat.example.test:8443");
+        let https = ("origin", "https://chat.example.test:8443");
+        let http = ("origin", "http://chat.example.test:8443");
+        let tls = Config {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            ..Config::default()
+        };
+        let ok = |c: &Config, peer, pairs: &[(&str, &str)]| {
+            client_of(c, peer, pairs).check_origin(&[]).is_ok()
+        };
+        assert!(ok(&tls, "192.0.2.1:1", &[host, https]));
+        assert!(!ok(&tls, "192.0.2.1:1", &[host, http]));
+        // Plain HTTP: the request shows http, so an https page is not ours
+        // unless a trusted proxy says the client used https.
+        let plain = Config::default();
+        assert!(ok(&plain, "192.0.2.1:1", &[host, http]));
+        assert!(!ok(&plain, "192.0.2.1:1", &[host, https]));
+        let proto = ("x-forwarded-proto", "https");
+        assert!(
+            !ok(&plain, "127.0.0.1:1", &[host, https, proto]),
+            "untrusted"
+        );
+        let proxied = Config {
+            trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+            ..Config::default()
+        };
+        assert!(ok(&proxied, "127.0.0.1:1", &[host, https, proto]));
+        assert!(!ok(&proxied, "127.0.0.1:1", &[host, http, proto]));
+        let fwd = ("forwarded", "for=192.0.2.1;proto=https");
+        assert!(ok(&proxied, "127.0.0.1:1", &[host, https, fwd]));
+        // --public-url: the Host header (here with its port dropped by the
+        // proxy) no longer matters.
+        let public = Config {
+            public_url: Some("https://chat.example.test:8443".parse().unwrap()),
+            ..Config::default()
+        };
+        let dropped = ("host", "chat.example.test");
+        assert!(ok(&public, "127.0.0.1:1", &[dropped, https]));
+        assert!(!ok(&public, "127.0.0.1:1", &[dropped, http]));
+        assert!(!ok(
+            &public,
+            "127.0.0.1:1",
+            &[dropped, ("origin", "https://chat.example.test")]
+        ));
+        let refused = client_of(&public, "127.0.0.1:1", &[dropped, http])
+            .check_origin(&[])
+            .unwrap_err();
+        let message = refused.to_string();
+        assert!(
+            message.contains("http://chat.example.test:8443 may not use this server")
+                && message.contains("https://chat.example.test:8443 "),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn origin_check_says_what_is_expected() {
+        let app = App::new(Config {
+            public_url: Some("https://chat.example.test".parse().unwrap()),
+            web_dir: Some(std::env::temp_dir().join("parlor-signaling-no-such-dir")),
+            ..Config::default()
+        })
+        .unwrap();
+        let routes = routes(app);
+        let res = warp::test::request()
+            .path("/api/origin-check?origin=http%3A%2F%2Fchat.example.test")
+            .reply(&routes)
+            .await;
+        assert_eq!(res.status(), 200);
+        let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(body["allowed"], false, "{body}");
+        assert_eq!(body["expected"], "https://chat.example.test", "{body}");
+        let res = warp::test::request()
+            .path("/api/origin-check")
+            .header("origin", "https://chat.example.test")
+            .reply(&routes)
+            .await;
+        let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(body["allowed"], true, "{body}");
+        let res = warp::test::request()
+            .path("/api/origin-check?origin=%zz&origin=a")
+            .reply(&routes)
+            .await;
+        assert_eq!(res.status(), 400);
     }
 }

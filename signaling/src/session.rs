@@ -34,15 +34,18 @@ use parlor_protocol::{
 };
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite_server::tungstenite::Message;
+use tokio_tungstenite_server::tungstenite::protocol::CloseFrame;
 use tracing::{Instrument, debug, info};
-use warp::ws::{Message, WebSocket};
 
 use crate::limit::{RelayBucket, TokenBucket, take_relay_bytes};
+use crate::outbox::Next;
 use crate::rooms::{
-    DeliveryError, Newcomer, OUTBOX_CAPACITY, Outbound, OutboxReceivers, PeerOutbox,
+    DeliveryError, Newcomer, OUTBOX_CAPACITY, Outbound, OutboxReceiver, PeerOutbox,
     RelayDeliveryError, RoomBackend,
 };
 use crate::state::{App, ConnectionGuard, shutdown_requested};
+use crate::upgrade::Socket;
 
 /// WebSocket close codes the server uses (RFC 6455 §7.4.1).
 pub mod close_code {
@@ -77,23 +80,40 @@ const MAX_CLOSE_REASON_BYTES: usize = 123;
 const ROOM_LOG_PREFIX: usize = 6;
 
 /// Runs one upgraded WebSocket to its end. `conn` counts it as open until
-/// this returns (or unwinds).
-pub async fn serve(socket: WebSocket, app: Arc<App>, conn: ConnectionGuard) {
+/// the returned future ends (or unwinds).
+///
+/// The socket is split before the future is made, so the future does not
+/// carry a copy of the whole socket for its lifetime (every idle
+/// connection holds one such future).
+pub fn serve(
+    socket: Socket,
+    app: Arc<App>,
+    conn: ConnectionGuard,
+) -> impl Future<Output = ()> + Send + 'static {
     let peer_id = app.peer_ids().next_id();
     app.metrics().connection_accepted();
     let span = tracing::info_span!("ws", peer = %peer_id);
-    run(socket, app, peer_id).instrument(span).await;
-    drop(conn);
+    let (sink, stream) = socket.split();
+    async move {
+        run(sink, stream, app, peer_id).instrument(span).await;
+        drop(conn);
+    }
 }
 
-async fn run(socket: WebSocket, app: Arc<App>, peer_id: PeerId) {
+async fn run(
+    sink: SplitSink<Socket, Message>,
+    mut stream: SplitStream<Socket>,
+    app: Arc<App>,
+    peer_id: PeerId,
+) {
     debug!("connected");
-    let (sink, mut stream) = socket.split();
     let (outbox, rx) = PeerOutbox::channel(OUTBOX_CAPACITY);
     let mut writer = tokio::spawn(write_loop(sink, rx).in_current_span());
     let mut session = Session::new(app, peer_id, outbox);
     let end = session.read_loop(&mut stream).await;
-    session.finish(end, &mut stream, &mut writer).await;
+    // Boxed, as is each frame's handling: an idle connection's task then
+    // holds only the read loop's own state, not the largest of every step.
+    Box::pin(session.finish(end, &mut stream, &mut writer)).await;
 }
 
 /// The room a session has joined. Leaves it when dropped without
@@ -183,7 +203,7 @@ impl Session {
         }
     }
 
-    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>) -> End {
+    async fn read_loop(&mut self, stream: &mut SplitStream<Socket>) -> End {
         let config = self.app.config().clone();
         let mut shutdown = self.app.shutdown_receiver();
         let outbox = self.outbox.clone();
@@ -230,7 +250,7 @@ impl Session {
                         Some(Ok(frame)) => frame,
                     };
                     idle_deadline.as_mut().reset(Instant::now() + config.idle_timeout());
-                    if let ControlFlow::Break(end) = self.on_frame(frame).await {
+                    if let ControlFlow::Break(end) = Box::pin(self.on_frame(frame)).await {
                         return end;
                     }
                 }
@@ -241,21 +261,24 @@ impl Session {
     /// Handles one WebSocket frame. Pings and pongs only prove liveness
     /// (tungstenite answers pings itself).
     async fn on_frame(&mut self, frame: Message) -> Step {
-        if frame.is_close() {
-            let reason = match frame.close_frame() {
-                Some((code, reason)) => format!("client closed ({code} {reason})"),
-                None => "client closed".to_owned(),
-            };
-            return ControlFlow::Break(End::Gone(reason));
-        }
-        if frame.is_binary() {
+        let text = match frame {
+            Message::Close(frame) => {
+                let reason = match frame {
+                    Some(CloseFrame { code, reason }) => {
+                        format!("client closed ({} {reason})", u16::from(code))
+                    }
+                    None => "client closed".to_owned(),
+                };
+                return ControlFlow::Break(End::Gone(reason));
+            }
             // Relay packets are limited by the room's byte bucket, not the
             // message rate: a file crosses the relay as ~64 KiB packets.
-            return self.relay(frame.into_bytes()).await;
-        }
-        if !frame.is_text() {
-            return ControlFlow::Continue(());
-        }
+            Message::Binary(packet) => return self.relay(packet).await,
+            Message::Text(text) => text,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
+                return ControlFlow::Continue(());
+            }
+        };
         if !self.bucket.try_take(std::time::Instant::now()) {
             let config = self.app.config();
             let message = format!(
@@ -267,13 +290,10 @@ impl Session {
             );
             return self.refuse(ErrorCode::RateLimited, message);
         }
-        let Ok(text) = frame.to_str() else {
-            return self.refuse(ErrorCode::Malformed, "text frame is not UTF-8");
-        };
-        match ClientMessage::from_json(text) {
+        match ClientMessage::from_json(&text) {
             Ok(msg) => self.on_message(msg).await,
             Err(err) => {
-                let message = describe_decode_error(text, &err);
+                let message = describe_decode_error(&text, &err);
                 self.refuse(err.code(), message)
             }
         }
@@ -367,7 +387,7 @@ impl Session {
                 )
                 .await
             }
-            ClientMessage::Ping => self.push(Outbound::Message(ServerMessage::Pong)),
+            ClientMessage::Ping => self.push(Outbound::Message(Box::new(ServerMessage::Pong))),
             ClientMessage::Pong => ControlFlow::Continue(()),
             // A message type added to the protocol after this server was built.
             _ => self.refuse(
@@ -541,7 +561,10 @@ impl Session {
         let message = message.into();
         debug!(code = code.as_str(), reason = %message, "refused");
         self.app.metrics().error(code);
-        self.push(Outbound::Message(ServerMessage::Error { code, message }))
+        self.push(Outbound::Message(Box::new(ServerMessage::Error {
+            code,
+            message,
+        })))
     }
 
     /// Answers with an `error` message and counts a strike; past
@@ -560,12 +583,7 @@ impl Session {
 
     /// Leaves the room, sends the close frame if the server is the one
     /// closing, and waits (boundedly) for the writer and the client.
-    async fn finish(
-        self,
-        end: End,
-        stream: &mut SplitStream<WebSocket>,
-        writer: &mut JoinHandle<()>,
-    ) {
+    async fn finish(self, end: End, stream: &mut SplitStream<Socket>, writer: &mut JoinHandle<()>) {
         let Self {
             membership, outbox, ..
         } = self;
@@ -612,46 +630,20 @@ impl Session {
 }
 
 /// Drains the outbox onto the socket until a close item, the end of the
-/// queue, or a write error.
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, rx: OutboxReceivers) {
-    let OutboxReceivers {
-        control: mut rx,
-        mut relay,
-    } = rx;
-    let mut relay_open = true;
-    loop {
-        // Control messages first: a burst of relayed file data must not
-        // delay an offer or the close frame.
-        let item = tokio::select! {
-            biased;
-            item = rx.recv() => match item {
-                Some(item) => item,
-                None => break,
-            },
-            packet = relay.recv(), if relay_open => match packet {
-                Some(packet) => {
-                    let result = sink.feed(Message::binary(packet)).await;
-                    let result = match result {
-                        Ok(()) if relay.is_empty() && rx.is_empty() => sink.flush().await,
-                        other => other,
-                    };
-                    if let Err(err) = result {
-                        debug!(%err, "write failed");
-                        return;
-                    }
-                    continue;
-                }
-                None => {
-                    relay_open = false;
-                    continue;
-                }
-            },
-        };
-        let result = match item {
-            Outbound::Message(msg) => sink.feed(Message::text(msg.to_json())).await,
-            Outbound::Ping => sink.feed(Message::ping(Vec::<u8>::new())).await,
-            Outbound::Close { code, reason } => {
-                if let Err(err) = sink.send(Message::close_with(code, reason)).await {
+/// queue, or a write error. Control messages come out first, so a burst of
+/// relayed file data does not delay an offer or the close frame.
+async fn write_loop(mut sink: SplitSink<Socket, Message>, mut rx: OutboxReceiver) {
+    while let Some(next) = rx.next().await {
+        let result = match next {
+            Next::Relay(packet) => sink.feed(Message::binary(packet)).await,
+            Next::Control(Outbound::Message(msg)) => sink.feed(Message::text(msg.to_json())).await,
+            Next::Control(Outbound::Ping) => sink.feed(Message::Ping(Bytes::new())).await,
+            Next::Control(Outbound::Close { code, reason }) => {
+                let close = Message::Close(Some(CloseFrame {
+                    code: code.into(),
+                    reason: reason.into(),
+                }));
+                if let Err(err) = sink.send(close).await {
                     debug!(%err, "sending close frame failed");
                 }
                 return;
@@ -660,7 +652,7 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, rx: OutboxReceivers
         // Flush once the queue is empty, not per message: a burst of
         // candidates goes out in few writes.
         let result = match result {
-            Ok(()) if rx.is_empty() && relay.is_empty() => sink.flush().await,
+            Ok(()) if rx.is_empty() => sink.flush().await,
             other => other,
         };
         if let Err(err) = result {

@@ -34,6 +34,9 @@
 //!   reads [`TcpMux`], which frames STUN and ChannelData messages over every
 //!   accepted TCP stream (RFC 5766 §11.5, ChannelData padded to 4 bytes) and
 //!   looks to the crate like one packet socket keyed by the client's address.
+//!   With `--turn-tls-port`, TLS connections (rustls, the handshake bounded)
+//!   feed the same [`TcpMux`]; TCP and TLS share one connection budget and
+//!   one per-address connection cap (the per-address allocation cap).
 //!
 //! Why two `Server`s instead of one with two listeners: the crate does not
 //! tell the relay generator who asked for an allocation. Each `Server`
@@ -58,9 +61,9 @@ use hmac::{Hmac, Mac as _};
 use parlor_protocol::IceServer;
 use sha1::Sha1;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use turn::auth::{AuthHandler, generate_auth_key};
 use turn::relay::RelayAddressGenerator;
@@ -75,6 +78,7 @@ use crate::config::{
 };
 use crate::limit::TokenBucket;
 use crate::metrics::{TurnMetrics, TurnRefusal};
+use crate::tls::CertStore;
 
 mod guard;
 mod quota;
@@ -327,6 +331,22 @@ pub struct TurnConfig {
     pub max_tcp_connections: usize,
     /// Where the relay counts allocations, relayed bytes and refusals.
     pub metrics: TurnMetrics,
+    /// TURN over TLS (`turns:`) as well, for networks that pass only TLS.
+    pub tls: Option<TurnTls>,
+}
+
+/// TURN over TLS: a third listener whose connections, once the TLS
+/// handshake is done, are served like TURN-over-TCP ones (same limits, same
+/// allocations).
+#[derive(Debug, Clone)]
+pub struct TurnTls {
+    /// Port on the listen address; 0 picks a free one.
+    pub port: u16,
+    /// The host name in the advertised `turns:` URL; the certificate must
+    /// name it (browsers check it).
+    pub host: String,
+    /// The certificate (reloaded on SIGHUP, see [`crate::tls::CertStore`]).
+    pub certs: Arc<CertStore>,
 }
 
 impl TurnConfig {
@@ -349,6 +369,7 @@ impl TurnConfig {
             max_allocations: budget.allocations,
             max_tcp_connections: budget.tcp_connections,
             metrics: TurnMetrics::default(),
+            tls: None,
         }
     }
 
@@ -408,6 +429,39 @@ pub enum TurnError {
     /// The `turn` crate refused its configuration.
     #[error("TURN server: {0}")]
     Turn(#[from] turn::Error),
+    /// `--turn-tls-port` without a certificate.
+    #[error(
+        "--turn-tls-port needs a certificate: --turn-tls-cert/--turn-tls-key or --tls-cert/--tls-key"
+    )]
+    TlsWithoutCertificate,
+    /// `--turn-tls-port` without the host name to advertise.
+    #[error(
+        "--turn-tls-port needs --turn-tls-host, the name its certificate is for (browsers check it)"
+    )]
+    TlsWithoutHost,
+    /// The TURN/TLS certificate did not load.
+    #[error("TURN/TLS certificate: {0}")]
+    Certificate(#[from] crate::tls::TlsError),
+}
+
+/// The `turns:` listener `config` asks for: `--turn-tls-port` with the
+/// certificate of `--turn-tls-cert` (default: `--tls-cert`), reloaded on
+/// SIGHUP.
+fn turn_tls(config: &Config) -> Result<Option<TurnTls>, TurnError> {
+    let Some(port) = config.turn_tls_port else {
+        return Ok(None);
+    };
+    let (cert, key) = match (&config.turn_tls_cert, &config.turn_tls_key) {
+        (Some(cert), Some(key)) => (cert.as_path(), key.as_path()),
+        _ => config.tls_files().ok_or(TurnError::TlsWithoutCertificate)?,
+    };
+    let host = config
+        .turn_tls_host
+        .clone()
+        .ok_or(TurnError::TlsWithoutHost)?;
+    let certs = Arc::new(CertStore::open(cert, key)?);
+    tokio::spawn(crate::tls::reload_on_sighup(Arc::clone(&certs)));
+    Ok(Some(TurnTls { port, host, certs }))
 }
 
 /// Starts the embedded relay as `config` says, counting into `metrics`, or
@@ -468,6 +522,7 @@ pub async fn start_embedded(
         max_allocations,
         max_tcp_connections: budget.tcp_connections,
         metrics,
+        tls: turn_tls(config)?,
     };
     match TurnServer::start(turn).await {
         Ok(server) => Ok(Some(server)),
@@ -487,7 +542,10 @@ pub struct TurnServer {
     udp_addr: SocketAddr,
     tcp_addr: SocketAddr,
     public_ip: IpAddr,
-    accept: JoinHandle<()>,
+    /// The `turns:` host name and the TLS listener's address.
+    tls: Option<(String, SocketAddr)>,
+    /// The accept loops (TCP, TLS).
+    accept: JoinSet<()>,
     allocations: AllocationCounts,
 }
 
@@ -521,11 +579,44 @@ impl TurnServer {
         });
         let tcp_conn: Arc<dyn Conn + Send + Sync> = Arc::clone(&mux) as _;
         let tcp = new_server(&config, tcp_conn, &allocations, &peers).await?;
-        let accept = tokio::spawn(accept_loop(
+        let limits = Arc::new(TcpLimits::new(
+            config.max_tcp_connections,
+            config.max_allocations_per_ip,
+        ));
+        let mut accept = JoinSet::new();
+        let mut tls = None;
+        if let Some(turn_tls) = &config.tls {
+            let addr = SocketAddr::new(config.listen_ip, turn_tls.port);
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| TurnError::Bind {
+                    proto: "TLS",
+                    addr,
+                    source,
+                })?;
+            let tls_addr = listener.local_addr()?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(
+                rustls::ServerConfig::builder()
+                    .with_no_client_auth()
+                    .with_cert_resolver(Arc::clone(&turn_tls.certs) as _),
+            ));
+            accept.spawn(accept_loop(
+                listener,
+                Some(acceptor),
+                Arc::clone(&mux),
+                incoming_tx.clone(),
+                Arc::clone(&limits),
+                config.metrics.clone(),
+            ));
+            info!(tls = %tls_addr, host = %turn_tls.host, "TURN over TLS listening");
+            tls = Some((turn_tls.host.clone(), tls_addr));
+        }
+        accept.spawn(accept_loop(
             tcp_listener,
+            None,
             mux,
             incoming_tx,
-            config.max_tcp_connections,
+            limits,
             config.metrics.clone(),
         ));
 
@@ -543,6 +634,7 @@ impl TurnServer {
             udp_addr,
             tcp_addr,
             public_ip: config.public_ip,
+            tls,
             accept,
             allocations,
         })
@@ -560,15 +652,25 @@ impl TurnServer {
 
     /// `stun:PUBLIC:PORT` (the relay answers STUN binding requests, which
     /// gives peers behind a NAT their server-reflexive candidates), then
-    /// `turn:PUBLIC:PORT?transport=udp` and `...?transport=tcp`.
+    /// `turn:PUBLIC:PORT?transport=udp` and `...?transport=tcp`, and with
+    /// TLS `turns:HOST:PORT?transport=tcp`.
     pub fn urls(&self) -> Vec<String> {
         let udp = SocketAddr::new(self.public_ip, self.udp_addr.port());
         let tcp = SocketAddr::new(self.public_ip, self.tcp_addr.port());
-        vec![
+        let mut urls = vec![
             format!("stun:{udp}"),
             format!("turn:{udp}?transport=udp"),
             format!("turn:{tcp}?transport=tcp"),
-        ]
+        ];
+        if let Some((host, addr)) = &self.tls {
+            urls.push(format!("turns:{host}:{}?transport=tcp", addr.port()));
+        }
+        urls
+    }
+
+    /// The TURN/TLS listener's address, when there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|(_, addr)| *addr)
     }
 
     /// Allocations `username` holds now (UDP and TCP together).
@@ -587,8 +689,8 @@ impl TurnServer {
     }
 
     /// Stops listening and closes every allocation.
-    pub async fn close(self) {
-        self.accept.abort();
+    pub async fn close(mut self) {
+        self.accept.abort_all();
         // Bounded: the crate's close waits for its read loops to notice.
         let closing = async {
             let _ = self.udp.close().await;
@@ -605,7 +707,7 @@ impl TurnServer {
 
 impl Drop for TurnServer {
     fn drop(&mut self) {
-        self.accept.abort();
+        self.accept.abort_all();
     }
 }
 
@@ -967,16 +1069,80 @@ impl Conn for TcpMux {
     }
 }
 
-/// Accepts TURN-over-TCP connections (at most `max_connections`) until
-/// aborted; aborting drops the join set, which ends every connection.
+/// How many TURN-over-TCP and TURN/TLS connections the relay holds (the
+/// two listeners share these).
+#[derive(Debug)]
+struct TcpLimits {
+    /// In all.
+    total: Arc<Semaphore>,
+    /// From one client address. A TCP connection carries at most one
+    /// allocation, so this is the per-address allocation cap: one address
+    /// cannot hold the descriptors of the server-wide budget open with
+    /// connections that never allocate.
+    max_per_ip: usize,
+    per_ip: Arc<TcpPerIp>,
+}
+
+impl TcpLimits {
+    fn new(total: usize, max_per_ip: usize) -> Self {
+        Self {
+            total: Arc::new(Semaphore::new(total)),
+            max_per_ip,
+            per_ip: Arc::default(),
+        }
+    }
+}
+
+/// Open TURN-over-TCP connections per client address.
+#[derive(Debug, Default)]
+struct TcpPerIp(Mutex<HashMap<IpAddr, usize>>);
+
+/// One counted connection of [`TcpPerIp`]; uncounted when dropped.
+struct TcpSlot {
+    counts: Arc<TcpPerIp>,
+    ip: IpAddr,
+}
+
+impl TcpPerIp {
+    /// A slot for `ip`, or `None` when it already holds `max` connections.
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<TcpSlot> {
+        let ip = crate::cidr::address_key(ip);
+        let mut counts = lock(&self.0);
+        let count = counts.entry(ip).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(TcpSlot {
+            counts: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for TcpSlot {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.counts.0);
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts TURN-over-TCP connections (TURN/TLS with `tls`, the handshake
+/// bounded by [`TCP_FIRST_MESSAGE_TIMEOUT`]) within `limits` until aborted;
+/// aborting drops the join set, which ends every connection.
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mux: Arc<TcpMux>,
     incoming: mpsc::Sender<(Vec<u8>, SocketAddr)>,
-    max_connections: usize,
+    limits: Arc<TcpLimits>,
     metrics: TurnMetrics,
 ) {
-    let limit = Arc::new(Semaphore::new(max_connections));
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -990,7 +1156,12 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+                let Some(slot) = limits.per_ip.take(peer.ip(), limits.max_per_ip) else {
+                    debug!(%peer, "TURN TCP connection refused: too many from this address");
+                    metrics.refused(TurnRefusal::TcpConnectionsAddress);
+                    continue;
+                };
+                let Ok(permit) = Arc::clone(&limits.total).try_acquire_owned() else {
                     debug!(%peer, "TURN TCP connection refused: too many");
                     metrics.refused(TurnRefusal::TcpConnections);
                     continue;
@@ -999,23 +1170,35 @@ async fn accept_loop(
                 if let Err(err) = stream.set_nodelay(true) {
                     debug!(%peer, %err, "TCP_NODELAY not set");
                 }
-                connections.spawn(serve_tcp(stream, peer, Arc::clone(&mux), incoming.clone(), permit));
+                let (mux, incoming, counted) = (Arc::clone(&mux), incoming.clone(), (permit, slot));
+                match tls.clone() {
+                    None => connections.spawn(serve_tcp(stream, peer, mux, incoming, counted)),
+                    Some(acceptor) => connections.spawn(async move {
+                        match tokio::time::timeout(TCP_FIRST_MESSAGE_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => serve_tcp(stream, peer, mux, incoming, counted).await,
+                            Ok(Err(err)) => debug!(%peer, %err, "TURN/TLS handshake failed"),
+                            Err(_) => debug!(%peer, "TURN/TLS handshake timed out"),
+                        }
+                    }),
+                };
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
 }
 
-/// One TURN-over-TCP connection: frames in to the mux, queued frames out.
-async fn serve_tcp(
-    stream: TcpStream,
+/// One TURN-over-TCP (or TLS) connection: frames in to the mux, queued
+/// frames out.
+async fn serve_tcp<S>(
+    stream: S,
     peer: SocketAddr,
     mux: Arc<TcpMux>,
     incoming: mpsc::Sender<(Vec<u8>, SocketAddr)>,
-    _permit: OwnedSemaphorePermit,
-) {
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = stream.into_split();
+    _counted: (OwnedSemaphorePermit, TcpSlot),
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_WRITE_QUEUE);
     lock(&mux.writers).insert(peer, tx);
 

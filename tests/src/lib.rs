@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod chaos;
+pub mod idle;
 pub mod netns;
 pub mod proxy;
 pub mod tamper;
@@ -71,6 +72,23 @@ pub fn bin_dir() -> PathBuf {
     .clone()
 }
 
+/// The first line `child` (spawned with a piped stdout) prints, within
+/// `timeout`; the rest of its stdout is drained in the background so the
+/// child never blocks on a full pipe.
+pub async fn first_stdout_line(child: &mut Child, what: &str, timeout: Duration) -> Result<String> {
+    let stdout = child
+        .stdout
+        .take()
+        .with_context(|| format!("{what}: no stdout pipe"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(timeout, lines.next_line())
+        .await
+        .with_context(|| format!("{what} printed nothing within {timeout:?}"))??
+        .with_context(|| format!("{what} exited before printing a line"))?;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(line)
+}
+
 /// A running `parlor-server`.
 #[derive(Debug)]
 pub struct Server {
@@ -101,18 +119,11 @@ impl Server {
             .kill_on_drop(true)
             .spawn()
             .context("starting parlor-server")?;
-        let stdout = child.stdout.take().context("server stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(EVENT_TIMEOUT, lines.next_line())
-            .await
-            .context("server did not report its address")??
-            .context("server exited before listening")?;
+        let line = first_stdout_line(&mut child, "parlor-server", EVENT_TIMEOUT).await?;
         let base = line
             .strip_prefix("parlor-server listening on ")
             .with_context(|| format!("unexpected first line from server: {line}"))?
             .to_owned();
-        // Keep draining stdout so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Self { child, base })
     }
 

@@ -17,16 +17,15 @@ async fn server() -> Server {
     server_with(&[]).await
 }
 
-/// A server for the built web app, with extra flags.
+/// A server with extra flags, serving the web app compiled into it (no
+/// `--web-dir`: the pages load what a copied binary would serve).
 async fn server_with(args: &[&str]) -> Server {
     let dir = browser::web_dir();
     assert!(
         dir.join("index.html").exists(),
         "build the web app first (cargo xtask test does)"
     );
-    let mut all = vec!["--web-dir", dir.to_str().unwrap()];
-    all.extend_from_slice(args);
-    Server::start(&all).await.unwrap()
+    Server::start(args).await.unwrap()
 }
 
 /// A new room's invite link on `server`: `BASE/r/ROOM#KEY`.
@@ -289,6 +288,40 @@ async fn a_page_joining_later_sees_the_peers_present() {
     for p in [a, b, c] {
         p.close().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_server_restart_the_page_says_it_is_connected_again() {
+    let _serial = parlor_tests::exclusive().await;
+    if !browser::enabled("after_a_server_restart_the_page_says_it_is_connected_again") {
+        return;
+    }
+    let mut server = server().await;
+    let (page, _link) = start_room(&server).await;
+    let joined = "document.querySelector('.server.ok') !== null \
+                  && document.querySelector('[role=alert]') === null";
+    page.wait_js("the server status 'connected'", joined, PAGE_TIMEOUT)
+        .await
+        .unwrap();
+    server.kill().await;
+    page.wait_js(
+        "the server status 'reconnecting'",
+        "document.querySelector('.server.wait') !== null",
+        PAGE_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    server.restart(&[]).await.unwrap();
+    // Back under the same id (its resume token): the status and the
+    // "lost the connection" alert must both clear.
+    page.wait_js(
+        "the server status 'connected' again, with no server alert",
+        joined,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    page.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1005,5 +1038,29 @@ async fn a_page_with_a_wrong_code_says_so_and_connects_nothing() {
             .iter()
             .all(|s| s != "direct")
     );
+    page.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_from_an_origin_the_server_refuses_says_which_it_expects() {
+    let _serial = parlor_tests::exclusive().await;
+    if !browser::enabled("a_page_from_an_origin_the_server_refuses_says_which_it_expects") {
+        return;
+    }
+    // The operator said the site is https://chat.parlor.test; this page is
+    // served over plain http from loopback, so its WebSocket is refused.
+    let server = server_with(&["--public-url", "https://chat.parlor.test"]).await;
+    let page = join(&new_room_link(&server)).await;
+    let text = page
+        .wait_js(
+            "the refused-origin message",
+            "document.body.innerText.includes('refuses pages from') \
+             ? document.body.innerText : null",
+            PAGE_TIMEOUT,
+        )
+        .await
+        .unwrap();
+    let text = text.as_str().unwrap();
+    assert!(text.contains("https://chat.parlor.test"), "{text}");
     page.close().await;
 }

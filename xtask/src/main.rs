@@ -8,7 +8,8 @@
 //! - `bench`: the core chunk-pipeline benchmark, the native loopback
 //!   transfer benchmark and the relay benchmark (results go in BENCHMARKS.md
 //!   by hand). `bench relay` runs only the relay benchmark ([`relay_bench`]:
-//!   embedded TURN vs coturn vs the server relay).
+//!   embedded TURN vs coturn vs the server relay). `bench signaling [SIZE...]`
+//!   runs only the idle-peer memory benchmark (Parlor vs PeerJS's server).
 //! - `fuzz`: each cargo-fuzz target for `PARLOR_FUZZ_SECS` (also part of `test`).
 
 mod relay_bench;
@@ -72,6 +73,8 @@ const TRUNK_VERSION: &str = "0.21.14";
 const BINARYEN_VERSION: &str = "132.0.0";
 /// The real Chromium binary the browser tests drive.
 const CHROMIUM: &str = "/usr/lib/chromium/chromium";
+/// nginx (Debian's `nginx-light`), the reverse proxy of `tests/tests/nginx.rs`.
+const NGINX: &str = "/usr/sbin/nginx";
 
 /// Installs what building the web app needs; a no-op when present.
 fn setup_build() -> Result<()> {
@@ -98,26 +101,22 @@ fn setup_build() -> Result<()> {
     let wasm_opt = tools_dir().join("node_modules/.bin/wasm-opt");
     if !version_of(wasm_opt.to_str().unwrap_or_default()).is_some_and(|v| v.contains("version 132"))
     {
-        std::fs::create_dir_all(tools_dir())?;
-        run_checked(
-            Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--prefix"])
-                .arg(tools_dir())
-                .arg(format!("binaryen@{BINARYEN_VERSION}")),
-        )?;
+        npm_install(&format!("binaryen@{BINARYEN_VERSION}"))?;
     }
     Ok(())
 }
 
 /// Installs the Debian packages the tests need: Chromium and its driver
 /// (browser tests), iproute2 and iptables (the NAT matrix in network
-/// namespaces) and coturn (the relay benchmark). Skipped when all are there.
+/// namespaces), coturn (the relay benchmark) and nginx (the reverse-proxy
+/// test). Skipped when all are there.
 fn setup_browser() -> Result<()> {
     let present = Path::new(CHROMIUM).exists()
         && have("chromedriver", "--version")
         && have("ip", "-V")
         && have("iptables", "--version")
-        && Path::new("/usr/bin/turnserver").exists();
+        && Path::new("/usr/bin/turnserver").exists()
+        && Path::new(NGINX).exists();
     if present {
         return Ok(());
     }
@@ -133,6 +132,8 @@ fn setup_browser() -> Result<()> {
                 "iproute2",
                 "iptables",
                 "coturn",
+                // tests/tests/nginx.rs: parlor-server behind a real reverse proxy.
+                "nginx-light",
             ])
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
@@ -195,6 +196,17 @@ fn fuzz() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Installs an npm package (`name@version`) into [`tools_dir`].
+fn npm_install(package: &str) -> Result<()> {
+    std::fs::create_dir_all(tools_dir())?;
+    run_checked(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(tools_dir())
+            .arg(package),
+    )
 }
 
 /// Where project-local tools (wasm-opt from npm) live; git-ignored.
@@ -281,7 +293,9 @@ fn test() -> Result<()> {
     run_checked(
         cargo()
             .args(["test", "--workspace"])
-            .env("PARLOR_BROWSER_TESTS", if web_built { "1" } else { "0" }),
+            .env("PARLOR_BROWSER_TESTS", if web_built { "1" } else { "0" })
+            // setup() installed nginx: its test must not skip.
+            .env("PARLOR_REQUIRE_NGINX", "1"),
     )?;
     // The web client's browser-glue tests, in headless Chromium.
     run_checked(
@@ -312,8 +326,6 @@ fn run(server_args: &[String]) -> Result<()> {
                 "--bin",
                 "parlor-server",
                 "--",
-                "--web-dir",
-                "dist",
             ])
             .args(server_args),
     )
@@ -332,6 +344,9 @@ impl Drop for Guard {
 fn bench(args: &[String]) -> Result<()> {
     if args.first().is_some_and(|a| a == "relay") {
         return relay_bench::run();
+    }
+    if args.first().is_some_and(|a| a == "signaling") {
+        return signaling_bench(&args[1..]);
     }
     let skip_core = args.iter().any(|a| a == "--transfer-only");
     if !skip_core {
@@ -462,6 +477,35 @@ fn bench(args: &[String]) -> Result<()> {
     relay_bench::run()?;
     run_checked(cargo().args(["run", "-q", "-p", "parlor-tests", "--bin", "signal_latency"]))?;
     web_bench()
+}
+
+/// PeerJS's signaling server, the baseline of `bench signaling`.
+const PEERJS_VERSION: &str = "1.0.2";
+
+/// Idle signaling peers: memory per peer in `parlor-server` and in PeerJS's
+/// server, side by side (`tests/src/bin/idle_peers.rs`; `args` are crowd
+/// sizes).
+fn signaling_bench(args: &[String]) -> Result<()> {
+    let peerjs = tools_dir().join("node_modules/peer/package.json");
+    let installed = std::fs::read_to_string(&peerjs)
+        .is_ok_and(|p| p.contains(&format!("\"version\": \"{PEERJS_VERSION}\"")));
+    if !installed {
+        npm_install(&format!("peer@{PEERJS_VERSION}"))?;
+    }
+    run_checked(
+        cargo()
+            .args([
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "parlor-tests",
+                "--bin",
+                "idle_peers",
+                "--",
+            ])
+            .args(args),
+    )
 }
 
 /// The web app's release bundle size (raw and gzip -9) and the time from

@@ -2,7 +2,9 @@
 //! relay, the last sized from the process's file-descriptor limit.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
+
+use crate::cidr::address_key;
 use std::sync::{Arc, Mutex};
 
 use crate::metrics::{TurnMetrics, TurnRefusal};
@@ -73,16 +75,6 @@ fn parse_descriptor_limit(limits: &str) -> Option<u64> {
         return Some(u64::MAX);
     }
     soft.parse().ok()
-}
-
-/// The key a client address is counted under: the IPv4 address (also when
-/// written v4-mapped), or the /64 of an IPv6 address, since one IPv6
-/// subscriber is routinely given a whole /64.
-pub(super) fn address_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & (u128::MAX << 64))),
-        v4 => v4,
-    }
 }
 
 /// The three allocation quotas.

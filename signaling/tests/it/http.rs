@@ -82,7 +82,7 @@ async fn each_server_has_its_own_metrics() {
 async fn without_a_built_app_the_pages_say_how_to_build_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(Config {
-        web_dir: dir.path().to_owned(),
+        web_dir: Some(dir.path().to_owned()),
         ..test_config()
     })
     .await;
@@ -116,7 +116,7 @@ fn built_app() -> tempfile::TempDir {
 async fn a_built_app_is_served_with_index_html_for_room_links() {
     let dir = built_app();
     let server = TestServer::start(Config {
-        web_dir: dir.path().to_owned(),
+        web_dir: Some(dir.path().to_owned()),
         ..test_config()
     })
     .await;
@@ -164,7 +164,7 @@ fn header(head: &str, name: &str) -> Option<String> {
 async fn head_answers_wherever_get_does_with_the_same_headers_and_no_body() {
     let dir = built_app();
     let built = TestServer::start(Config {
-        web_dir: dir.path().to_owned(),
+        web_dir: Some(dir.path().to_owned()),
         ..test_config()
     })
     .await;

@@ -9,6 +9,7 @@ mod hostile;
 mod http;
 mod lifecycle;
 mod limits;
+mod proxy;
 mod relay;
 mod signaling;
 mod support;

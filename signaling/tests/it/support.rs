@@ -37,7 +37,7 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
 /// on with port 0).
 pub fn test_config() -> Config {
     Config {
-        web_dir: PathBuf::from("/nonexistent/parlor-web-dir"),
+        web_dir: Some(PathBuf::from("/nonexistent/parlor-web-dir")),
         no_turn: true,
         ..Config::default()
     }

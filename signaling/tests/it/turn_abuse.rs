@@ -15,7 +15,7 @@ use parlor_signaling::TurnServer;
 use parlor_signaling::cidr::{Cidr, DEFAULT_DENIED_PEERS};
 use parlor_signaling::metrics::{Metrics, TurnMetrics, TurnRefusal};
 use parlor_signaling::rooms::RoomCounts;
-use parlor_signaling::turn::{PeerRule, TurnConfig, credential, rest_username};
+use parlor_signaling::turn::{PeerRule, TurnConfig, TurnTls, credential, rest_username};
 use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
 use stun::error_code::ErrorCodeAttribute;
 use stun::integrity::MessageIntegrity;
@@ -60,10 +60,14 @@ async fn relay(change: impl FnOnce(&mut TurnConfig)) -> TurnServer {
     TurnServer::start(config).await.unwrap()
 }
 
+/// A byte stream a [`StunClient`] can speak over (TCP or TLS).
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 /// The transport of a [`StunClient`].
 enum Io {
     Udp(UdpSocket),
-    Tcp(TcpStream),
+    Stream(Box<dyn Stream>),
 }
 
 /// A minimal TURN client: hand-built requests with long-term credentials,
@@ -94,7 +98,34 @@ impl StunClient {
         let stream = within("TCP connect", TcpStream::connect(server))
             .await
             .unwrap();
-        Self::new(Io::Tcp(stream), server, username, password)
+        Self::new(Io::Stream(Box::new(stream)), server, username, password)
+    }
+
+    /// Over TLS to `server`, trusting only `root` for `host`.
+    async fn tls(
+        server: SocketAddr,
+        host: &str,
+        root: rustls::pki_types::CertificateDer<'static>,
+        username: &str,
+        password: &str,
+    ) -> Result<Self, std::io::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(root).unwrap();
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = within("TCP connect", TcpStream::connect(server))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+        let stream = within("TLS handshake", connector.connect(name, tcp)).await?;
+        Ok(Self::new(
+            Io::Stream(Box::new(stream)),
+            server,
+            username,
+            password,
+        ))
     }
 
     fn new(io: Io, server: SocketAddr, username: &str, password: &str) -> Self {
@@ -135,7 +166,7 @@ impl StunClient {
             Io::Udp(socket) => {
                 socket.send_to(raw, self.server).await.unwrap();
             }
-            Io::Tcp(stream) => {
+            Io::Stream(stream) => {
                 // A refused connection may be closed already; the answer
                 // (none) tells.
                 let _ = stream.write_all(raw).await;
@@ -152,7 +183,7 @@ impl StunClient {
                 buf.truncate(n);
                 Some(buf)
             }
-            Io::Tcp(stream) => {
+            Io::Stream(stream) => {
                 let mut head = [0u8; 20];
                 stream.read_exact(&mut head).await.ok()?;
                 let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
@@ -596,6 +627,131 @@ async fn allocations_past_the_quotas_get_486_per_credential_address_and_server()
     assert!(freed, "the slot was not released: {}", relay.allocations());
     assert_eq!(metrics.allocations(), 6);
     alloc("127.0.0.1", a.clone()).await.1.unwrap();
+    drop(held);
+}
+
+#[tokio::test]
+async fn turn_over_tls_authenticates_allocates_and_is_advertised_as_turns() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let issued = rcgen::generate_simple_self_signed(vec!["turn.parlor.test".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, issued.cert.pem()).unwrap();
+    std::fs::write(&key, issued.key_pair.serialize_pem()).unwrap();
+    let certs = Arc::new(parlor_signaling::tls::CertStore::open(&cert, &key).unwrap());
+    let relay = relay(|c| {
+        c.tls = Some(TurnTls {
+            port: 0,
+            host: "turn.parlor.test".to_owned(),
+            certs,
+        });
+    })
+    .await;
+    let tls = relay.tls_addr().expect("a TLS listener");
+    assert!(
+        relay.urls().contains(&format!(
+            "turns:turn.parlor.test:{}?transport=tcp",
+            tls.port()
+        )),
+        "{:?}",
+        relay.urls()
+    );
+    let root = issued.cert.der().clone();
+
+    // A wrong password is refused over TLS as over UDP: 401.
+    let (username, password) = credential_for("tls", SECRET);
+    let mut wrong = StunClient::tls(tls, "turn.parlor.test", root.clone(), &username, "nope")
+        .await
+        .unwrap();
+    assert_eq!(within("allocate", wrong.allocate()).await, Err(401));
+    // The right one allocates.
+    let mut client = StunClient::tls(tls, "turn.parlor.test", root.clone(), &username, &password)
+        .await
+        .unwrap();
+    within("allocate over TLS", client.allocate())
+        .await
+        .unwrap();
+    assert_eq!(relay.allocations_of(&username), 1);
+    // The certificate is for its name only: another name fails the handshake.
+    assert!(
+        StunClient::tls(tls, "other.parlor.test", root, &username, &password)
+            .await
+            .is_err()
+    );
+    // Plain TURN-over-TCP bytes on the TLS port get nothing.
+    let mut plain = StunClient::tcp(tls, &username, &password).await;
+    assert!(within("plain on TLS", plain.allocate()).await.is_err());
+}
+
+/// A TCP connection to `server` from `local_ip`.
+async fn tcp_from(local_ip: &str, server: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(local_ip.parse().unwrap(), 0))
+        .unwrap();
+    within("TCP connect", socket.connect(server)).await.unwrap()
+}
+
+/// Whether the server closed `stream` (EOF or reset) within a second.
+async fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), stream.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn one_address_holds_at_most_its_allocation_cap_of_tcp_connections() {
+    let metrics = TurnMetrics::default();
+    let relay = relay(|c| {
+        c.max_allocations_per_ip = 3;
+        c.metrics = metrics.clone();
+    })
+    .await;
+    let server = relay.tcp_addr();
+    // Connections that never send a byte: each holds a descriptor.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tcp_from("127.0.0.1", server).await);
+    }
+    let mut fourth = tcp_from("127.0.0.1", server).await;
+    assert!(
+        closed_by_server(&mut fourth).await,
+        "a 4th from one address stays open"
+    );
+    assert_eq!(metrics.refusals(TurnRefusal::TcpConnectionsAddress), 1);
+    for stream in &mut held {
+        assert!(
+            !closed_by_server(stream).await,
+            "a connection within the cap was closed"
+        );
+    }
+    // Another address is not affected.
+    let mut other = tcp_from("127.0.0.2", server).await;
+    assert!(
+        !closed_by_server(&mut other).await,
+        "another address was refused"
+    );
+
+    // A closed connection gives its slot back, and a full allocation works
+    // over a connection within the cap.
+    drop(held.remove(0));
+    let cred = credential_for("tcp", SECRET);
+    let mut slot_back = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut stream = tcp_from("127.0.0.1", server).await;
+        if !closed_by_server(&mut stream).await {
+            slot_back = Some(stream);
+            break;
+        }
+    }
+    drop(slot_back.expect("the closed connection's slot never came back"));
+    let mut client = StunClient::tcp(server, &cred.0, &cred.1).await;
+    within("allocate over TCP", client.allocate())
+        .await
+        .unwrap();
     drop(held);
 }
 
