@@ -56,6 +56,11 @@ impl std::fmt::Debug for Page {
 impl Page {
     /// Starts chromedriver and a headless Chromium.
     pub async fn open() -> Result<Self> {
+        Self::open_with(&[]).await
+    }
+
+    /// [`Self::open`] with extra Chromium command-line flags.
+    pub async fn open_with(extra_args: &[String]) -> Result<Self> {
         // With the whole workspace built together rustls has two crypto
         // backends enabled and will not guess; choose one (a no-op when one
         // is already installed).
@@ -70,18 +75,27 @@ impl Page {
             .context("starting chromedriver (apt-get install chromium-driver)")?;
         let profile = tempfile::tempdir()?;
         let downloads = tempfile::tempdir()?;
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--window-size=1100,900",
+        ]
+        .map(String::from)
+        .into();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        args.extend_from_slice(extra_args);
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
             json!({
                 "binary": CHROMIUM,
-                "args": [
-                    "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--disable-features=WebRtcHideLocalIpsWithMdns",
-                    "--window-size=1100,900",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
+                "args": args,
                 "prefs": {
                     "download.default_directory": downloads.path(),
                     "download.prompt_for_download": false,

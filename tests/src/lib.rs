@@ -9,6 +9,8 @@ pub mod browser;
 pub mod chaos;
 pub mod idle;
 pub mod netns;
+pub mod nginx;
+pub mod pki;
 pub mod proxy;
 pub mod tamper;
 

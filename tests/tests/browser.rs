@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use parlor_protocol::{RoomId, RoomKey};
 use parlor_tests::browser::{self, PAGE_TIMEOUT, Page};
+use parlor_tests::nginx;
+use parlor_tests::pki::{Leaf, Pki};
 use parlor_tests::{Peer, Server, hash_file, random_file};
 use serde_json::json;
 
@@ -51,8 +53,14 @@ fn with_relay(link: &str, mode: &str) -> String {
 
 /// Opens `/`, starts a room, and returns the page and its invite link.
 async fn start_room(server: &Server) -> (Page, String) {
-    let page = Page::open().await.unwrap();
-    page.goto(&format!("{}/", server.base)).await.unwrap();
+    start_room_at(&server.base, &[]).await
+}
+
+/// Opens `BASE/` in a browser started with `flags`, starts a room, and
+/// returns the page and its invite link.
+async fn start_room_at(base: &str, flags: &[String]) -> (Page, String) {
+    let page = Page::open_with(flags).await.unwrap();
+    page.goto(&format!("{base}/")).await.unwrap();
     page.wait_js(
         "a 'Start a room' button to click",
         "(() => { const b = [...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Start a room'); \
@@ -62,12 +70,17 @@ async fn start_room(server: &Server) -> (Page, String) {
     .await
     .unwrap();
     let link = page.invite_link().await.unwrap();
-    assert!(link.starts_with(&format!("{}/r/", server.base)), "{link}");
+    assert!(link.starts_with(&format!("{base}/r/")), "{link}");
     (page, link)
 }
 
 async fn join(link: &str) -> Page {
-    let page = Page::open().await.unwrap();
+    join_with(link, &[]).await
+}
+
+/// Opens `link` in a browser started with `flags`.
+async fn join_with(link: &str, flags: &[String]) -> Page {
+    let page = Page::open_with(flags).await.unwrap();
     match page.goto(link).await {
         Ok(()) => page,
         // A fresh headless Chromium whose renderer dies while loading (seen
@@ -77,7 +90,7 @@ async fn join(link: &str) -> Page {
         Err(err) => {
             eprintln!("browser lost while opening {link}: {err:#}; one retry with a new browser");
             drop(page);
-            let page = Page::open().await.unwrap();
+            let page = Page::open_with(flags).await.unwrap();
             page.goto(link).await.unwrap();
             page
         }
@@ -1063,4 +1076,76 @@ async fn a_page_from_an_origin_the_server_refuses_says_which_it_expects() {
     let text = text.as_str().unwrap();
     assert!(text.contains("https://chat.parlor.test"), "{text}");
     page.close().await;
+}
+
+/// An https site at `base` whose certificate is `leaf`, which the browsers
+/// trust (only it) and the CLI trusts through its CA `ca`: two pages chat
+/// and send a file over https/wss, and a CLI sends a file to a page.
+async fn pages_and_the_cli_on_an_https_site(base: &str, ca: &Path, leaf: &Leaf) {
+    assert!(base.starts_with("https://"), "{base}");
+    let trust = [leaf.chromium_flag()];
+    let (a, link) = start_room_at(base, &trust).await;
+    let b = join_with(&link, &trust).await;
+    a.wait_peers_connected(1).await.unwrap();
+    b.wait_peers_connected(1).await.unwrap();
+    chat_and_send_a_file(&a, &b, "over-https.bin", 2 * 1024 * 1024 + 5).await;
+    a.close().await;
+    b.close().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("from-cli.bin");
+    let hash = random_file(&src, 1024 * 1024 + 3).unwrap();
+    let mut sender = Peer::spawn(
+        "cli-sender",
+        &[
+            "--ca-cert",
+            ca.to_str().unwrap(),
+            "send",
+            "--server",
+            base,
+            src.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let cli_link = sender.invite().await.unwrap();
+    assert!(cli_link.starts_with(&format!("{base}/r/")), "{cli_link}");
+    let page = join_with(&cli_link, &trust).await;
+    accept(&page, "from-cli.bin").await;
+    let got = wait_transfer(&page, "from-cli.bin", "done", TRANSFER_TIMEOUT).await;
+    assert_eq!(got, hash);
+    assert!(
+        sender.wait_exit(TRANSFER_TIMEOUT).await.unwrap().success(),
+        "{:?}",
+        sender.history
+    );
+    page.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_and_the_cli_share_files_over_https_served_by_parlor_server_itself() {
+    let _serial = parlor_tests::exclusive().await;
+    if !browser::enabled("pages_and_the_cli_share_files_over_https_served_by_parlor_server_itself")
+    {
+        return;
+    }
+    let pki = Pki::new();
+    let leaf = pki.issue("parlor test server", 1);
+    let server = pki.server().await.unwrap();
+    pages_and_the_cli_on_an_https_site(&server.base, &pki.ca_path(), &leaf).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_and_the_cli_share_files_over_https_behind_nginx() {
+    let _serial = parlor_tests::exclusive().await;
+    if !browser::enabled("pages_and_the_cli_share_files_over_https_behind_nginx") {
+        return;
+    }
+    let Some(binary) = nginx::binary() else {
+        return;
+    };
+    let pki = Pki::new();
+    let leaf = pki.issue("localhost", 1);
+    // nginx sends `Host: 127.0.0.1` (no port); --public-url is the origin.
+    let (_server, nginx) = nginx::stack(binary, &pki, "127.0.0.1", &[]).await.unwrap();
+    pages_and_the_cli_on_an_https_site(&nginx.origin(), &pki.ca_path(), &leaf).await;
 }

@@ -19,167 +19,22 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parlor_tests::{Peer, Server};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use parlor_tests::Peer;
+use parlor_tests::nginx::{self, Nginx};
+use parlor_tests::pki::Pki;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-/// Debian's nginx binary.
-const NGINX: &str = "/usr/sbin/nginx";
-
-/// Bound on nginx starting and on each request.
+/// Bound on each request.
 const STEP: Duration = Duration::from_secs(15);
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The nginx binary, or `None` (after saying why) when the test should be
-/// skipped. Panics when nginx is missing but required.
-fn nginx() -> Option<&'static Path> {
-    if Path::new(NGINX).exists() {
-        return Some(Path::new(NGINX));
-    }
-    assert!(
-        std::env::var_os("PARLOR_REQUIRE_NGINX").is_none(),
-        "PARLOR_REQUIRE_NGINX is set but {NGINX} is missing (cargo xtask setup installs nginx-light)"
-    );
-    eprintln!(
-        "SKIPPED nginx test: {NGINX} not found (apt-get install nginx-light, or cargo xtask \
-         setup); set PARLOR_REQUIRE_NGINX=1 to make this a failure"
-    );
-    None
-}
-
-/// A private CA and a certificate for `localhost` and 127.0.0.1, as PEM
-/// files in `dir`: `ca.pem`, `server.pem`, `server.key`.
-fn make_pki(dir: &Path) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Parlor nginx test CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
-}
-
-/// A free loopback port (free when this returns; nginx binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The nginx configuration: https on `port` in front of `upstream`.
-fn nginx_conf(dir: &Path, port: u16, upstream: SocketAddr) -> String {
-    let d = dir.display();
-    format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    map $http_upgrade $connection_upgrade {{
-        default upgrade;
-        '' close;
-    }}
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        server_name localhost;
-        ssl_certificate {d}/server.pem;
-        ssl_certificate_key {d}/server.key;
-        location / {{
-            proxy_pass http://{upstream};
-            proxy_http_version 1.1;
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_read_timeout 120s;
-        }}
-    }}
-}}
-"#
-    )
-}
-
-/// A running nginx, killed on drop.
-struct Nginx {
-    _child: tokio::process::Child,
-    port: u16,
-}
-
-impl Nginx {
-    /// Starts nginx on `port` in front of `upstream`, and waits until it
-    /// accepts connections.
-    async fn start(binary: &Path, dir: &Path, port: u16, upstream: SocketAddr) -> Self {
-        let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, nginx_conf(dir, port, upstream)).unwrap();
-        let mut child = tokio::process::Command::new(binary)
-            .arg("-p")
-            .arg(dir)
-            .arg("-e")
-            .arg("stderr")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let deadline = tokio::time::Instant::now() + STEP;
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("nginx exited at start: {status}");
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nginx did not listen on {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self {
-            _child: child,
-            port,
-        }
-    }
-
-    /// The origin browsers see: `https://localhost:PORT`.
-    fn origin(&self) -> String {
-        format!("https://localhost:{}", self.port)
-    }
-}
 
 /// TLS to nginx from the loopback address `from`, trusting only `ca`.
 async fn tls_from(
@@ -273,47 +128,23 @@ async fn request(nginx: &Nginx, ca: &Path, method: &str, path: &str) -> (u16, St
     (status, head.to_owned(), body.to_owned())
 }
 
-/// Starts the server (`per_ip` WebSockets per address, 127.0.0.1 trusted,
-/// `--public-url` nginx's origin `https://HOST:PORT`) and nginx in front of
-/// it.
-async fn stack(binary: &Path, dir: &Path, host: &str, per_ip: &str) -> (Server, Nginx) {
-    // nginx's port must be known for --public-url, and the server's for
-    // nginx: pick nginx's first, start the server, then nginx.
-    let port = free_port();
-    let public_url = format!("https://{host}:{port}");
-    let server = Server::start(&[
-        "--no-turn",
-        "--trusted-proxy",
-        "127.0.0.1/32",
-        "--proxy-header",
-        "x-forwarded-for",
-        "--public-url",
-        &public_url,
-        "--max-connections-per-ip",
-        per_ip,
-    ])
-    .await
-    .unwrap();
-    let upstream: SocketAddr = server
-        .base
-        .strip_prefix("http://")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let nginx = Nginx::start(binary, dir, port, upstream).await;
-    (server, nginx)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn behind_nginx_each_client_has_its_own_limits_and_the_origin_check_holds() {
-    let Some(binary) = nginx() else {
+    let Some(binary) = nginx::binary() else {
         return;
     };
     let _serial = parlor_tests::exclusive().await;
-    let dir = tempfile::tempdir().unwrap();
-    make_pki(dir.path());
-    let ca: PathBuf = dir.path().join("ca.pem");
-    let (_server, nginx) = stack(binary, dir.path(), "localhost", "2").await;
+    let pki = Pki::new();
+    pki.issue("localhost", 1);
+    let ca: PathBuf = pki.ca_path();
+    let (_server, nginx) = nginx::stack(
+        binary,
+        &pki,
+        "localhost",
+        &["--no-turn", "--max-connections-per-ip", "2"],
+    )
+    .await
+    .unwrap();
     let origin = nginx.origin();
     let page = [("origin", origin.as_str())];
 
@@ -376,17 +207,19 @@ async fn behind_nginx_each_client_has_its_own_limits_and_the_origin_check_holds(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_peers_chat_through_nginx_with_ca_cert() {
-    let Some(binary) = nginx() else {
+    let Some(binary) = nginx::binary() else {
         return;
     };
     let _serial = parlor_tests::exclusive().await;
-    let dir = tempfile::tempdir().unwrap();
-    make_pki(dir.path());
-    let ca = dir.path().join("ca.pem");
+    let pki = Pki::new();
+    pki.issue("localhost", 1);
+    let ca = pki.ca_path();
     let ca = ca.to_str().unwrap();
     // (The CLI sends no Origin; 127.0.0.1 spares it resolving localhost
     // to ::1 first, where nginx does not listen.)
-    let (_server, nginx) = stack(binary, dir.path(), "127.0.0.1", "64").await;
+    let (_server, nginx) = nginx::stack(binary, &pki, "127.0.0.1", &["--no-turn"])
+        .await
+        .unwrap();
     let base = format!("https://127.0.0.1:{}", nginx.port);
     let mut alice = Peer::spawn("alice", &["--ca-cert", ca, "chat", "--server", &base]).unwrap();
     let link = alice.invite().await.unwrap();

@@ -4,89 +4,17 @@
 //! with a clear message, and the certificate reloaded on SIGHUP.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parlor_tests::pki::Pki;
 use parlor_tests::{Peer, Server, hash_file, random_file};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
-};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// A private CA in a temporary directory (`ca.pem`) that issues server
-/// certificates for 127.0.0.1.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: rcgen::Certificate,
-    ca_key: KeyPair,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "Parlor test CA");
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = params.self_signed(&ca_key).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        Self { dir, ca, ca_key }
-    }
-
-    fn ca_path(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    fn cert_path(&self) -> PathBuf {
-        self.dir.path().join("server.pem")
-    }
-
-    fn key_path(&self) -> PathBuf {
-        self.dir.path().join("server.key")
-    }
-
-    /// Issues a server certificate (subject `name`, serial `serial`) for
-    /// 127.0.0.1 and localhost, writes it and its key over `server.pem` and
-    /// `server.key`, and returns its DER.
-    fn issue(&self, name: &str, serial: u64) -> Vec<u8> {
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.serial_number = Some(SerialNumber::from(serial));
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        std::fs::write(self.cert_path(), cert.pem()).unwrap();
-        std::fs::write(self.key_path(), key.serialize_pem()).unwrap();
-        cert.der().to_vec()
-    }
-
-    async fn server(&self) -> Server {
-        let cert = self.cert_path();
-        let key = self.key_path();
-        let server = Server::start(&[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ])
-        .await
-        .unwrap();
-        assert!(server.base.starts_with("https://"), "{}", server.base);
-        server
-    }
-}
 
 /// Connects to the https server at `base` trusting only `ca`: the DER of
 /// the certificate it presents, and its answer to `GET /healthz`.
@@ -161,7 +89,7 @@ async fn a_file_and_chat_travel_through_an_https_server_with_ca_cert() {
     let _serial = parlor_tests::exclusive().await;
     let pki = Pki::new();
     pki.issue("parlor test server", 1);
-    let server = pki.server().await;
+    let server = pki.server().await.unwrap();
     let ca = pki.ca_path();
     let ca = ca.to_str().unwrap();
 
@@ -216,7 +144,7 @@ async fn without_ca_cert_the_certificate_is_refused_with_a_clear_error() {
     let _serial = parlor_tests::exclusive().await;
     let pki = Pki::new();
     pki.issue("parlor test server", 1);
-    let server = pki.server().await;
+    let server = pki.server().await.unwrap();
     let authority = server.base.strip_prefix("https://").unwrap().to_owned();
 
     // The WebSocket (chat creating a room) and the code API (send --code).
@@ -253,7 +181,7 @@ async fn send_code_works_over_https() {
     let _serial = parlor_tests::exclusive().await;
     let pki = Pki::new();
     pki.issue("parlor test server", 1);
-    let server = pki.server().await;
+    let server = pki.server().await.unwrap();
     let ca = pki.ca_path();
     let ca = ca.to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -312,8 +240,8 @@ fn sighup(server: &Server) {
 async fn sighup_reloads_the_certificate_and_a_bad_reload_keeps_serving() {
     let _serial = parlor_tests::exclusive().await;
     let pki = Pki::new();
-    let first = pki.issue("parlor test server one", 1);
-    let server = pki.server().await;
+    let first = pki.issue("parlor test server one", 1).der;
+    let server = pki.server().await.unwrap();
     let ca = pki.ca_path();
     let (presented, health) = probe(&server.base, &ca).await.unwrap();
     assert_eq!(presented, first);
@@ -337,7 +265,7 @@ async fn sighup_reloads_the_certificate_and_a_bad_reload_keeps_serving() {
     assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
 
     // A new certificate (other subject and serial) in the same files.
-    let second = pki.issue("parlor test server two", 2);
+    let second = pki.issue("parlor test server two", 2).der;
     assert_ne!(first, second);
     sighup(&server);
     let mut seen = Vec::new();
