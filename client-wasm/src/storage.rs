@@ -239,14 +239,35 @@ impl IncomingFile {
     }
 }
 
+/// Most bytes one OPFS write carries when queued chunks are merged.
+const COALESCE_BYTES: usize = 2 * 1024 * 1024;
+
+/// Merges the writes queued right behind `op` that continue where it ends
+/// into it (up to [`COALESCE_BYTES`]): while one write is in flight the
+/// chunks that arrive meanwhile go to disk in one call, not one each (a
+/// write is a round trip through the browser's storage process).
+fn coalesce_writes(op: &mut Op, queue: &mut VecDeque<Op>) {
+    let Op::Write(offset, data) = op else {
+        return;
+    };
+    while let Some(Op::Write(next, more)) = queue.front()
+        && *next == *offset + data.len() as u64
+        && data.len() + more.len() <= COALESCE_BYTES
+    {
+        data.extend_from_slice(more);
+        queue.pop_front();
+    }
+}
+
 async fn run(inner: Rc<RefCell<Inner>>) {
     loop {
         let (op, target, failed, name, mime, layout) = {
             let mut i = inner.borrow_mut();
-            let Some(op) = i.queue.pop_front() else {
+            let Some(mut op) = i.queue.pop_front() else {
                 i.running = false;
                 return;
             };
+            coalesce_writes(&mut op, &mut i.queue);
             (
                 op,
                 i.target.clone(),

@@ -309,6 +309,17 @@ fn test() -> Result<()> {
             ])
             .env("CHROMEDRIVER", "/usr/bin/chromedriver"),
     )?;
+    // The browser benchmark, briefly, only to show it still runs (numbers
+    // from a debug harness and 4 MiB mean nothing; `cargo xtask bench
+    // browser` measures).
+    if web_built {
+        run_checked(
+            cargo()
+                .args(["run", "-q", "-p", "parlor-tests", "--bin", "browser_bench"])
+                .env("PARLOR_BENCH_MB", "4")
+                .env("PARLOR_BENCH_ROUNDS", "1"),
+        )?;
+    }
     fuzz()
 }
 
@@ -347,6 +358,19 @@ fn bench(args: &[String]) -> Result<()> {
     }
     if args.first().is_some_and(|a| a == "signaling") {
         return signaling_bench(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "browser") {
+        setup()?;
+        build_web()?;
+        return run_checked(cargo().args([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "parlor-tests",
+            "--bin",
+            "browser_bench",
+        ]));
     }
     let skip_core = args.iter().any(|a| a == "--transfer-only");
     if !skip_core {
