@@ -42,6 +42,8 @@ pub struct Page {
     /// The WebDriver session.
     pub client: Client,
     driver: Child,
+    /// The way to a chromedriver in another network namespace.
+    _forward: Option<crate::netns::Forward>,
     _profile: tempfile::TempDir,
     /// Where this browser saves downloads.
     pub downloads: tempfile::TempDir,
@@ -56,53 +58,74 @@ impl std::fmt::Debug for Page {
 impl Page {
     /// Starts chromedriver and a headless Chromium.
     pub async fn open() -> Result<Self> {
-        Self::open_with(&[]).await
+        Self::open_in(None, &[]).await
     }
 
     /// [`Self::open`] with extra Chromium command-line flags.
-    pub async fn open_with(extra_args: &[String]) -> Result<Self> {
+    pub async fn open_with(args: &[String]) -> Result<Self> {
+        Self::open_in(None, args).await
+    }
+
+    /// Starts chromedriver and a headless Chromium inside network namespace
+    /// `namespace` (`ip netns` name; `None`: this one), with extra Chromium
+    /// flags `args`. A chromedriver in another namespace is reached through
+    /// a [`crate::netns::Forward`].
+    pub async fn open_in(namespace: Option<&str>, args: &[String]) -> Result<Self> {
         // With the whole workspace built together rustls has two crypto
         // backends enabled and will not guess; choose one (a no-op when one
         // is already installed).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let port = free_port()?;
-        let driver = Command::new("chromedriver")
+        let mut driver = match namespace {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "chromedriver"]);
+                cmd
+            }
+            None => Command::new("chromedriver"),
+        };
+        let driver = driver
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .context("starting chromedriver (apt-get install chromium-driver)")?;
+        let forward = match namespace {
+            Some(ns) => Some(crate::netns::Forward::start(ns, port).await?),
+            None => None,
+        };
+        let url = format!(
+            "http://127.0.0.1:{}",
+            forward.as_ref().map_or(port, |f| f.port)
+        );
         let profile = tempfile::tempdir()?;
         let downloads = tempfile::tempdir()?;
-        let mut args: Vec<String> = [
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-features=WebRtcHideLocalIpsWithMdns",
-            "--window-size=1100,900",
-        ]
-        .map(String::from)
-        .into();
-        args.push(format!("--user-data-dir={}", profile.path().display()));
-        args.extend_from_slice(extra_args);
+        let mut flags = vec![
+            "--headless=new".to_owned(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--disable-features=WebRtcHideLocalIpsWithMdns".into(),
+            "--window-size=1100,900".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        flags.extend_from_slice(args);
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
             json!({
                 "binary": CHROMIUM,
-                "args": args,
+                "args": flags,
                 "prefs": {
                     "download.default_directory": downloads.path(),
                     "download.prompt_for_download": false,
                 },
             }),
         );
-        let url = format!("http://127.0.0.1:{port}");
         let mut last_err = None;
         // chromedriver needs a moment to listen; bounded retries.
         for _ in 0..50 {
@@ -115,6 +138,7 @@ impl Page {
                     return Ok(Self {
                         client,
                         driver,
+                        _forward: forward,
                         _profile: profile,
                         downloads,
                     });
@@ -272,6 +296,39 @@ impl Page {
             .await?;
         let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
         input.send_keys(&list.join("\n")).await?;
+        Ok(())
+    }
+
+    /// Waits for a transfer of file `name` in `state` (`offered`, `done`,
+    /// ...) for up to `timeout`; returns its `data-hash` (or `yes` before
+    /// there is one).
+    pub async fn wait_transfer(
+        &self,
+        name: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> Result<String> {
+        let script = format!(
+            "(() => {{ const t = [...document.querySelectorAll('[data-transfer-id]')].find(e => e.dataset.name === {n} && e.dataset.state === {s}); return t ? (t.dataset.hash || 'yes') : null; }})()",
+            n = json!(name),
+            s = json!(state)
+        );
+        let hash = self
+            .wait_js(&format!("transfer {name} {state}"), &script, timeout)
+            .await?;
+        Ok(hash.as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Waits for the offer of file `name` and clicks its Accept button.
+    pub async fn accept(&self, name: &str) -> Result<()> {
+        self.wait_transfer(name, "offered", PAGE_TIMEOUT).await?;
+        let script = format!(
+            "const t = [...document.querySelectorAll('[data-transfer-id]')].find(e => e.dataset.name === {n}); \
+             const b = [...t.querySelectorAll('button')].find(b => b.textContent.trim() === 'Accept' || b.getAttribute('aria-label') === 'Accept'); \
+             b.click(); return true;",
+            n = json!(name)
+        );
+        self.client.execute(&script, vec![]).await?;
         Ok(())
     }
 

@@ -67,6 +67,27 @@ pub fn bin_dir() -> PathBuf {
         if release {
             cmd.arg("--release");
         }
+        // Without the variables `cargo test` gives this test binary about
+        // its own crate: build scripts that track them (ring's tracks
+        // CARGO_MANIFEST_DIR and CARGO_PKG_*) would otherwise see them
+        // change between this build and a build from a shell, and rebuild
+        // ring and everything above it each time.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+                || name == "CARGO_PRIMARY_PACKAGE"
+                || name == "CARGO_TARGET_TMPDIR"
+            {
+                cmd.env_remove(&*name);
+            }
+        }
         let status = cmd.status().expect("running cargo build");
         assert!(status.success(), "building parlor binaries failed");
         dir

@@ -20,6 +20,10 @@
 //!   └────────────┘                                                └────────────┘
 //! ```
 //!
+//! The server also has a second address, [`SERVER_IP2`] (198.18.0.3), for a
+//! listener that wants a port [`SERVER_IP`] already uses (TURN over TLS on
+//! 443 beside https on 443).
+//!
 //! Behind a router with [`Nat::None`] the peer's side is public instead:
 //! 198.18.N.0/24, routed via that router's wan address (the server and the
 //! other router get a route to it). 198.18.0.0/15 is the benchmarking range;
@@ -33,19 +37,26 @@
 //! or firewall. Needs root (or `CAP_SYS_ADMIN` + `CAP_NET_ADMIN`), iproute2,
 //! `iptables` and `sysctl`.
 
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 
+use crate::browser::Page;
 use crate::{Peer, Server};
 
 /// The server's address on the "internet".
 pub const SERVER_IP: &str = "198.18.0.1";
 /// The "internet" and every address behind the routers.
 pub const LAB_INTERNET: &str = "198.18.0.0/15";
+/// The server's second address on the "internet" (see the module docs).
+pub const SERVER_IP2: &str = "198.18.0.3";
 /// The server's HTTP/WebSocket port.
 pub const HTTP_PORT: u16 = 8080;
+/// The port of https/wss and of TURN over TLS, the one port a
+/// [`Firewall::TlsOnly`] network lets out.
+pub const TLS_PORT: u16 = 443;
 /// The embedded TURN (and STUN) port, UDP and TCP.
 pub const TURN_PORT: u16 = 3478;
 
@@ -82,6 +93,9 @@ pub enum Firewall {
     NoUdp,
     /// Only TCP from the peer to the server's HTTP port, and its replies.
     HttpOnly,
+    /// Only TCP from the peer to port [`TLS_PORT`] (443) of any address,
+    /// and its replies: a network that lets out nothing but TLS.
+    TlsOnly,
 }
 
 /// One peer's router.
@@ -227,6 +241,10 @@ impl Lab {
             ip(ns, &["addr", "add", addr, "dev", "wan"])?;
             ip(ns, &["link", "set", "wan", "up"])?;
         }
+        ip(
+            &lab.server,
+            &["addr", "add", &format!("{SERVER_IP2}/24"), "dev", "wan"],
+        )?;
 
         for (i, router) in routers.iter().enumerate() {
             let nat = &lab.routers[i];
@@ -311,30 +329,8 @@ impl Lab {
             match router.firewall {
                 Firewall::Open => {}
                 Firewall::NoUdp => iptables(nat, &["-A", "FORWARD", "-p", "udp", "-j", "DROP"])?,
-                Firewall::HttpOnly => {
-                    let port = HTTP_PORT.to_string();
-                    iptables(
-                        nat,
-                        &[
-                            "-A",
-                            "FORWARD",
-                            "-m",
-                            "conntrack",
-                            "--ctstate",
-                            "ESTABLISHED,RELATED",
-                            "-j",
-                            "ACCEPT",
-                        ],
-                    )?;
-                    iptables(
-                        nat,
-                        &[
-                            "-A", "FORWARD", "-i", "lan", "-o", "wan", "-p", "tcp", "-d",
-                            SERVER_IP, "--dport", &port, "-j", "ACCEPT",
-                        ],
-                    )?;
-                    iptables(nat, &["-A", "FORWARD", "-j", "DROP"])?;
-                }
+                Firewall::HttpOnly => allow_only_tcp(nat, Some(SERVER_IP), HTTP_PORT)?,
+                Firewall::TlsOnly => allow_only_tcp(nat, None, TLS_PORT)?,
             }
         }
         Ok(lab)
@@ -349,17 +345,30 @@ impl Lab {
     /// [`SERVER_IP`]:[`HTTP_PORT`] with its TURN relay on [`TURN_PORT`],
     /// plus `extra` arguments.
     pub async fn start_server(&self, extra: &[&str]) -> Result<Server> {
-        let listen = format!("{SERVER_IP}:{HTTP_PORT}");
+        self.start_server_on(&format!("{SERVER_IP}:{HTTP_PORT}"), SERVER_IP, extra)
+            .await
+    }
+
+    /// Starts `parlor-server` in the server namespace listening on `listen`
+    /// (`IP:PORT`), its TURN relay listening on and advertising `turn_ip`
+    /// (port [`TURN_PORT`]; a `--turn-tls-port` listener binds there too),
+    /// plus `extra` arguments.
+    pub async fn start_server_on(
+        &self,
+        listen: &str,
+        turn_ip: &str,
+        extra: &[&str],
+    ) -> Result<Server> {
         let turn_port = TURN_PORT.to_string();
         let mut args = vec![
             "--listen",
-            &listen,
+            listen,
             "--turn-port",
             &turn_port,
             "--turn-listen-ip",
-            SERVER_IP,
+            turn_ip,
             "--public-ip",
-            SERVER_IP,
+            turn_ip,
             // The lab's "internet" is the benchmarking range 198.18.0.0/15,
             // which the relay refuses by default (coturn's deny list).
             "--turn-allow",
@@ -371,8 +380,30 @@ impl Lab {
 
     /// Starts `parlor --json ARGS...` in peer namespace `index` (0 or 1).
     pub fn spawn_peer(&self, index: usize, label: &str, args: &[&str]) -> Result<Peer> {
-        let ns = self.peers.get(index).context("peer index is 0 or 1")?;
-        Peer::spawn_wrapped(&Self::wrapper(ns), label, args)
+        Peer::spawn_wrapped(&Self::wrapper(self.peer_namespace(index)?), label, args)
+    }
+
+    /// Opens a headless Chromium in peer namespace `index` (0 or 1), with
+    /// extra Chromium flags `args` (see [`Page::open_in`]).
+    ///
+    /// The lab has no DNS server, and the host's resolver is unreachable
+    /// from it: a Chromium in a peer namespace spent about 16 s on its first
+    /// navigation (even to `about:blank`) until lookups were made to fail at
+    /// once. So every name but localhost and the lab's addresses does.
+    pub async fn open_page(&self, index: usize, args: &[String]) -> Result<Page> {
+        let mut all = vec![
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 198.18.*".to_owned(),
+        ];
+        all.extend_from_slice(args);
+        Page::open_in(Some(self.peer_namespace(index)?), &all).await
+    }
+
+    /// The name of peer `index`'s namespace (0 or 1).
+    fn peer_namespace(&self, index: usize) -> Result<&str> {
+        self.peers
+            .get(index)
+            .map(String::as_str)
+            .context("peer index is 0 or 1")
     }
 
     /// Cuts (`true`) or restores (`false`) everything router `index`
@@ -382,6 +413,12 @@ impl Lab {
         let ns = self.routers.get(index).context("router index is 0 or 1")?;
         let op = if cut { "-I" } else { "-D" };
         exec(ns, &["iptables", op, "FORWARD", "-j", "DROP"])
+    }
+
+    /// Router `index`'s connection tracking table (`/proc/net/nf_conntrack`).
+    pub fn conntrack(&self, index: usize) -> Result<String> {
+        let ns = self.routers.get(index).context("router index is 0 or 1")?;
+        exec_output(ns, &["cat", "/proc/net/nf_conntrack"])
     }
 
     /// The routers' rule counters and connection tracking tables, for
@@ -403,6 +440,115 @@ impl Lab {
         }
         out
     }
+}
+
+/// Makes router `nat` forward only TCP from its peer to `port` (of `dest`,
+/// or of any address), and the replies.
+fn allow_only_tcp(nat: &str, dest: Option<&str>, port: u16) -> Result<()> {
+    iptables(
+        nat,
+        &[
+            "-A",
+            "FORWARD",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ],
+    )?;
+    let port = port.to_string();
+    let mut rule = vec!["-A", "FORWARD", "-i", "lan", "-o", "wan", "-p", "tcp"];
+    if let Some(dest) = dest {
+        rule.extend(["-d", dest]);
+    }
+    rule.extend(["--dport", &port, "-j", "ACCEPT"]);
+    iptables(nat, &rule)?;
+    iptables(nat, &["-A", "FORWARD", "-j", "DROP"])
+}
+
+/// A listener on 127.0.0.1 in this process's network namespace whose
+/// connections are forwarded to a loopback port inside another namespace
+/// (e.g. a chromedriver running there, which no socket here can reach).
+/// Stops, with every connection, on drop.
+#[derive(Debug)]
+pub struct Forward {
+    /// The local port to connect to.
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Forward {
+    /// Listens on a free local port and forwards each connection to
+    /// 127.0.0.1:`port` inside namespace `ns`.
+    pub async fn start(ns: &str, port: u16) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let local = listener.local_addr()?.port();
+        let ns = ns.to_owned();
+        let target = SocketAddr::from(([127, 0, 0, 1], port));
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        match accepted {
+                            Ok((inbound, _)) => {
+                                connections.spawn(forward(inbound, ns.clone(), target));
+                            }
+                            // E.g. out of file descriptors: back off a little.
+                            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        }
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        Ok(Self { port: local, task })
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies between `inbound` and a new connection to `target` inside `ns`
+/// until either side closes; a target that refuses just closes `inbound`.
+async fn forward(mut inbound: tokio::net::TcpStream, ns: String, target: SocketAddr) {
+    let connected = tokio::task::spawn_blocking(move || connect_in(&ns, target)).await;
+    let Ok(Ok(outbound)) = connected else { return };
+    let outbound = outbound
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpStream::from_std(outbound));
+    if let Ok(mut outbound) = outbound {
+        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    }
+}
+
+/// Connects to `addr` from inside network namespace `ns`, on a thread of
+/// its own that first enters `ns` (`setns`): a socket stays in the
+/// namespace it was made in, whichever thread uses it later, and the thread
+/// ends with the process's other threads untouched.
+pub fn connect_in(ns: &str, addr: SocketAddr) -> Result<std::net::TcpStream> {
+    use std::os::fd::AsFd as _;
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+                rustix::thread::move_into_link_name_space(
+                    file.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .with_context(|| format!("entering network namespace {ns}"))?;
+                std::net::TcpStream::connect_timeout(&addr, COMMAND_TIMEOUT)
+                    .with_context(|| format!("connecting to {addr} in {ns}"))
+            })
+            .join()
+            .map_err(|_| anyhow!("the thread connecting in {ns} panicked"))?
+    })
 }
 
 /// The wan address of router `i` (0 or 1).

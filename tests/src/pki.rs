@@ -90,10 +90,15 @@ impl Pki {
     /// Issues a server certificate (subject `name`, serial `serial`) for
     /// 127.0.0.1 and localhost, and writes it and its key over
     /// [`Self::cert_path`] and [`Self::key_path`].
-    #[allow(clippy::unwrap_used)]
     pub fn issue(&self, name: &str, serial: u64) -> Leaf {
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        self.issue_for(&["127.0.0.1", "localhost"], name, serial)
+    }
+
+    /// [`Self::issue`] for the host names and IP addresses `hosts`.
+    #[allow(clippy::unwrap_used)]
+    pub fn issue_for(&self, hosts: &[&str], name: &str, serial: u64) -> Leaf {
+        let hosts = hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>();
+        let mut params = CertificateParams::new(hosts).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.serial_number = Some(SerialNumber::from(serial));
         let key = KeyPair::generate().unwrap();

@@ -99,28 +99,11 @@ async fn join_with(link: &str, flags: &[String]) -> Page {
 
 /// Waits for a transfer of `name` in `state` on `page`; returns its data-hash.
 async fn wait_transfer(page: &Page, name: &str, state: &str, timeout: Duration) -> String {
-    let script = format!(
-        "(() => {{ const t = [...document.querySelectorAll('[data-transfer-id]')].find(e => e.dataset.name === {n} && e.dataset.state === {s}); return t ? (t.dataset.hash || 'yes') : null; }})()",
-        n = json!(name),
-        s = json!(state)
-    );
-    page.wait_js(&format!("transfer {name} {state}"), &script, timeout)
-        .await
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .to_owned()
+    page.wait_transfer(name, state, timeout).await.unwrap()
 }
 
 async fn accept(page: &Page, name: &str) {
-    wait_transfer(page, name, "offered", PAGE_TIMEOUT).await;
-    let script = format!(
-        "const t = [...document.querySelectorAll('[data-transfer-id]')].find(e => e.dataset.name === {n}); \
-         const b = [...t.querySelectorAll('button')].find(b => b.textContent.trim() === 'Accept' || b.getAttribute('aria-label') === 'Accept'); \
-         b.click(); return true;",
-        n = json!(name)
-    );
-    page.client.execute(&script, vec![]).await.unwrap();
+    page.accept(name).await.unwrap();
 }
 
 /// Clicks the "Save NAME" link and waits for the download to finish on disk.
