@@ -293,9 +293,16 @@ async fn run(cli: Cli, report: &mut Reporter) -> Result<()> {
     let key = match secret {
         Secret::Key(key, _) => key,
         Secret::Code(code, _) => {
-            let key = code::exchange(&mut signaling, &joined, &code, &room).await?;
-            report.emit(Event::CodeMatched);
-            key
+            match code::exchange(&mut signaling, &joined, &code, &room).await {
+                Ok(key) => {
+                    report.emit(Event::CodeMatched);
+                    key
+                }
+                Err(err) => {
+                    signaling.close().await;
+                    return Err(err);
+                }
+            }
         }
     };
     let json = report.is_json();

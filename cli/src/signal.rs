@@ -89,7 +89,13 @@ pub struct Signaling {
     /// [`Self::recv`] before anything newer.
     pending: VecDeque<Incoming>,
     relay: Arc<RelayBuffer>,
+    /// Writes [`Self::outgoing`] to the socket; ends (closing it) when
+    /// every sender is gone.
+    writer: tokio::task::JoinHandle<()>,
 }
+
+/// How long [`Signaling::close`] waits for queued messages to leave.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl std::fmt::Debug for Outgoing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -182,7 +188,7 @@ impl Signaling {
             drained: Notify::new(),
         });
         let buffer = Arc::clone(&relay);
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             while let Some(out) = out_rx.recv().await {
                 let sent = match out {
                     Outgoing::Message(msg) => sink.send(Message::text(msg.to_json())).await,
@@ -235,9 +241,22 @@ impl Signaling {
                 incoming: in_rx,
                 pending: VecDeque::new(),
                 relay,
+                writer,
             },
             joined,
         ))
+    }
+
+    /// Sends what is queued, then closes the connection (waiting at most
+    /// [`CLOSE_TIMEOUT`]): a peer that gives up still gets its last
+    /// messages out (e.g. its code confirmation, which tells the other side
+    /// "mismatch" rather than "left").
+    pub async fn close(self) {
+        let Self {
+            outgoing, writer, ..
+        } = self;
+        drop(outgoing);
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
     }
 
     /// Queues a message for the server. Fails only when the connection is gone.

@@ -12,6 +12,13 @@
 //!   (every chunk written to OPFS and the BLAKE3 hash verified).
 //!
 //! Times are the driver's wall clock, polling each receiver every 10 ms.
+//!
+//! Chat during a transfer: while a Parlor pair moves its file, the sender
+//! types a chat message every 100 ms (stamped with the sending moment,
+//! `performance.timeOrigin + performance.now()`, one clock for every
+//! browser on this machine); the receiver notes when each is shown (a
+//! `MutationObserver` on the message list). The same with no transfer
+//! gives the idle figure.
 //! `PARLOR_BENCH_MB` (default 64) and `PARLOR_BENCH_ROUNDS` (default 5).
 //! `PARLOR_BENCH_BEFORE=DIR` adds a third pair served another build of the
 //! app (e.g. a copy of `dist/` from before a change), so a change is
@@ -91,6 +98,60 @@ async fn raw_round(sender: &Page, receiver: &Page, bytes: usize) -> Result<f64> 
     Ok((end - start).as_secs_f64())
 }
 
+/// Run once on a receiving page: records how long after its stamp every
+/// `chat-bench:STAMP` message was shown, in `window.__latencies` (ms).
+const LATENCY_OBSERVER: &str = "window.__latencies = []; \
+    new MutationObserver((records) => { \
+      const now = performance.timeOrigin + performance.now(); \
+      for (const r of records) for (const n of r.addedNodes) { \
+        const t = n.querySelector && n.querySelector('.text'); \
+        if (t && t.textContent.startsWith('chat-bench:')) \
+          window.__latencies.push(now - Number(t.textContent.slice(11))); \
+      } \
+    }).observe(document.querySelector('ul.messages'), { childList: true }); \
+    return true;";
+
+/// Starts, on a sending page, a chat message every 100 ms stamped with
+/// the moment it is sent.
+const CHAT_TICKER_START: &str = "window.__ticker = setInterval(() => { \
+      const input = document.querySelector(\"[aria-label='Message']\"); \
+      input.value = 'chat-bench:' + (performance.timeOrigin + performance.now()); \
+      document.querySelector(\"[aria-label='Send']\").click(); \
+    }, 100); return true;";
+
+const CHAT_TICKER_STOP: &str = "clearInterval(window.__ticker); return true;";
+
+/// The latencies `receiver` recorded since the last call (ms).
+async fn take_latencies(receiver: &Page) -> Result<Vec<f64>> {
+    let v = receiver
+        .client
+        .execute(
+            "const l = window.__latencies; window.__latencies = []; return l;",
+            vec![],
+        )
+        .await?;
+    Ok(serde_json::from_value(v)?)
+}
+
+/// Chat latencies (ms) from `sender` to `receiver` over `for_how_long`
+/// with nothing else going on.
+async fn idle_chat(sender: &Page, receiver: &Page, for_how_long: Duration) -> Result<Vec<f64>> {
+    sender.client.execute(CHAT_TICKER_START, vec![]).await?;
+    tokio::time::sleep(for_how_long).await;
+    sender.client.execute(CHAT_TICKER_STOP, vec![]).await?;
+    // The last ones still on their way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    take_latencies(receiver).await
+}
+
+/// The `q` quantile (0..=1) of `values`.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v.get(i).copied().unwrap_or(f64::NAN)
+}
+
 /// Two Parlor pages in one room, connected directly.
 async fn parlor_pair(server: &Server) -> Result<(Page, Page)> {
     let sender = Page::open().await?;
@@ -108,6 +169,7 @@ async fn parlor_pair(server: &Server) -> Result<(Page, Page)> {
     receiver.goto(&link).await?;
     sender.wait_peers_in_state(1, "direct").await?;
     receiver.wait_peers_in_state(1, "direct").await?;
+    receiver.client.execute(LATENCY_OBSERVER, vec![]).await?;
     Ok((sender, receiver))
 }
 
@@ -119,7 +181,8 @@ fn row(name: &str) -> String {
     )
 }
 
-/// Seconds from the receiver's Accept of `file` until it verified it.
+/// Seconds from the receiver's Accept of `file` until it verified it, with
+/// the sender chatting meanwhile.
 async fn parlor_round(sender: &Page, receiver: &Page, file: &Path) -> Result<f64> {
     let name = file
         .file_name()
@@ -140,13 +203,15 @@ async fn parlor_round(sender: &Page, receiver: &Page, file: &Path) -> Result<f64
     );
     let start = Instant::now();
     receiver.client.execute(&accept, vec![]).await?;
+    sender.client.execute(CHAT_TICKER_START, vec![]).await?;
     let end = until(
         receiver,
         "the verified file",
         &format!("({row}).dataset.state === 'done'"),
     )
-    .await?;
-    Ok((end - start).as_secs_f64())
+    .await;
+    sender.client.execute(CHAT_TICKER_STOP, vec![]).await?;
+    Ok((end? - start).as_secs_f64())
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -188,6 +253,13 @@ async fn main() -> Result<()> {
         parlor_round(tx, rx, &warm).await?;
     }
 
+    let mut idle = Vec::new();
+    let mut busy = vec![Vec::new(); pairs.len()];
+    for (_, (tx, rx)) in &pairs {
+        take_latencies(rx).await?; // the warm-up round's
+        idle.push(idle_chat(tx, rx, Duration::from_secs(3)).await?);
+    }
+
     let rate = |secs: f64| bytes as f64 / secs / 1e6;
     let mut raw = Vec::new();
     let mut parlor = vec![Vec::new(); pairs.len()];
@@ -198,6 +270,7 @@ async fn main() -> Result<()> {
             let file = dir.path().join(format!("round-{round}-{i}.bin"));
             std::fs::hard_link(&source, &file)?;
             let p = parlor_round(tx, rx, &file).await?;
+            busy[i].extend(take_latencies(rx).await?);
             line += &format!(", {name} {:6.1} MB/s ({:.2}x)", rate(p), r / p);
             parlor[i].push(p);
         }
@@ -217,6 +290,19 @@ async fn main() -> Result<()> {
             median(&ratios),
             ratios.iter().copied().fold(f64::INFINITY, f64::min),
             ratios.iter().copied().fold(0.0, f64::max),
+        );
+    }
+    for (((name, _), idle), busy) in pairs.iter().zip(&idle).zip(&busy) {
+        println!(
+            "  {name} chat: idle p50 {:.1} ms, p99 {:.1} ms ({} messages); during the transfers \
+             p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} messages)",
+            quantile(idle, 0.5),
+            quantile(idle, 0.99),
+            idle.len(),
+            quantile(busy, 0.5),
+            quantile(busy, 0.99),
+            quantile(busy, 1.0),
+            busy.len(),
         );
     }
     let (raw_tx, raw_rx) = raw_pair;
