@@ -11,7 +11,7 @@
 //! addresses and each gets its own per-address limit; a forged
 //! `X-Forwarded-For` from a client does not get it another one; the
 //! `Origin` check works against `--public-url` although nginx drops the
-//! port from `Host`; `parlor --ca-cert` peers chat through it.
+//! port from `Host`; `parlor --ca-cert` peers chat and send a file through it.
 //!
 //! Skipped (with a message) only when nginx is missing and
 //! `PARLOR_REQUIRE_NGINX` is not set; `cargo xtask test` sets it.
@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parlor_tests::Peer;
 use parlor_tests::nginx::{self, Nginx};
 use parlor_tests::pki::Pki;
+use parlor_tests::{Peer, hash_file, random_file};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -206,7 +206,7 @@ async fn behind_nginx_each_client_has_its_own_limits_and_the_origin_check_holds(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn cli_peers_chat_through_nginx_with_ca_cert() {
+async fn cli_peers_chat_and_send_a_file_through_nginx_with_ca_cert() {
     let Some(binary) = nginx::binary() else {
         return;
     };
@@ -235,4 +235,38 @@ async fn cli_peers_chat_through_nginx_with_ca_cert() {
     bob.close_stdin();
     assert!(alice.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
     assert!(bob.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
+
+    // A file, from `send` to `receive`, through the same https site.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("through-nginx.bin");
+    let hash = random_file(&src, 2 * 1024 * 1024 + 9).unwrap();
+    let out = dir.path().join("out");
+    let mut sender = Peer::spawn(
+        "sender",
+        &[
+            "--ca-cert",
+            ca,
+            "send",
+            "--server",
+            &base,
+            src.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let link = sender.invite().await.unwrap();
+    let mut receiver = Peer::spawn(
+        "receiver",
+        &[
+            "--ca-cert",
+            ca,
+            "receive",
+            &link,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert!(receiver.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
+    assert!(sender.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
+    assert_eq!(hash_file(&out.join("through-nginx.bin")).unwrap(), hash);
 }
