@@ -499,3 +499,92 @@ pub async fn http_post(base: &str, path: &str) -> Result<(u16, String)> {
         .context("no HTTP status")?;
     Ok((status, body.to_owned()))
 }
+
+/// How long [`transfer`] waits for each peer to finish.
+pub const TRANSFER_EXIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What [`transfer`] did: both peers (exited, every event in their
+/// `history`) and the hashes of the file sent and of the file received.
+#[derive(Debug)]
+pub struct Transferred {
+    /// The `parlor send` peer.
+    pub sender: Peer,
+    /// The `parlor receive` peer.
+    pub receiver: Peer,
+    /// BLAKE3 (hex) of the file sent.
+    pub sent: String,
+    /// BLAKE3 of the file as the receiver left it on disk.
+    pub received: String,
+}
+
+impl Transferred {
+    /// The `path` both peers' `connected` events name (`direct`, `turn`,
+    /// `server-relay`), or an error when they differ or one is missing.
+    pub async fn path(&mut self) -> Result<String> {
+        let mut paths = Vec::new();
+        for peer in [&mut self.sender, &mut self.receiver] {
+            let connected = peer.wait_event("connected").await?;
+            paths.push(connected["path"].as_str().unwrap_or_default().to_owned());
+        }
+        anyhow::ensure!(paths[0] == paths[1], "the peers disagree: {paths:?}");
+        Ok(paths.swap_remove(0))
+    }
+}
+
+/// The end-to-end tests' file transfer: `parlor send` (`bytes` of
+/// pseudo-random data) creates a room on the server at `base`, `parlor
+/// receive` opens its invite link; both must exit successfully, and the
+/// receiver's `file_received` hash must be the file's. `args` go to both
+/// CLIs (e.g. `--ca-cert CA`, `--force-relay turn`); `wrappers` run each
+/// (sender, receiver) inside a command prefix (`ip netns exec NS`), empty
+/// for none. The caller compares [`Transferred::received`] with
+/// [`Transferred::sent`].
+pub async fn transfer(
+    base: &str,
+    args: &[&str],
+    wrappers: [&[&str]; 2],
+    bytes: usize,
+) -> Result<Transferred> {
+    let dir = tempfile::tempdir()?;
+    let src = dir.path().join("transfer.bin");
+    let sent = random_file(&src, bytes)?;
+    let out = dir.path().join("out");
+    let src_arg = src.to_str().context("temp path")?;
+    let out_arg = out.to_str().context("temp path")?;
+    let mut sender = Peer::spawn_wrapped(
+        wrappers[0],
+        "sender",
+        &[&["send", "--server", base, src_arg], args].concat(),
+    )?;
+    let link = sender.invite().await?;
+    anyhow::ensure!(
+        link.starts_with(&format!("{base}/r/")),
+        "an invite link of another site: {link}"
+    );
+    let mut receiver = Peer::spawn_wrapped(
+        wrappers[1],
+        "receiver",
+        &[&["receive", &link, "--out", out_arg], args].concat(),
+    )?;
+    for peer in [&mut receiver, &mut sender] {
+        let status = peer.wait_exit(TRANSFER_EXIT_TIMEOUT).await?;
+        anyhow::ensure!(
+            status.success(),
+            "[{}] exited with {status}; events: {:?}",
+            peer.label,
+            peer.history
+        );
+    }
+    let reported = receiver.wait_event("file_received").await?;
+    anyhow::ensure!(
+        reported["hash"] == sent.as_str(),
+        "the receiver verified another hash: {reported}"
+    );
+    let received = hash_file(&out.join("transfer.bin"))?;
+    Ok(Transferred {
+        sender,
+        receiver,
+        sent,
+        received,
+    })
+}

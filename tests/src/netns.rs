@@ -380,7 +380,13 @@ impl Lab {
 
     /// Starts `parlor --json ARGS...` in peer namespace `index` (0 or 1).
     pub fn spawn_peer(&self, index: usize, label: &str, args: &[&str]) -> Result<Peer> {
-        Peer::spawn_wrapped(&Self::wrapper(self.peer_namespace(index)?), label, args)
+        Peer::spawn_wrapped(&self.peer_wrapper(index)?, label, args)
+    }
+
+    /// The command prefix that runs a program in peer namespace `index`
+    /// (0 or 1), e.g. for [`crate::transfer`].
+    pub fn peer_wrapper(&self, index: usize) -> Result<[&str; 4]> {
+        Ok(Self::wrapper(self.peer_namespace(index)?))
     }
 
     /// Opens a headless Chromium in peer namespace `index` (0 or 1), with

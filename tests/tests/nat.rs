@@ -30,7 +30,7 @@ use parlor_tests::netns::{
     self, Firewall, Lab, Nat, Router, SERVER_IP, SERVER_IP2, TLS_PORT, TURN_PORT,
 };
 use parlor_tests::pki::{Leaf, Pki};
-use parlor_tests::{hash_file, random_file};
+use parlor_tests::random_file;
 
 /// Bound on connecting (ICE may try several pairs, or fall back to a relay).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -64,51 +64,14 @@ async fn transfer(lab: &Lab, path: &str) -> anyhow::Result<()> {
 /// the server at `base` (both CLIs also given `extra`); both must report
 /// `path` and the file must arrive intact.
 async fn send_file(lab: &Lab, base: &str, extra: &[&str], path: &str) -> anyhow::Result<()> {
-    use anyhow::{Context as _, ensure};
-
-    let dir = tempfile::tempdir()?;
-    let src = dir.path().join("nat.bin");
-    let hash = random_file(&src, FILE_BYTES)?;
-    let out = dir.path().join("out");
-    let src = src.to_str().context("temp path")?;
-    let out_arg = out.to_str().context("temp path")?;
-
-    let mut sender = lab.spawn_peer(
-        0,
-        "sender",
-        &[&["send", "--server", base, src], extra].concat(),
-    )?;
-    let link = sender.invite().await?;
-    let mut receiver = lab.spawn_peer(
-        1,
-        "receiver",
-        &[&["receive", &link, "--out", out_arg], extra].concat(),
-    )?;
-
-    for peer in [&mut receiver, &mut sender] {
-        let connected = peer
-            .wait_for_within("connected", CONNECT_TIMEOUT, |v| v["event"] == "connected")
-            .await?;
-        ensure!(
-            connected["path"] == path,
-            "[{}] expected path {path:?}: {connected}",
-            peer.label
-        );
-    }
-    for peer in [&mut sender, &mut receiver] {
-        let status = peer.wait_exit(EXIT_TIMEOUT).await?;
-        ensure!(
-            status.success(),
-            "[{}] exited with {status}; events: {:?}",
-            peer.label,
-            peer.history
-        );
-    }
-    let received = receiver.wait_event("file_received").await?;
-    ensure!(received["hash"] == hash.as_str(), "{received}");
-    ensure!(
-        hash_file(&out.join("nat.bin"))? == hash,
-        "file on disk differs"
+    let wrappers = [lab.peer_wrapper(0)?, lab.peer_wrapper(1)?];
+    let mut t =
+        parlor_tests::transfer(base, extra, [&wrappers[0], &wrappers[1]], FILE_BYTES).await?;
+    anyhow::ensure!(t.received == t.sent, "the file on disk differs");
+    let got = t.path().await?;
+    anyhow::ensure!(
+        got == path,
+        "expected path {path:?}, the peers report {got:?}"
     );
     Ok(())
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use parlor_tests::nginx::{self, Nginx};
 use parlor_tests::pki::Pki;
-use parlor_tests::{Peer, hash_file, random_file};
+use parlor_tests::{Peer, transfer};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -237,36 +237,8 @@ async fn cli_peers_chat_and_send_a_file_through_nginx_with_ca_cert() {
     assert!(bob.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
 
     // A file, from `send` to `receive`, through the same https site.
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("through-nginx.bin");
-    let hash = random_file(&src, 2 * 1024 * 1024 + 9).unwrap();
-    let out = dir.path().join("out");
-    let mut sender = Peer::spawn(
-        "sender",
-        &[
-            "--ca-cert",
-            ca,
-            "send",
-            "--server",
-            &base,
-            src.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
-    let link = sender.invite().await.unwrap();
-    let mut receiver = Peer::spawn(
-        "receiver",
-        &[
-            "--ca-cert",
-            ca,
-            "receive",
-            &link,
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
-    assert!(receiver.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
-    assert!(sender.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
-    assert_eq!(hash_file(&out.join("through-nginx.bin")).unwrap(), hash);
+    let t = transfer(&base, &["--ca-cert", ca], [&[], &[]], 2 * 1024 * 1024 + 9)
+        .await
+        .unwrap();
+    assert_eq!(t.received, t.sent);
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use parlor_tests::{Peer, Server, hash_file, random_file};
+use parlor_tests::{Peer, Server, transfer};
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -16,54 +16,16 @@ const FILE_BYTES: usize = 8 * 1024 * 1024;
 async fn forced_server_relay_transfers_a_file_with_the_right_hash() {
     let _serial = parlor_tests::exclusive().await;
     let server = Server::start(&[]).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("over-the-server.bin");
-    let hash = random_file(&src, FILE_BYTES).unwrap();
-    let out = dir.path().join("out");
-
-    let mut sender = Peer::spawn(
-        "sender",
-        &[
-            "--force-relay",
-            "server",
-            "send",
-            "--server",
-            &server.base,
-            src.to_str().unwrap(),
-        ],
+    let mut t = transfer(
+        &server.base,
+        &["--force-relay", "server"],
+        [&[], &[]],
+        FILE_BYTES,
     )
+    .await
     .unwrap();
-    let link = sender.invite().await.unwrap();
-    let mut receiver = Peer::spawn(
-        "receiver",
-        &[
-            "--force-relay",
-            "server",
-            "receive",
-            &link,
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
-
-    for peer in [&mut receiver, &mut sender] {
-        let connected = peer.wait_event("connected").await.unwrap();
-        assert_eq!(connected["path"], "server-relay", "{connected}");
-    }
-    assert!(
-        sender.wait_exit(EXIT_TIMEOUT).await.unwrap().success(),
-        "{:?}",
-        sender.history
-    );
-    assert!(
-        receiver.wait_exit(EXIT_TIMEOUT).await.unwrap().success(),
-        "{:?}",
-        receiver.history
-    );
-    let received = receiver.wait_event("file_received").await.unwrap();
-    assert_eq!(received["hash"], hash.as_str());
-    assert_eq!(hash_file(&out.join("over-the-server.bin")).unwrap(), hash);
+    assert_eq!(t.received, t.sent);
+    assert_eq!(t.path().await.unwrap(), "server-relay");
     // The server saw the bytes go by, sealed.
     let metrics = reqwest_like_get(&format!("{}/metrics", server.base)).await;
     let relayed: u64 = metrics

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parlor_tests::pki::Pki;
-use parlor_tests::{Peer, Server, hash_file, random_file};
+use parlor_tests::{Peer, Server, hash_file, random_file, transfer};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -93,48 +93,15 @@ async fn a_file_and_chat_travel_through_an_https_server_with_ca_cert() {
     let ca = pki.ca_path();
     let ca = ca.to_str().unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("tls.bin");
-    let hash = random_file(&src, 2 * 1024 * 1024).unwrap();
-    let mut sender = Peer::spawn(
-        "sender",
-        &[
-            "--ca-cert",
-            ca,
-            "send",
-            "--server",
-            &server.base,
-            src.to_str().unwrap(),
-        ],
+    let t = transfer(
+        &server.base,
+        &["--ca-cert", ca],
+        [&[], &[]],
+        2 * 1024 * 1024,
     )
+    .await
     .unwrap();
-    let link = sender.invite().await.unwrap();
-    assert!(link.starts_with(&format!("{}/r/", server.base)), "{link}");
-    let out = dir.path().join("out");
-    let mut receiver = Peer::spawn(
-        "receiver",
-        &[
-            "--ca-cert",
-            ca,
-            "receive",
-            &link,
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
-    let status = receiver.wait_exit(EXIT_TIMEOUT).await.unwrap();
-    assert!(status.success(), "{:?}", receiver.history);
-    assert_eq!(hash_file(&out.join("tls.bin")).unwrap(), hash);
-    assert_eq!(
-        receiver.wait_event("file_received").await.unwrap()["hash"],
-        hash
-    );
-    assert!(
-        sender.wait_exit(EXIT_TIMEOUT).await.unwrap().success(),
-        "{:?}",
-        sender.history
-    );
+    assert_eq!(t.received, t.sent);
 
     chat_both_ways(&server, ca).await;
 }

@@ -8,9 +8,7 @@
 
 use std::time::Duration;
 
-use parlor_tests::{Peer, Server, hash_file, random_file};
-
-const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
+use parlor_tests::{Peer, Server, transfer};
 
 /// 20 MiB: long enough for SCTP to ramp up through the relay, short enough
 /// for a debug-build test run.
@@ -20,55 +18,16 @@ const FILE_BYTES: usize = 20 * 1024 * 1024;
 async fn forced_turn_peers_transfer_a_file_through_the_embedded_relay() {
     let _serial = parlor_tests::exclusive().await;
     let server = Server::start(&["--turn-allow-private"]).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("relayed.bin");
-    let hash = random_file(&src, FILE_BYTES).unwrap();
-    let out = dir.path().join("out");
-
-    let mut sender = Peer::spawn(
-        "sender",
-        &[
-            "--force-relay",
-            "turn",
-            "send",
-            "--server",
-            &server.base,
-            src.to_str().unwrap(),
-        ],
+    let mut t = transfer(
+        &server.base,
+        &["--force-relay", "turn"],
+        [&[], &[]],
+        FILE_BYTES,
     )
+    .await
     .unwrap();
-    let link = sender.invite().await.unwrap();
-    let mut receiver = Peer::spawn(
-        "receiver",
-        &[
-            "--force-relay",
-            "turn",
-            "receive",
-            &link,
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
-
-    let connected = receiver.wait_event("connected").await.unwrap();
-    assert_eq!(connected["path"], "turn", "{connected}");
-    let connected = sender.wait_event("connected").await.unwrap();
-    assert_eq!(connected["path"], "turn", "{connected}");
-
-    assert!(
-        sender.wait_exit(EXIT_TIMEOUT).await.unwrap().success(),
-        "{:?}",
-        sender.history
-    );
-    assert!(
-        receiver.wait_exit(EXIT_TIMEOUT).await.unwrap().success(),
-        "{:?}",
-        receiver.history
-    );
-    let received = receiver.wait_event("file_received").await.unwrap();
-    assert_eq!(received["hash"], hash.as_str());
-    assert_eq!(hash_file(&out.join("relayed.bin")).unwrap(), hash);
+    assert_eq!(t.received, t.sent);
+    assert_eq!(t.path().await.unwrap(), "turn");
 }
 
 #[tokio::test(flavor = "multi_thread")]
