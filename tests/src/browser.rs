@@ -242,6 +242,25 @@ impl Page {
         Ok(v.as_str().unwrap_or_default().to_owned())
     }
 
+    /// Opens `BASE/`, presses "Start a room" and returns the room's invite
+    /// link (which must be on `base`).
+    pub async fn start_room(&self, base: &str) -> Result<String> {
+        self.goto(&format!("{base}/")).await?;
+        self.wait_js(
+            "a 'Start a room' button to click",
+            "(() => { const b = [...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Start a room'); \
+             if (b) { b.click(); return true; } return false; })()",
+            PAGE_TIMEOUT,
+        )
+        .await?;
+        let link = self.invite_link().await?;
+        anyhow::ensure!(
+            link.starts_with(&format!("{base}/r/")),
+            "invite link {link} is not on {base}"
+        );
+        Ok(link)
+    }
+
     /// Waits until `n` remote peers show a connected state (direct, TURN
     /// relay or server relay).
     pub async fn wait_peers_connected(&self, n: usize) -> Result<()> {

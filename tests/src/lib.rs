@@ -588,3 +588,29 @@ pub async fn transfer(
         received,
     })
 }
+
+/// Two `parlor chat` peers (both given `args`, e.g. `--ca-cert CA`) meet
+/// in a room on the server at `base` and exchange a message each way, then
+/// leave cleanly.
+pub async fn chat_both_ways(base: &str, args: &[&str]) -> Result<()> {
+    let mut alice = Peer::spawn("alice", &[&["chat", "--server", base], args].concat())?;
+    let link = alice.invite().await?;
+    anyhow::ensure!(
+        link.starts_with(&format!("{base}/r/")),
+        "an invite link of another site: {link}"
+    );
+    let mut bob = Peer::spawn("bob", &[&["chat", link.as_str()], args].concat())?;
+    bob.wait_connected(1).await?;
+    alice.wait_connected(1).await?;
+    alice.say("hello from alice").await?;
+    bob.wait_text("hello from alice").await?;
+    bob.say("and back from bob").await?;
+    alice.wait_text("and back from bob").await?;
+    alice.close_stdin();
+    bob.close_stdin();
+    for peer in [&mut alice, &mut bob] {
+        let status = peer.wait_exit(TRANSFER_EXIT_TIMEOUT).await?;
+        anyhow::ensure!(status.success(), "[{}] exited with {status}", peer.label);
+    }
+    Ok(())
+}

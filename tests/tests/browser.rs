@@ -60,17 +60,7 @@ async fn start_room(server: &Server) -> (Page, String) {
 /// returns the page and its invite link.
 async fn start_room_at(base: &str, flags: &[String]) -> (Page, String) {
     let page = Page::open_with(flags).await.unwrap();
-    page.goto(&format!("{base}/")).await.unwrap();
-    page.wait_js(
-        "a 'Start a room' button to click",
-        "(() => { const b = [...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Start a room'); \
-         if (b) { b.click(); return true; } return false; })()",
-        PAGE_TIMEOUT,
-    )
-    .await
-    .unwrap();
-    let link = page.invite_link().await.unwrap();
-    assert!(link.starts_with(&format!("{base}/r/")), "{link}");
+    let link = page.start_room(base).await.unwrap();
     (page, link)
 }
 

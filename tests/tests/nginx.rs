@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use parlor_tests::nginx::{self, Nginx};
 use parlor_tests::pki::Pki;
-use parlor_tests::{Peer, transfer};
+use parlor_tests::{chat_both_ways, transfer};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -33,8 +33,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 /// Bound on each request.
 const STEP: Duration = Duration::from_secs(15);
-
-const EXIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// TLS to nginx from the loopback address `from`, trusting only `ca`.
 async fn tls_from(
@@ -221,20 +219,7 @@ async fn cli_peers_chat_and_send_a_file_through_nginx_with_ca_cert() {
         .await
         .unwrap();
     let base = format!("https://127.0.0.1:{}", nginx.port);
-    let mut alice = Peer::spawn("alice", &["--ca-cert", ca, "chat", "--server", &base]).unwrap();
-    let link = alice.invite().await.unwrap();
-    assert!(link.starts_with(&format!("{base}/r/")), "{link}");
-    let mut bob = Peer::spawn("bob", &["--ca-cert", ca, "chat", &link]).unwrap();
-    bob.wait_connected(1).await.unwrap();
-    alice.wait_connected(1).await.unwrap();
-    alice.say("hello through nginx").await.unwrap();
-    bob.wait_text("hello through nginx").await.unwrap();
-    bob.say("and back").await.unwrap();
-    alice.wait_text("and back").await.unwrap();
-    alice.close_stdin();
-    bob.close_stdin();
-    assert!(alice.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
-    assert!(bob.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
+    chat_both_ways(&base, &["--ca-cert", ca]).await.unwrap();
 
     // A file, from `send` to `receive`, through the same https site.
     let t = transfer(&base, &["--ca-cert", ca], [&[], &[]], 2 * 1024 * 1024 + 9)

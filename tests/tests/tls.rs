@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parlor_tests::pki::Pki;
-use parlor_tests::{Peer, Server, hash_file, random_file, transfer};
+use parlor_tests::{Peer, Server, chat_both_ways, hash_file, random_file, transfer};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -62,28 +62,6 @@ async fn probe_with(
     Ok((presented, String::from_utf8_lossy(&answer).into_owned()))
 }
 
-/// Two `chat` peers trusting `ca` meet through `server` and exchange a
-/// message each way, then leave cleanly.
-async fn chat_both_ways(server: &Server, ca: &str) {
-    let mut alice = Peer::spawn(
-        "alice",
-        &["--ca-cert", ca, "chat", "--server", &server.base],
-    )
-    .unwrap();
-    let link = alice.invite().await.unwrap();
-    let mut bob = Peer::spawn("bob", &["--ca-cert", ca, "chat", &link]).unwrap();
-    bob.wait_connected(1).await.unwrap();
-    alice.wait_connected(1).await.unwrap();
-    alice.say("hello over https").await.unwrap();
-    bob.wait_text("hello over https").await.unwrap();
-    bob.say("and back over wss").await.unwrap();
-    alice.wait_text("and back over wss").await.unwrap();
-    alice.close_stdin();
-    bob.close_stdin();
-    assert!(alice.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
-    assert!(bob.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_and_chat_travel_through_an_https_server_with_ca_cert() {
     let _serial = parlor_tests::exclusive().await;
@@ -103,7 +81,9 @@ async fn a_file_and_chat_travel_through_an_https_server_with_ca_cert() {
     .unwrap();
     assert_eq!(t.received, t.sent);
 
-    chat_both_ways(&server, ca).await;
+    chat_both_ways(&server.base, &["--ca-cert", ca])
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -254,5 +234,7 @@ async fn sighup_reloads_the_certificate_and_a_bad_reload_keeps_serving() {
     assert!(health.ends_with("ok"), "{health}");
 
     // And the peers still get through.
-    chat_both_ways(&server, ca.to_str().unwrap()).await;
+    chat_both_ways(&server.base, &["--ca-cert", ca.to_str().unwrap()])
+        .await
+        .unwrap();
 }

@@ -49,6 +49,17 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// `cargo run` of the benchmark binary `name` of the `parlor-tests` crate
+/// (a release build when `release`).
+fn tests_bin(name: &str, release: bool) -> Command {
+    let mut cmd = cargo();
+    cmd.args(["run", "-q", "-p", "parlor-tests", "--bin", name]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd
+}
+
 fn run_checked(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
@@ -314,8 +325,7 @@ fn test() -> Result<()> {
     // browser` measures).
     if web_built {
         run_checked(
-            cargo()
-                .args(["run", "-q", "-p", "parlor-tests", "--bin", "browser_bench"])
+            tests_bin("browser_bench", false)
                 .env("PARLOR_BENCH_MB", "4")
                 .env("PARLOR_BENCH_ROUNDS", "1"),
         )?;
@@ -362,15 +372,7 @@ fn bench(args: &[String]) -> Result<()> {
     if args.first().is_some_and(|a| a == "browser") {
         setup()?;
         build_web()?;
-        return run_checked(cargo().args([
-            "run",
-            "--release",
-            "-q",
-            "-p",
-            "parlor-tests",
-            "--bin",
-            "browser_bench",
-        ]));
+        return run_checked(&mut tests_bin("browser_bench", true));
     }
     let skip_core = args.iter().any(|a| a == "--transfer-only");
     if !skip_core {
@@ -516,20 +518,7 @@ fn signaling_bench(args: &[String]) -> Result<()> {
     if !installed {
         npm_install(&format!("peer@{PEERJS_VERSION}"))?;
     }
-    run_checked(
-        cargo()
-            .args([
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "parlor-tests",
-                "--bin",
-                "idle_peers",
-                "--",
-            ])
-            .args(args),
-    )
+    run_checked(tests_bin("idle_peers", true).arg("--").args(args))
 }
 
 /// The web app's release bundle size (raw and gzip -9) and the time from
@@ -558,7 +547,7 @@ fn web_bench() -> Result<()> {
             );
         }
     }
-    run_checked(cargo().args(["run", "-q", "-p", "parlor-tests", "--bin", "open_latency"]))
+    run_checked(&mut tests_bin("open_latency", false))
 }
 
 /// One send/receive; returns seconds from the receiver's `connected` event

@@ -155,16 +155,7 @@ fn quantile(values: &[f64], q: f64) -> f64 {
 /// Two Parlor pages in one room, connected directly.
 async fn parlor_pair(server: &Server) -> Result<(Page, Page)> {
     let sender = Page::open().await?;
-    sender.goto(&format!("{}/", server.base)).await?;
-    sender
-        .wait_js(
-            "a 'Start a room' button to click",
-            "(() => { const b = [...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Start a room'); \
-             if (b) { b.click(); return true; } return false; })()",
-            Duration::from_secs(30),
-        )
-        .await?;
-    let link = sender.invite_link().await?;
+    let link = sender.start_room(&server.base).await?;
     let receiver = Page::open().await?;
     receiver.goto(&link).await?;
     sender.wait_peers_in_state(1, "direct").await?;

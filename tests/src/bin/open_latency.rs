@@ -25,14 +25,7 @@ async fn main() -> Result<()> {
     );
     let server = Server::start(&["--web-dir", web.to_str().context("web dir")?]).await?;
     let host = Page::open().await?;
-    host.goto(&format!("{}/", server.base)).await?;
-    host.wait_js(
-        "start button",
-        "(() => { const b = [...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Start a room'); if (b) { b.click(); return true; } return false; })()",
-        Duration::from_secs(30),
-    )
-    .await?;
-    let link = host.invite_link().await?;
+    let link = host.start_room(&server.base).await?;
 
     let guest = Page::open().await?;
     let mut times = Vec::new();
